@@ -1,0 +1,27 @@
+# One command each for the jobs the README and CI name.
+PYTHON ?= python3
+DATA_DIR ?= $(HOME)/.cortex-server
+
+.PHONY: install run test lint typecheck bench bench-quick
+
+install:
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+run: install
+	cortex-server serve --demo --data-dir $(DATA_DIR)
+
+lint:
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check .
+
+typecheck:
+	$(PYTHON) -m mypy
+
+test: install lint typecheck
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PYTHON) -m bench
+
+bench-quick: install
+	$(PYTHON) -m bench --quick

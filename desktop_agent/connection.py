@@ -1,0 +1,327 @@
+"""The agent core: keep one tunnel to the server alive and serve the node's side of the protocol.
+
+Layering: `websockets` client (transport) → `spec.session.RpcSession` (dispatcher) → `NodeAgent` (this
+module: reconnect loop, token minting and renewal, state for the tray) → `ToolEngine` (tools, policy,
+audit). `cortex-agent run` and `cortex-agent tray` both drive exactly this class.
+
+Rules:
+1. Every connection attempt mints a fresh access token at `/oauth/token` (client credentials); a
+   connected node renews in-band with `auth/refresh` at two thirds of the token's lifetime.
+2. Reconnect forever with full-jitter exponential backoff (base 0.5 s, cap 30 s); the attempt counter
+   resets once a connection has stayed up 30 s.
+3. A refused credential (401 at `/oauth/token`) is AUTH_FAILED: retried only at the cap interval, never
+   in a storm.
+4. When the link drops, the calls it was running are cancelled (process groups killed) and audited as
+   ``cancelled``: nobody is left to receive their results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from desktop_agent.engine import ToolEngine
+from desktop_agent.tools.basic import system_facts
+from desktop_agent.version import AGENT_VERSION
+from spec.errors import RpcError
+from spec.session import CallContext, RpcSession, make_methods
+
+__all__ = ["AgentState", "AgentStatus", "Backoff", "ConnectSettings", "NodeAgent"]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "2025-11-25"
+SUBPROTOCOL = "cortex.v1"
+
+
+class AgentState(StrEnum):
+    NO_CREDENTIALS = "no_credentials"
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    BACKOFF = "backoff"
+    CONNECTED = "connected"
+    AUTH_FAILED = "auth_failed"
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    state: AgentState
+    server: str
+    detail: str = ""
+    next_retry_at: float | None = None  # time.time() of the next attempt while in BACKOFF
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 0.5
+    cap: float = 30.0
+    reset_after: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        return rng.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 32))))
+
+
+@dataclass(frozen=True)
+class ConnectSettings:
+    server: str
+    name: str
+    credential: str
+    ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    max_frame_bytes: int = 16 * 1024 * 1024
+    backoff: Backoff = Backoff()
+    open_timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"ConnectSettings(server={self.server!r}, name={self.name!r}, credential=***)"
+
+    @property
+    def ws_url(self) -> str:
+        base = self.server.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return base + "/api/v1/nodes/connect"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.server.startswith(("https://", "wss://")):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.client_cert:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
+        return ctx
+
+
+class AuthFailed(Exception):
+    """The server refused our credential."""
+
+
+class NodeAgent:
+    """One node's connection to its server; thread-safe commands go through `submit`."""
+
+    def __init__(self, settings: ConnectSettings, engine: ToolEngine, *, seed: int | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._rng = random.Random(seed)
+        self._status = AgentStatus(AgentState.DISCONNECTED, settings.server)
+        self._listeners: list[Callable[[AgentStatus], None]] = []
+        self._wanted = asyncio.Event()
+        self._wanted.set()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._rpc: RpcSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        engine.on_tools_changed(self._tools_changed)
+
+    # -- state for the tray ------------------------------------------------------------------------
+    @property
+    def status(self) -> AgentStatus:
+        return self._status
+
+    def add_listener(self, listener: Callable[[AgentStatus], None]) -> None:
+        self._listeners.append(listener)
+        listener(self._status)
+
+    def _set(self, state: AgentState, detail: str = "", next_retry_at: float | None = None) -> None:
+        self._status = AgentStatus(state, self.settings.server, detail, next_retry_at)
+        for listener in self._listeners:
+            try:
+                listener(self._status)
+            except Exception:
+                logger.exception("status listener failed")
+
+    # -- commands ------------------------------------------------------------------------------------
+    def connect(self) -> None:
+        self._wanted.set()
+        self._wake.set()
+
+    def disconnect(self) -> None:
+        self._wanted.clear()
+        self._wake.set()
+        if self._ws is not None:
+            asyncio.ensure_future(self._ws.close(1000, "disconnected by the user"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.disconnect()
+
+    def submit(self, command: Callable[[], None]) -> None:
+        """Run a command from another thread (the tray's) on the agent's loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(command)
+
+    @property
+    def wanted(self) -> bool:
+        return self._wanted.is_set()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self._stop.is_set():
+            if not self._wanted.is_set():
+                self._set(AgentState.DISCONNECTED, "disconnected")
+                await self._wait_wake()
+                continue
+            self._set(AgentState.CONNECTING, f"connecting to {self.settings.server}")
+            started = time.monotonic()
+            try:
+                await self._connect_once()
+                reason = "connection closed"
+            except AuthFailed as exc:
+                self._set(AgentState.AUTH_FAILED, str(exc), time.time() + self.settings.backoff.cap)
+                await self._wait_wake(self.settings.backoff.cap)
+                continue
+            except (OSError, TimeoutError, websockets.WebSocketException, httpx2.HTTPError, RpcError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started >= self.settings.backoff.reset_after:
+                attempt = 0
+            if not self._wanted.is_set():
+                continue
+            delay = self.settings.backoff.delay(attempt, self._rng)
+            attempt += 1
+            logger.info("reconnecting in %.2f s (%s)", delay, reason)
+            self._set(AgentState.BACKOFF, reason, time.time() + delay)
+            await self._wait_wake(delay)
+        self._set(AgentState.DISCONNECTED, "stopped")
+
+    async def _wait_wake(self, timeout: float | None = None) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    async def mint_token(self) -> tuple[str, int]:
+        url = self.settings.server.rstrip("/") + "/oauth/token"
+        verify: Any = self.settings.ssl_context() or True
+        async with httpx2.AsyncClient(verify=verify, timeout=self.settings.open_timeout) as http:
+            response = await http.post(
+                url,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.settings.name,
+                    "client_secret": self.settings.credential,
+                },
+            )
+        if response.status_code in (400, 401, 403):
+            raise AuthFailed(f"the server refused the node credential ({response.status_code})")
+        response.raise_for_status()
+        body = response.json()
+        return str(body["access_token"]), int(body["expires_in"])
+
+    async def _connect_once(self) -> None:
+        token, expires_in = await self.mint_token()
+        async with connect(
+            self.settings.ws_url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            compression=None,
+            max_size=self.settings.max_frame_bytes,
+            ssl=self.settings.ssl_context(),
+            open_timeout=self.settings.open_timeout,
+            ping_interval=20,
+            ping_timeout=20,
+        ) as ws:
+            self._ws = ws
+            rpc = RpcSession(ws.send, make_methods(self._methods()), name=f"agent:{self.settings.name}")
+            self._rpc = rpc
+            refresher = asyncio.create_task(self._refresh_loop(rpc, expires_in))
+            self._set(AgentState.CONNECTED, f"connected to {self.settings.server}")
+            await self.engine.record("node.connected", server=self.settings.server)
+            try:
+                async for message in ws:
+                    await rpc.feed(message)
+            finally:
+                refresher.cancel()
+                rpc.close()
+                self._rpc = None
+                self._ws = None
+                with contextlib.suppress(Exception):
+                    await self.engine.record(
+                        "node.disconnected", server=self.settings.server, code=ws.close_code
+                    )
+                logger.info("tunnel closed (code %s %s)", ws.close_code, ws.close_reason or "")
+
+    async def _refresh_loop(self, rpc: RpcSession, expires_in: int) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, expires_in * 2 / 3))
+            try:
+                token, expires_in = await self.mint_token()
+                await rpc.request("auth/refresh", {"access_token": token})
+                logger.debug("access token renewed")
+            except (AuthFailed, httpx2.HTTPError, RpcError, OSError) as exc:
+                logger.warning("token renewal failed: %s", exc)
+                expires_in = 15
+
+    def _tools_changed(self) -> None:
+        rpc = self._rpc
+        if rpc is not None and not rpc.closed:
+            asyncio.ensure_future(rpc.notify("notifications/tools/list_changed"))
+
+    # -- what the server may ask of us ------------------------------------------------------------------
+    def _methods(self) -> dict[str, Any]:
+        return {
+            "initialize": self._initialize,
+            "ping": self._ping,
+            "tools/list": self._tools_list,
+            "tools/call": self._tools_call,
+            "audit/read": self._audit_read,
+        }
+
+    async def _initialize(self, ctx: CallContext, **params: Any) -> dict[str, Any]:
+        facts = system_facts()
+        return {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {"tools": {"listChanged": True}, "logging": {}},
+            "serverInfo": {"name": "cortex-agent", "version": AGENT_VERSION},
+            "node": {
+                "hostname": facts["hostname"],
+                "os": facts["os_release"] or facts["os"],
+                "arch": facts["arch"],
+                "agent_version": AGENT_VERSION,
+            },
+            "audit_head": self.engine.audit_head(),
+        }
+
+    async def _ping(self, ctx: CallContext) -> dict[str, Any]:
+        return {}
+
+    async def _tools_list(self, ctx: CallContext, cursor: str | None = None) -> dict[str, Any]:
+        return {"tools": self.engine.list_tools()}
+
+    async def _tools_call(self, ctx: CallContext, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        caller = ctx.meta.get("cortex/caller") or {}
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await ctx.progress(value, total, message)
+
+        return await self.engine.call(
+            name,
+            arguments or {},
+            request_id=ctx.request_id,
+            caller={"sub": caller.get("sub"), "ws": caller.get("ws")},
+            progress=progress if ctx.progress_token is not None else None,
+        )
+
+    async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
+        return await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+

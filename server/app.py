@@ -1,0 +1,97 @@
+"""The server's composition root: `build_app(config)` returns one Starlette app with every endpoint.
+
+All state lives in a `ServerState` built in the app's lifespan and reached through
+``app.state.cortex`` — never in module globals — so tests and several apps can share one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from server import api, oauth
+from server.auth import TokenAuthority
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.registry import LocalRegistry
+from server.router import CallRouter
+from server.rpc import rpc_endpoint
+from server.store import ServerStore, SQLiteRevocationFeed
+from server.tunnel import node_endpoint
+
+__all__ = ["VERSION", "ServerState", "build_app"]
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    store: ServerStore
+    authority: TokenAuthority
+    registry: LocalRegistry
+    router: CallRouter
+    metrics: Metrics
+    revoked: set[str] = field(default_factory=set)
+    version: str = VERSION
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def on_revoked(self, name: str) -> None:
+        self.revoked.add(name)
+        link = self.registry.link(name)
+        if link is not None:
+            await link.close(4403, "node revoked")
+        self.registry.forget(name)
+        logger.info("node %s revoked", name)
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    store = ServerStore(config.data_dir)
+    revoked = {n.name for n in store.list_nodes() if n.revoked_at is not None}
+    authority = TokenAuthority(
+        store.load_or_create_signing_key(),
+        issuer=config.issuer,
+        node_ttl=config.node_token_ttl,
+        is_revoked=revoked.__contains__,
+    )
+    metrics = Metrics()
+    registry = LocalRegistry(
+        known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
+    )
+    router = CallRouter(registry, metrics, config.default_call_timeout)
+    return ServerState(config, store, authority, registry, router, metrics, revoked)
+
+
+def build_app(config: ServerConfig) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = build_state(config)
+        app.state.cortex = state
+        feed = SQLiteRevocationFeed(state.store, interval=config.revocation_poll_interval)
+        watcher = asyncio.create_task(feed.watch(state.on_revoked), name="revocations")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            for entry in state.registry.nodes():
+                link = state.registry.link(entry.name)
+                if link is not None:
+                    await link.close(1001, "server shutting down")
+            state.store.close()
+
+    routes: list[Any] = [
+        Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
+        WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
+        WebSocketRoute("/api/v1/rpc", rpc_endpoint),
+        *api.routes(),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,148 @@
+"""`cortex-server`: serve, enroll-node, issue-token, revoke-node, certs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import ssl
+import sys
+from pathlib import Path
+
+from server import admin
+from server.store import StoreError
+
+__all__ = ["main"]
+
+MAX_NODE_TTL = 900
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cortex-server", description="The Cortex orchestrator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=None, help="default $CORTEX_SERVER_HOME or ~/.cortex-server")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    data_dir(serve)
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--client-ca", type=Path)
+    serve.add_argument("--heartbeat-interval", type=float, default=15.0)
+    serve.add_argument("--node-token-ttl", type=int, default=300)
+    serve.add_argument("--max-frame-bytes", type=int, default=16 * 1024 * 1024)
+    serve.add_argument("--demo", action="store_true", help="also run a local node named 'local'")
+    serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
+
+    enroll = sub.add_parser("enroll-node", help="register a node and print its credential")
+    enroll.add_argument("name")
+    enroll.add_argument("--workspace", required=True)
+    data_dir(enroll)
+
+    issue = sub.add_parser("issue-token", help="print a user access token")
+    issue.add_argument("name")
+    issue.add_argument("--workspace", required=True)
+    issue.add_argument("--role", choices=["member", "admin"], default="member")
+    issue.add_argument("--ttl", type=int, default=3600)
+    data_dir(issue)
+
+    revoke = sub.add_parser("revoke-node", help="revoke a node's credential and close its connection")
+    revoke.add_argument("name")
+    data_dir(revoke)
+
+    certs = sub.add_parser("certs", help="development CA and certificates for mTLS")
+    certs.add_argument("action", choices=["init", "client"])
+    certs.add_argument("name", nargs="?")
+    certs.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def serve(args: argparse.Namespace, data_dir: Path) -> int:
+    import uvicorn
+
+    from server.app import build_app
+    from server.config import ServerConfig
+
+    if not 1 <= args.node_token_ttl <= MAX_NODE_TTL:
+        print(f"--node-token-ttl must be between 1 and {MAX_NODE_TTL}", file=sys.stderr)
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.client_ca and not args.tls_cert:
+        print("--client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        heartbeat_interval=args.heartbeat_interval,
+        node_token_ttl=args.node_token_ttl,
+        max_frame_bytes=args.max_frame_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+    )
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uv_config = uvicorn.Config(
+        build_app(config),
+        host=args.host,
+        port=args.port,
+        ws="websockets-sansio",
+        ws_max_size=args.max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=None,
+        lifespan="on",
+        log_level=str(args.log_level).lower(),
+        access_log=False,
+        ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+        ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+        ssl_ca_certs=str(args.client_ca) if args.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(uv_config)
+    from server.demo import serve_with_extras
+
+    return asyncio.run(serve_with_extras(server, config, demo=args.demo))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data_dir: Path = (getattr(args, "data_dir", None) or admin.default_data_dir()).expanduser()
+    try:
+        if args.command == "serve":
+            return serve(args, data_dir)
+        if args.command == "enroll-node":
+            print(admin.enroll_node(data_dir, args.name, args.workspace))
+            return 0
+        if args.command == "issue-token":
+            print(admin.issue_token(data_dir, args.name, args.workspace, args.role, args.ttl))
+            return 0
+        if args.command == "revoke-node":
+            if not admin.revoke_node(data_dir, args.name):
+                print(f"no node named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"node {args.name} revoked", file=sys.stderr)
+            return 0
+        if args.command == "certs":
+            from server.certs import run_certs_command
+
+            for path in run_certs_command(args.action, args.out, args.name):
+                print(path)
+            return 0
+    except (StoreError, ValueError) as exc:
+        print(f"cortex-server: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Server configuration: one value object built by the CLI (or a test) and handed to `build_app`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServerConfig", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CORTEX_SERVER_HOME") or Path.home() / ".cortex-server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    heartbeat_interval: float = 15.0
+    heartbeat_misses: int = 2
+    node_token_ttl: int = 300
+    max_frame_bytes: int = 16 * 1024 * 1024
+    default_call_timeout: float = 120.0
+    revocation_poll_interval: float = 0.5
+    issuer: str = "cortex"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    public_url: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"

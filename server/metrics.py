@@ -1,0 +1,57 @@
+"""Prometheus metrics of one server process, built per app (never module-global collectors).
+
+Aggregates only: no node names or user names as label values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.nodes_connected = Gauge(
+            "cortex_nodes_connected", "Nodes with a live tunnel", registry=self.registry
+        )
+        self.calls = Counter(
+            "cortex_tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "cortex_tool_call_seconds",
+            "Tool call latency through the server",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("cortex_tool_calls_in_flight", "Tool calls in flight", registry=self.registry)
+        self.handshakes = Counter(
+            "cortex_node_handshakes", "Accepted node handshakes", registry=self.registry
+        )
+        self.refusals = Counter(
+            "cortex_node_refusals", "Refused node handshakes by reason", ["reason"], registry=self.registry
+        )
+
+    def node_connected(self) -> None:
+        self.nodes_connected.inc()
+
+    def node_disconnected(self) -> None:
+        self.nodes_connected.dec()
+
+    def handshake(self) -> None:
+        self.handshakes.inc()
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()
+
+    def call_started(self) -> None:
+        self.in_flight.inc()
+
+    def call_finished(self, tool: str, outcome: str, seconds: float) -> None:
+        self.in_flight.dec()
+        self.calls.labels(tool=tool, outcome=outcome).inc()
+        self.latency.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,192 @@
+"""The node registry: which nodes exist, their live state, and the link to each connected one.
+
+Layering: the tunnel (`server.tunnel`) attaches and detaches links; the router (`server.router`), the REST
+API, the client RPC, MCP and the planner read from it. `NodeRegistry` is the small interface a shared
+(Redis-backed) registry will implement for several replicas; `LocalRegistry` is the in-process default.
+
+Rules:
+1. At most one link per node name. Attaching a second one returns the first, which the caller closes
+   (code 4409): the newer connection wins.
+2. Detaching a link that is no longer the current one changes nothing (the replaced link's late exit
+   must not mark a live node disconnected).
+3. Every state change is published to subscribers as ``(event, node_json)`` with event one of
+   ``node.connected``, ``node.disconnected``, ``node.updated``. A slow subscriber loses its oldest
+   events, it never grows memory or blocks the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from jsonschema import Draft202012Validator
+
+from spec.manifest import schema_validator
+
+__all__ = ["LocalRegistry", "NodeEntry", "NodeLink", "NodeRegistry", "rfc3339"]
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class NodeLink(Protocol):
+    """A live connection to one node, as the registry's users need it."""
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None
+    ) -> Any: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class NodeEntry:
+    name: str
+    workspace: str
+    status: str = "disconnected"
+    connected_at: float | None = None
+    last_seen: float | None = None
+    rtt_ms: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    audit_head: dict[str, Any] | None = None
+    audit_warning: str | None = None
+    validators: dict[str, Draft202012Validator] = field(default_factory=dict, repr=False)
+
+    def set_tools(self, tools: list[dict[str, Any]]) -> None:
+        self.tools = tools
+        self.validators = {t["name"]: schema_validator(t.get("inputSchema") or {}) for t in tools}
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        return next((t for t in self.tools if t.get("name") == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        info = dict(self.info)
+        if self.audit_head is not None:
+            info["audit_head"] = self.audit_head
+        if self.audit_warning:
+            info["audit_warning"] = self.audit_warning
+        return {
+            "name": self.name,
+            "workspace": self.workspace,
+            "status": self.status,
+            "connected_at": rfc3339(self.connected_at),
+            "last_seen": rfc3339(self.last_seen),
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "info": info,
+            "tools": [t["name"] for t in self.tools],
+        }
+
+
+class NodeRegistry(Protocol):
+    def get(self, name: str) -> NodeEntry | None: ...
+
+    def nodes(self, workspace: str | None = None) -> list[NodeEntry]: ...
+
+    def link(self, name: str) -> NodeLink | None: ...
+
+    def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None: ...
+
+    def detach(self, name: str, link: NodeLink) -> bool: ...
+
+    def publish(self, event: str, entry: NodeEntry) -> None: ...
+
+    def subscribe(self) -> Any: ...
+
+    def connected_count(self) -> int: ...
+
+
+class LocalRegistry:
+    """In-process registry (the embedded default). Enrolled-but-never-seen nodes come from `known`."""
+
+    def __init__(self, known: Callable[[], list[tuple[str, str]]] | None = None) -> None:
+        self._entries: dict[str, NodeEntry] = {}
+        self._links: dict[str, NodeLink] = {}
+        self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self._known = known
+        self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
+
+    def _load_known(self) -> None:
+        if self._known is None:
+            return
+        for name, workspace in self._known():
+            self._entries.setdefault(name, NodeEntry(name=name, workspace=workspace))
+
+    def get(self, name: str) -> NodeEntry | None:
+        entry = self._entries.get(name)
+        if entry is None:
+            self._load_known()
+            entry = self._entries.get(name)
+        return entry
+
+    def nodes(self, workspace: str | None = None) -> list[NodeEntry]:
+        self._load_known()
+        return sorted(
+            (e for e in self._entries.values() if workspace is None or e.workspace == workspace),
+            key=lambda e: e.name,
+        )
+
+    def forget(self, name: str) -> None:
+        """Drop a node entirely (revoked)."""
+        self._entries.pop(name, None)
+
+    def link(self, name: str) -> NodeLink | None:
+        return self._links.get(name)
+
+    def connected_count(self) -> int:
+        return len(self._links)
+
+    def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
+        old = self._links.get(entry.name)
+        previous = self._entries.get(entry.name)
+        if previous is not None and entry.audit_head is None:
+            entry.audit_head = previous.audit_head
+        self._entries[entry.name] = entry
+        self._links[entry.name] = link
+        now = time.time()
+        entry.status, entry.connected_at, entry.last_seen = "connected", now, now
+        self.publish("node.connected", entry)
+        return old
+
+    def detach(self, name: str, link: NodeLink) -> bool:
+        if self._links.get(name) is not link:
+            return False
+        del self._links[name]
+        entry = self._entries.get(name)
+        if entry is not None:
+            entry.status = "disconnected"
+            entry.rtt_ms = None
+            self.publish("node.disconnected", entry)
+        return True
+
+    def on_event(self, listener: Callable[[str, NodeEntry], Awaitable[None] | None]) -> None:
+        """Call `listener(event, entry)` on every change (used by MCP's list_changed and metrics)."""
+        self._listeners.append(listener)
+
+    def publish(self, event: str, entry: NodeEntry) -> None:
+        data = entry.to_json()
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((event, data))
+        for listener in self._listeners:
+            outcome = listener(event, entry)
+            if outcome is not None:
+                asyncio.ensure_future(outcome)
+
+    @contextmanager
+    def subscribe(self, maxsize: int = 256) -> Iterator[asyncio.Queue[tuple[str, dict[str, Any]]]]:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,125 @@
+"""Call routing: every surface (REST, client RPC, MCP, planner) calls node tools through `CallRouter`.
+
+Layering: surfaces → `CallRouter` → `NodeRegistry` link → tunnel. The router enforces the workspace
+boundary, checks arguments against the node's declared inputSchema, attaches the caller identity
+(`_meta["cortex/caller"]`), applies the call timeout (which cancels the work on the node too) and
+counts calls. A shared routing layer for several replicas replaces `LocalRegistry` behind it, not this.
+
+Rules:
+1. A node of another workspace is reported exactly like a missing one (NODE_NOT_FOUND, reason
+   ``not_found``); a known node without a live link is NODE_NOT_FOUND with reason ``not_connected``.
+2. An unknown tool is INVALID_PARAMS reason ``unknown_tool``; arguments failing the schema are
+   INVALID_PARAMS reason ``invalid_arguments`` with the schema's complaint. Nothing reaches the node.
+3. A timeout is TIMEOUT; the node was sent `notifications/cancelled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from server.metrics import Metrics
+from server.registry import NodeEntry, NodeLink, NodeRegistry
+from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
+from spec.manifest import argument_problem
+from spec.session import ProgressCallback
+
+__all__ = ["Caller", "CallRouter"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a user (or a planner run acting for one)."""
+
+    sub: str
+    ws: str
+    role: str = "member"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def can_see(self, workspace: str) -> bool:
+        return self.is_admin or workspace == self.ws
+
+    def wire(self) -> dict[str, str]:
+        return {"sub": self.sub, "ws": self.ws}
+
+
+class CallRouter:
+    def __init__(self, registry: NodeRegistry, metrics: Metrics, default_timeout: float = 120.0) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.default_timeout = default_timeout
+
+    def visible_nodes(self, caller: Caller) -> list[NodeEntry]:
+        return [e for e in self.registry.nodes() if caller.can_see(e.workspace)]
+
+    def node(self, caller: Caller, name: str) -> NodeEntry:
+        entry = self.registry.get(name)
+        if entry is None or not caller.can_see(entry.workspace):
+            raise RpcError(NODE_NOT_FOUND, f"no node named {name!r}", {"reason": "not_found"})
+        return entry
+
+    def link(self, caller: Caller, name: str) -> tuple[NodeEntry, NodeLink]:
+        entry = self.node(caller, name)
+        link = self.registry.link(name)
+        if link is None:
+            raise RpcError(NODE_NOT_FOUND, f"node {name!r} is not connected", {"reason": "not_connected"})
+        return entry, link
+
+    async def call_tool(
+        self,
+        caller: Caller,
+        node: str,
+        tool: str,
+        arguments: dict[str, Any] | None,
+        *,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        entry, link = self.link(caller, node)
+        arguments = {} if arguments is None else arguments
+        if entry.tool(tool) is None:
+            raise RpcError(INVALID_PARAMS, f"node {node!r} has no tool {tool!r}", {"reason": "unknown_tool"})
+        problem = argument_problem(entry.validators[tool], arguments)
+        if problem is not None:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"invalid arguments for {tool}: {problem}",
+                {"reason": "invalid_arguments", "problem": problem},
+            )
+        params = {"name": tool, "arguments": arguments, "_meta": {"cortex/caller": caller.wire()}}
+        limit = self.default_timeout if timeout_s is None else timeout_s
+        started = time.perf_counter()
+        outcome = "error"
+        self.metrics.call_started()
+        try:
+            async with asyncio.timeout(limit):
+                result: dict[str, Any] = await link.request("tools/call", params, on_progress=on_progress)
+            outcome = "tool_error" if result.get("isError") else "ok"
+            return result
+        except TimeoutError:
+            outcome = "timeout"
+            raise RpcError(TIMEOUT, f"{tool} on {node} did not finish within {limit:g} s") from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except RpcError as exc:
+            outcome = f"rpc_{exc.code}"
+            raise
+        finally:
+            self.metrics.call_finished(tool, outcome, time.perf_counter() - started)
+
+    async def node_request(
+        self, caller: Caller, node: str, method: str, params: dict[str, Any], timeout_s: float = 30.0
+    ) -> Any:
+        """A non-tool request to a node (audit/read), with the same boundary and a timeout."""
+        _, link = self.link(caller, node)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await link.request(method, params)
+        except TimeoutError:
+            raise RpcError(TIMEOUT, f"{method} on {node} did not answer within {timeout_s:g} s") from None

@@ -1,0 +1,379 @@
+"""Durable server state: enrolled nodes, credential hashes, revocations and the signing key.
+
+Where it sits: the bottom of the server's identity layer. `server.auth` mints and checks tokens with the
+key kept here; `server.admin` (the CLI commands) and the app's ``/oauth/token`` endpoint enroll, verify
+and revoke nodes through `ServerStore`. Nothing here knows about HTTP or WebSockets.
+
+Invariants:
+
+1. Only a salted hash of a node credential is ever written; the plaintext exists once, in the return
+   value of `ServerStore.enroll_node`.
+2. Node names are unique for the life of the data directory: a revoked name stays taken, so a replayed
+   or repeated enrollment never resurrects a revoked node.
+3. Every revocation appends one row to ``revocations``; ``seq`` only grows, so any process can follow
+   the table with `ServerStore.revocations_after` (that is how `SQLiteRevocationFeed` sees a
+   ``cortex-server revoke-node`` run in another process).
+4. The data directory is mode 0700 and the database (with its WAL/SHM side files) mode 0600.
+
+Calls are short and synchronous; the server runs them through `asyncio.to_thread` where they could block.
+
+Exception tree::
+
+    StoreError          -- any refusal by the store
+    ├── InvalidName     -- a node or workspace name outside ^[a-z0-9][a-z0-9-]{0,62}$
+    └── NodeExists      -- the node name is already enrolled (or was, and got revoked)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from joserfc.jwk import OKPKey
+
+__all__ = [
+    "CREDENTIAL_PREFIX",
+    "NAME_PATTERN",
+    "InvalidName",
+    "NodeExists",
+    "NodeRecord",
+    "RevocationFeed",
+    "SQLiteRevocationFeed",
+    "ServerStore",
+    "StoreError",
+    "validate_name",
+]
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+"""Node and workspace names: lowercase, digits and dashes, 1-63 characters, no leading dash."""
+
+CREDENTIAL_PREFIX = "cnc_"
+"""Every node credential starts with this, so a leaked one is recognisable (secret scanners)."""
+
+_MAX_CREDENTIAL_LEN = 256
+_DB_NAME = "cortex.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    name            TEXT PRIMARY KEY,
+    workspace       TEXT NOT NULL,
+    credential_hash TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    revoked_at      REAL NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    node       TEXT NOT NULL,
+    revoked_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid        TEXT PRIMARY KEY,
+    jwk        TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The store refused an operation; the subclass says why."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A node or workspace name does not match ``^[a-z0-9][a-z0-9-]{0,62}$``."""
+
+
+class NodeExists(StoreError):
+    """The node name is taken: enrolled before (even if since revoked). Enrollment is never replayed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One enrolled node. Times are Unix seconds; ``revoked_at`` is None while the node is live."""
+
+    name: str
+    workspace: str
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+def validate_name(value: str, what: str = "name") -> str:
+    """Return *value* if it is a valid node/workspace name, else raise `InvalidName`."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidName(f"invalid {what} {value!r}: must match {NAME_PATTERN.pattern}")
+    return value
+
+
+def _hash_credential(credential: str, salt: bytes) -> str:
+    # Credentials are 256 bits from `secrets`, not human passwords: nobody can enumerate that space, so
+    # a slow KDF (scrypt/argon2) would buy nothing but latency on every /oauth/token call. One salted
+    # SHA-256 is enough to make the DB useless to someone who steals it; the salt keeps equal hashes
+    # from ever lining up across rows or data directories.
+    digest = hashlib.sha256(salt + credential.encode("utf-8")).hexdigest()
+    return f"sha256${salt.hex()}${digest}"
+
+
+def _check_credential(credential: str, stored: str) -> bool:
+    try:
+        scheme, salt_hex, _ = stored.split("$")
+        salt = bytes.fromhex(salt_hex)
+    except ValueError:
+        return False
+    if scheme != "sha256":
+        return False
+    return hmac.compare_digest(_hash_credential(credential, salt), stored)
+
+
+# A well-formed hash never matched, used to spend the same work on unknown names as on known ones.
+_DUMMY_HASH = _hash_credential("cnc_dummy", bytes(16))
+
+
+def _touch_private(path: Path) -> None:
+    """Create *path* if missing and force mode 0600 (the umask must not widen it)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class ServerStore:
+    """The server's SQLite database in *data_dir* (created 0700; ``cortex.db`` 0600, WAL mode).
+
+    Thread-safe: one connection guarded by a lock. Several processes may open the same directory
+    (the running server and a ``cortex-server revoke-node``); SQLite's file locking orders them.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.db_path = self.data_dir / _DB_NAME
+        _touch_private(self.db_path)
+        self._lock = threading.Lock()
+        # isolation_level=None: autocommit, with explicit BEGIN IMMEDIATE around read-modify-write so two
+        # processes never both think they created the signing key or enrolled the same name.
+        self._db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a revocation that the CLI reported done must survive a power cut.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            side = self.data_dir / (_DB_NAME + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        self._closed = False
+
+    # -- nodes ---------------------------------------------------------------------------------------
+
+    def enroll_node(self, name: str, workspace: str) -> str:
+        """Register *name* in *workspace*; return its new credential (shown once, stored only hashed).
+
+        Raises `InvalidName` for a bad name or workspace, `NodeExists` if the name was ever enrolled.
+        """
+        validate_name(name, "node name")
+        validate_name(workspace, "workspace")
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        stored = _hash_credential(credential, secrets.token_bytes(16))
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO nodes (name, workspace, credential_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (name, workspace, stored, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise NodeExists(f"node {name!r} is already enrolled") from None
+        logger.info("enrolled node %r in workspace %r", name, workspace)
+        return credential
+
+    def verify_credential(self, name: str, credential: str) -> NodeRecord | None:
+        """The node's record if *credential* is its live credential; None if unknown, wrong or revoked."""
+        if not isinstance(name, str) or not isinstance(credential, str):
+            return None
+        if len(credential) > _MAX_CREDENTIAL_LEN or not NAME_PATTERN.fullmatch(name):
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, workspace, created_at, revoked_at, credential_hash FROM nodes WHERE name = ?",
+                (name,),
+            ).fetchone()
+        # Hash even when the name is unknown so response time does not tell which names exist.
+        ok = _check_credential(credential, row[4] if row else _DUMMY_HASH)
+        if row is None or not ok or row[3] is not None:
+            return None
+        return NodeRecord(row[0], row[1], row[2], row[3])
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, workspace, created_at, revoked_at FROM nodes WHERE name = ?", (name,)
+            ).fetchone()
+        return NodeRecord(*row) if row else None
+
+    def list_nodes(self, workspace: str | None = None) -> list[NodeRecord]:
+        """All enrolled nodes (revoked ones included), by name; only *workspace*'s if given."""
+        query = "SELECT name, workspace, created_at, revoked_at FROM nodes"
+        params: tuple[str, ...] = ()
+        if workspace is not None:
+            query += " WHERE workspace = ?"
+            params = (workspace,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY name", params).fetchall()
+        return [NodeRecord(*row) for row in rows]
+
+    def is_revoked(self, name: str) -> bool:
+        """True if *name* was enrolled and has been revoked (unknown names are not 'revoked')."""
+        node = self.get_node(name)
+        return node is not None and node.revoked_at is not None
+
+    # -- revocation ----------------------------------------------------------------------------------
+
+    def revoke_node(self, name: str) -> bool:
+        """Revoke *name* at once: True if it was live and is now revoked; False if unknown or revoked."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "UPDATE nodes SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name)
+                )
+                changed = cur.rowcount == 1
+                if changed:
+                    self._db.execute("INSERT INTO revocations (node, revoked_at) VALUES (?, ?)", (name, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if changed:
+            logger.info("revoked node %r", name)
+        return changed
+
+    def revocations_after(self, seq: int) -> list[tuple[int, str]]:
+        """Revocations with a sequence number above *seq*, oldest first, as ``(seq, node)``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, node FROM revocations WHERE seq > ? ORDER BY seq", (int(seq),)
+            ).fetchall()
+        return [(int(s), str(n)) for s, n in rows]
+
+    def last_revocation_seq(self) -> int:
+        """The newest revocation's sequence number, 0 if there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone()
+        return int(row[0])
+
+    # -- signing key ---------------------------------------------------------------------------------
+
+    def load_or_create_signing_key(self) -> OKPKey:
+        """The server's Ed25519 signing key (private, with ``kid``), created on first use.
+
+        Kept inside the 0600 database so it survives restarts and moves with the rest of the state.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT jwk FROM signing_keys ORDER BY created_at DESC LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    key = OKPKey.generate_key("Ed25519", auto_kid=True)
+                    self._db.execute(
+                        "INSERT INTO signing_keys (kid, jwk, created_at) VALUES (?, ?, ?)",
+                        (key.kid, json.dumps(key.as_dict(private=True)), time.time()),
+                    )
+                    logger.info("created signing key kid=%s", key.kid)
+                else:
+                    key = OKPKey.import_key(json.loads(row[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return key
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> ServerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- revocation feed ---------------------------------------------------------------------------------
+
+
+class RevocationFeed(Protocol):
+    """Tells the running server about revocations made anywhere (another process, another host later).
+
+    `watch` runs until cancelled and calls *on_revoked(node_name)* once per revocation it sees after it
+    started. The SQLite implementation polls; a Redis pub/sub one can replace it without the app changing.
+    """
+
+    async def watch(self, on_revoked: Callable[[str], Awaitable[None] | None]) -> None: ...
+
+
+class SQLiteRevocationFeed:
+    """`RevocationFeed` that polls the store's ``revocations`` table every *interval* seconds.
+
+    *after_seq* is where to start; None means "revocations from now on" (read when `watch` starts).
+    """
+
+    def __init__(self, store: ServerStore, interval: float = 0.5, after_seq: int | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self._store = store
+        self._interval = interval
+        self._after_seq = after_seq
+        self.ready = asyncio.Event()
+        """Set once `watch` has its starting point: revocations from then on will be delivered."""
+
+    @property
+    def last_seq(self) -> int | None:
+        """The newest revocation already delivered (None before `watch` has started)."""
+        return self._after_seq
+
+    async def watch(self, on_revoked: Callable[[str], Awaitable[None] | None]) -> None:
+        if self._after_seq is None:
+            self._after_seq = await asyncio.to_thread(self._store.last_revocation_seq)
+        self.ready.set()
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                rows = await asyncio.to_thread(self._store.revocations_after, self._after_seq)
+            except sqlite3.Error:
+                # A busy or briefly locked database: try again on the next tick rather than die.
+                logger.warning("revocation poll failed; retrying", exc_info=True)
+                continue
+            for seq, node in rows:
+                self._after_seq = seq
+                try:
+                    result = on_revoked(node)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("revocation handler failed for node %r", node)

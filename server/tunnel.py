@@ -1,0 +1,253 @@
+"""The node tunnel: `WS /api/v1/nodes/connect`, one `NodeSession` per connected node.
+
+Layering: Starlette WebSocket (transport) → `spec.session.RpcSession` (dispatcher) → this module, which
+runs the link's life: token check before accept, `initialize` handshake, `tools/list`, registration in
+the `NodeRegistry`, heartbeat, in-band token renewal and the closing codes:
+
+    4401 token expired without renewal     4403 node revoked
+    4408 heartbeat missed                  4409 replaced by a newer connection of the same node
+    1001 server shutting down
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.auth import AuthError
+from server.registry import NodeEntry
+from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcError
+from spec.session import CallContext, RpcSession, make_methods
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+__all__ = ["PROTOCOL_VERSION", "SUBPROTOCOL", "NodeSession", "bearer_token", "node_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "cortex.v1"
+PROTOCOL_VERSION = "2025-11-25"
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _denial(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+async def node_endpoint(websocket: WebSocket) -> None:
+    state: ServerState = websocket.app.state.cortex
+    token = bearer_token(websocket.headers)
+    if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+        state.metrics.refused("subprotocol")
+        await websocket.send_denial_response(_denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}"))
+        return
+    if token is None:
+        state.metrics.refused("missing_token")
+        await websocket.send_denial_response(_denial(401, "unauthorized", "missing bearer token"))
+        return
+    try:
+        claims = state.authority.verify_node_token(token)
+    except AuthError as exc:
+        state.metrics.refused(exc.reason)
+        logger.info("node handshake refused: %s", exc.reason)
+        await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid node token"))
+        return
+    record = await asyncio.to_thread(state.store.get_node, claims.sub)
+    if record is None or record.revoked_at is not None or record.workspace != claims.ws:
+        state.metrics.refused("revoked")
+        logger.info("node handshake refused: %s is unknown or revoked", claims.sub)
+        await websocket.send_denial_response(_denial(403, "forbidden", "node revoked or unknown"))
+        return
+    state.metrics.handshake()
+    session = NodeSession(websocket, state, claims.sub, claims.ws, claims.exp)
+    await session.run()
+
+
+class NodeSession:
+    """One node's live link; implements `server.registry.NodeLink`."""
+
+    def __init__(self, websocket: WebSocket, state: ServerState, name: str, workspace: str, exp: float) -> None:
+        self.ws = websocket
+        self.state = state
+        self.name = name
+        self.workspace = workspace
+        self.token_exp = float(exp)
+        self.entry: NodeEntry | None = None
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rpc = RpcSession(
+            self._send,
+            make_methods({"ping": self._ping, "auth/refresh": self._refresh}),
+            on_notification=self._on_notification,
+            name=f"node:{name}",
+        )
+
+    # -- NodeLink ---------------------------------------------------------------------------------
+    async def request(self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None) -> Any:
+        return await self.rpc.request(method, params, on_progress=on_progress)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        logger.info("closing node %s: %s (%d)", self.name, reason, code)
+        self.rpc.close(RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected: {reason}", {"retryable": False}))
+        try:
+            await self.ws.close(code=code, reason=reason)
+        except Exception:
+            logger.debug("close of %s after the socket was gone", self.name)
+
+    # -- life -------------------------------------------------------------------------------------
+    async def _send(self, text: str) -> None:
+        await self.ws.send_text(text)
+
+    async def run(self) -> None:
+        await self.ws.accept(subprotocol=SUBPROTOCOL)
+        reader = asyncio.create_task(self._read_loop(), name=f"read:{self.name}")
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await self._handshake()
+            self._tasks = [
+                asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.name}"),
+                asyncio.create_task(self._expiry_watch(), name=f"expiry:{self.name}"),
+            ]
+            await reader
+        except (TimeoutError, RpcError) as exc:
+            logger.warning("node %s failed its handshake: %r", self.name, exc)
+            await self.close(1002, "handshake failed")
+        finally:
+            for task in [reader, *self._tasks]:
+                task.cancel()
+            self.rpc.close(RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False}))
+            if self.state.registry.detach(self.name, self):
+                self.state.metrics.node_disconnected()
+                logger.info("node %s disconnected", self.name)
+
+    async def _handshake(self) -> None:
+        init = await self.rpc.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "cortex-server", "version": self.state.version},
+            },
+        )
+        await self.rpc.notify("notifications/initialized")
+        tools = await self.rpc.request("tools/list")
+        entry = NodeEntry(name=self.name, workspace=self.workspace)
+        entry.info = {**(init.get("node") or {}), "protocolVersion": init.get("protocolVersion")}
+        entry.set_tools(list(tools.get("tools", [])))
+        head = init.get("audit_head")
+        previous = self.state.registry.get(self.name)
+        entry.audit_head = head
+        if previous is not None and previous.audit_head and head:
+            if int(head.get("seq", 0)) < int(previous.audit_head.get("seq", 0)):
+                entry.audit_warning = (
+                    f"audit log went backwards: head seq {head.get('seq')} after "
+                    f"{previous.audit_head.get('seq')} was seen"
+                )
+                logger.warning("node %s: %s", self.name, entry.audit_warning)
+            else:
+                entry.audit_warning = previous.audit_warning
+        self.entry = entry
+        old = self.state.registry.attach(entry, self)
+        self.state.metrics.node_connected()
+        if old is not None:
+            await old.close(4409, "replaced by a newer connection")
+        logger.info("node %s connected (%s, %d tools)", self.name, self.workspace, len(entry.tools))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                if self.entry is not None:
+                    self.entry.last_seen = time.time()
+                await self.rpc.feed(data)
+        except WebSocketDisconnect:
+            return
+        except RuntimeError:  # receive after the socket closed
+            return
+
+    async def _heartbeat(self) -> None:
+        interval = self.state.config.heartbeat_interval
+        misses = 0
+        while True:
+            await asyncio.sleep(interval)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(interval):
+                    await self.rpc.request("ping")
+            except TimeoutError:
+                misses += 1
+                logger.warning("node %s missed heartbeat %d", self.name, misses)
+                if misses >= self.state.config.heartbeat_misses and self.entry is not None:
+                    self.entry.status = "unhealthy"
+                    self.state.registry.publish("node.updated", self.entry)
+                    await self.close(4408, "heartbeat missed")
+                    return
+                continue
+            except RpcError:
+                return
+            misses = 0
+            if self.entry is not None:
+                self.entry.rtt_ms = (time.perf_counter() - started) * 1000
+                self.entry.last_seen = time.time()
+                self.entry.status = "connected"
+                self.state.registry.publish("node.updated", self.entry)
+
+    async def _expiry_watch(self) -> None:
+        while True:
+            delay = self.token_exp - time.time()
+            if delay <= 0:
+                await self.close(4401, "access token expired")
+                return
+            await asyncio.sleep(min(delay, 60.0))
+
+    # -- what the node may ask of us ------------------------------------------------------------------
+    async def _ping(self, ctx: CallContext) -> dict[str, Any]:
+        return {}
+
+    async def _refresh(self, ctx: CallContext, access_token: str) -> dict[str, Any]:
+        try:
+            claims = self.state.authority.verify_node_token(access_token)
+        except AuthError as exc:
+            raise RpcError(UNAUTHORIZED, f"token refused: {exc.reason}") from None
+        if claims.sub != self.name or claims.ws != self.workspace:
+            raise RpcError(INVALID_PARAMS, "the new token names another node")
+        self.token_exp = float(claims.exp)
+        return {"expires_at": int(claims.exp)}
+
+    async def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method == "notifications/tools/list_changed":
+            # Fetch in a task: the reply arrives through the read loop that is running this callback.
+            self._tasks.append(asyncio.create_task(self._refetch_tools()))
+        elif method == "notifications/message":
+            logger.info("node %s says: %s", self.name, params.get("data"))
+
+    async def _refetch_tools(self) -> None:
+        try:
+            tools = await self.rpc.request("tools/list")
+        except RpcError:
+            return
+        if self.entry is not None:
+            self.entry.set_tools(list(tools.get("tools", [])))
+            self.state.registry.publish("node.updated", self.entry)
