@@ -78,8 +78,8 @@ def record_hash(record: dict[str, Any]) -> str:
 
 
 def _redact_string(text: str) -> str:
-    text = _SECRET_ASSIGN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _SECRET_ASSIGN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     if len(text) > MAX_AUDIT_STRING:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         text = f"{text[:MAX_AUDIT_STRING]}...[cut: {len(text)} chars, sha256 {digest}]"
@@ -334,10 +334,14 @@ def verify(path: Path) -> VerifyReport:
             record = _parse_line(line)
             if pending_torn is not None:
                 digest = hashlib.sha256(pending_torn).hexdigest()
-                if record is None or record.get("event") != "audit.recovered" or (
-                    record.get("torn_line_sha256") != digest
+                if (
+                    record is None
+                    or record.get("event") != "audit.recovered"
+                    or (record.get("torn_line_sha256") != digest)
                 ):
-                    return VerifyReport(False, count, expected_seq, "unparseable line not marked as recovered")
+                    return VerifyReport(
+                        False, count, expected_seq, "unparseable line not marked as recovered"
+                    )
                 pending_torn = None
             if record is None:
                 pending_torn = line

@@ -23,12 +23,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def home_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--home", type=Path, default=None, help="agent home (default $CORTEX_HOME or ~/.cortex)")
+        p.add_argument(
+            "--home", type=Path, default=None, help="agent home (default $CORTEX_HOME or ~/.cortex)"
+        )
 
     login = sub.add_parser("login", help="store the node credential (read from stdin)")
     login.add_argument("--server", required=True)
     login.add_argument("--name", required=True)
-    login.add_argument("--credential-file", type=Path, help="read the credential from this file instead of stdin")
+    login.add_argument(
+        "--credential-file", type=Path, help="read the credential from this file instead of stdin"
+    )
     home_arg(login)
 
     run = sub.add_parser("run", help="run the node daemon (headless)")
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tray":
         from desktop_agent.tray import tray_main
 
-        return tray_main(args, home)
+        return int(tray_main(args, home))
     return asyncio.run(_run(args, home))
 
 

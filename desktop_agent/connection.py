@@ -128,6 +128,7 @@ class NodeAgent:
         self._ws: ClientConnection | None = None
         self._rpc: RpcSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: set[asyncio.Future[Any]] = set()
         engine.on_tools_changed(self._tools_changed)
 
     # -- state for the tray ------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class NodeAgent:
         self._wanted.clear()
         self._wake.set()
         if self._ws is not None:
-            asyncio.ensure_future(self._ws.close(1000, "disconnected by the user"))
+            self._background(self._ws.close(1000, "disconnected by the user"))
 
     def stop(self) -> None:
         self._stop.set()
@@ -275,7 +276,13 @@ class NodeAgent:
     def _tools_changed(self) -> None:
         rpc = self._rpc
         if rpc is not None and not rpc.closed:
-            asyncio.ensure_future(rpc.notify("notifications/tools/list_changed"))
+            self._background(rpc.notify("notifications/tools/list_changed"))
+
+    def _background(self, coro: Any) -> None:
+        # Keep a reference until done: the loop holds tasks only weakly.
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     # -- what the server may ask of us ------------------------------------------------------------------
     def _methods(self) -> dict[str, Any]:
@@ -324,4 +331,3 @@ class NodeAgent:
 
     async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
         return await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
-

@@ -1,34 +1,57 @@
 """The node's tool engine: which tools exist, and the checked path every call takes.
 
 Layering: the connection (`desktop_agent.connection`) turns JSON-RPC into calls on this engine; the engine
-validates arguments against the manifest's inputSchema, enforces the owner's policy, writes the audit log
-and runs the tool function (`desktop_agent.tools.*`). Nothing here knows about sockets.
+validates arguments against the manifest's inputSchema, enforces the owner's policy (`desktop_agent.policy`),
+writes the audit log (`desktop_agent.audit`) and runs the tool function (`desktop_agent.tools.*`).
+Nothing here knows about sockets.
 
 Rules of a call:
-1. Unknown or disabled tool -> RpcError(INVALID_PARAMS); arguments failing the schema -> RpcError(INVALID_PARAMS)
-   with the schema's complaint. Nothing runs.
-2. `tool.requested` is on disk (fsync'd) before the tool starts; if it cannot be written the tool does not run.
-3. Every started call ends with exactly one `tool.finished` (ok | error | cancelled | timeout).
+1. Unknown or disabled tool -> RpcError(INVALID_PARAMS), audited as `tool.denied`; arguments failing the
+   schema -> RpcError(INVALID_PARAMS) with the schema's complaint, also audited as `tool.denied`.
+   Nothing runs.
+2. At most `policy.max_concurrency` calls run at once; up to `QUEUE_FACTOR` times as many wait (first
+   come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`.
+3. `tool.requested` is on disk (fsync'd) before the tool starts; if it cannot be written the tool does
+   not run -> RpcError(INTERNAL_ERROR).
+4. Every started call ends with exactly one `tool.finished` (status ok | error | cancelled | timeout,
+   exit_code, duration_ms, output_sha256 and output_bytes of the serialised result content).
+   A cancelled call is audited, then CancelledError propagates.
+5. The policy is a snapshot per call; agent.toml edits apply to later calls and fire `on_tools_changed`
+   callbacks when the declared tool list changes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonschema import Draft202012Validator
 
+from desktop_agent.audit import AUDIT_FILE, AuditLog
+from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, watch_config
 from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolFunc, ToolResult
 from desktop_agent.tools.basic import echo, system_info
-from spec.errors import INVALID_PARAMS, RpcError
+from desktop_agent.tools.fs import FsTools
+from desktop_agent.tools.shell import shell_exec
+from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import argument_problem, load_manifest, schema_validator
 
-__all__ = ["ToolEngine"]
+__all__ = ["QUEUE_FACTOR", "ToolEngine"]
 
 logger = logging.getLogger(__name__)
+
+QUEUE_FACTOR = 4
+BROWSER_TOOLS = frozenset(
+    {"browser_navigate", "browser_click", "browser_type", "browser_screenshot", "browser_snapshot"}
+)
 
 
 @dataclass
@@ -38,41 +61,212 @@ class _Tool:
     validator: Draft202012Validator
 
 
-class ToolEngine:
-    """Owns the node's tools for one agent process."""
+class _Admission:
+    """Rule 2: a semaphore whose size follows the live policy, with a bounded FIFO wait queue."""
 
-    def __init__(self, home: Path, policy: Any = None) -> None:
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self._running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        limit = self._limit()
+        if self._running < limit and not self._waiters:
+            self._running += 1
+            return
+        if len(self._waiters) >= QUEUE_FACTOR * limit:
+            raise RpcError(
+                OVERLOADED, f"node busy: {self._running} calls running, {len(self._waiters)} waiting"
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            else:  # the slot was handed to us just as we were cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self._running -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        while self._waiters and self._running < self._limit():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._running += 1
+                waiter.set_result(None)
+
+
+def _content_digest(result: ToolResult) -> tuple[str, int]:
+    data = json.dumps(result.content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+class ToolEngine:
+    """Owns the node's tools, policy and audit log for one agent process."""
+
+    def __init__(self, home: Path, overrides: Overrides | None = None, *, watch_poll_ms: int = 1000) -> None:
         self.home = home
-        self.policy = policy
+        self._overrides = overrides
+        self._config = load_config(home, overrides)
+        self._audit = AuditLog(home / AUDIT_FILE)
+        self._watch_poll_ms = watch_poll_ms
         self._on_tools_changed: list[Callable[[], None]] = []
-        funcs: dict[str, ToolFunc] = {"echo": echo, "system_info": system_info}
+        self._admission = _Admission(lambda: self._config.policy.max_concurrency)
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watch: asyncio.Event | None = None
+        self._browser: Any = None
+        self._logged_browser_reason: str | None = None
+        funcs: dict[str, ToolFunc] = {"echo": echo, "system_info": system_info, "shell_exec": shell_exec}
+        funcs.update(FsTools().tools())
+        funcs.update(self._load_browser())
         self._tools: dict[str, _Tool] = {
             spec["name"]: _Tool(spec, funcs[spec["name"]], schema_validator(spec["inputSchema"]))
             for spec in load_manifest()
             if spec["name"] in funcs
         }
+        self._declared = self._available_names()
 
+    # -- configuration --------------------------------------------------------------------------
+    @property
+    def config(self) -> AgentConfig:
+        """The agent.toml in force (after command-line overrides)."""
+        return self._config
+
+    @property
+    def policy(self) -> Policy:
+        return self._config.policy
+
+    def _load_browser(self) -> dict[str, ToolFunc]:
+        try:
+            from desktop_agent.tools.browser import BrowserTools
+        except ImportError as exc:
+            logger.info("browser tools not available: %s", exc)
+            return {}
+        try:
+            self._browser = BrowserTools(lambda: self._config.policy)
+            return dict(self._browser.tools())
+        except Exception:
+            logger.exception("browser tools failed to load")
+            self._browser = None
+            return {}
+
+    def _browser_reason(self) -> str | None:
+        if self._browser is None:
+            return "browser tools not installed"
+        try:
+            reason: str | None = self._browser.unavailable_reason()
+        except Exception as exc:
+            reason = f"browser check failed: {exc}"
+        if reason is not None and reason != self._logged_browser_reason:
+            logger.info("browser tools not declared: %s", reason)
+        self._logged_browser_reason = reason
+        return reason
+
+    def _available_names(self, policy: Policy | None = None) -> list[str]:
+        policy = policy or self._config.policy
+        names = [name for name in self._tools if policy.tool_enabled(name)]
+        if any(name in BROWSER_TOOLS for name in names) and self._browser_reason() is not None:
+            names = [name for name in names if name not in BROWSER_TOOLS]
+        return names
+
+    def _apply_config(self, config: AgentConfig) -> None:
+        self._config = config
+        self._admission.wake()  # a larger max_concurrency lets waiting calls in now
+        names = self._available_names()
+        if names != self._declared:
+            self._declared = names
+            logger.info("declared tools changed: %s", ", ".join(names))
+            for callback in list(self._on_tools_changed):
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("on_tools_changed callback failed")
+
+    # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start background work (policy watching)."""
+        """Open the audit log and start watching agent.toml."""
+        await self._audit.open()
+        if self._watcher is None:
+            self._stop_watch = asyncio.Event()
+            self._watcher = asyncio.create_task(self._watch(), name="cortex-policy-watch")
+
+    async def _watch(self) -> None:
+        assert self._stop_watch is not None
+        try:
+            await watch_config(
+                self.home,
+                self._overrides,
+                self._config,
+                self._apply_config,
+                stop_event=self._stop_watch,
+                poll_ms=self._watch_poll_ms,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("agent.toml watcher stopped; policy edits need a restart")
 
     async def aclose(self) -> None:
-        """Stop background work and release resources (browser, watchers)."""
+        """Stop the watcher, close the browser and the audit log."""
+        if self._watcher is not None:
+            assert self._stop_watch is not None
+            self._stop_watch.set()
+            try:
+                await asyncio.wait_for(self._watcher, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._watcher.cancel()
+            self._watcher = None
+        if self._browser is not None:
+            try:
+                await self._browser.aclose()
+            except Exception:
+                logger.exception("closing the browser failed")
+        await self._audit.aclose()
 
     def on_tools_changed(self, callback: Callable[[], None]) -> None:
         """Register a callback run when the set of available tools changes (policy edit)."""
         self._on_tools_changed.append(callback)
 
     def list_tools(self) -> list[dict[str, Any]]:
-        return [t.spec for t in self._tools.values()]
+        """The tools declared under the current policy, as MCP Tool objects (manifest order)."""
+        return [self._tools[name].spec for name in self._available_names()]
 
+    # -- audit ----------------------------------------------------------------------------------
     def audit_head(self) -> dict[str, Any]:
-        return {"seq": 0, "hash": "0" * 64}
+        return self._audit.head()
 
     async def audit_read(self, after_seq: int, limit: int) -> dict[str, Any]:
-        return {"records": [], "head": self.audit_head()}
+        records = await self._audit.read(after_seq, limit)
+        return {"records": records, "head": self._audit.head()}
 
     async def record(self, event: str, **fields: Any) -> None:
         """Append a non-tool audit record (node.connected, node.disconnected)."""
+        await self._audit.append(event, **fields)
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def _deny(
+        self, code: int, message: str, name: str, arguments: Any, request_id: Any, caller: Any
+    ) -> NoReturn:
+        try:
+            await self._audit.append(
+                "tool.denied",
+                request_id=request_id,
+                tool=name,
+                arguments=arguments,
+                caller=caller,
+                reason=message,
+            )
+        except OSError:
+            logger.exception("could not audit a denied call")
+        raise RpcError(code, message)
 
     async def call(
         self,
@@ -84,17 +278,78 @@ class ToolEngine:
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
         """Run one tool call and return the CallToolResult; see the module's rules."""
+        policy = self._config.policy
         tool = self._tools.get(name)
-        if tool is None:
-            raise RpcError(INVALID_PARAMS, f"unknown tool: {name}")
+        if tool is None or name not in self._available_names(policy):
+            reason = "unknown tool" if tool is None else "tool disabled by the node's policy"
+            await self._deny(INVALID_PARAMS, f"{reason}: {name}", name, arguments, request_id, caller)
+        assert tool is not None
         problem = argument_problem(tool.validator, arguments)
         if problem is not None:
-            raise RpcError(INVALID_PARAMS, f"invalid arguments for {name}: {problem}")
-        ctx = ToolContext(request_id=request_id, caller=caller, home=self.home, policy=self.policy)
+            message = f"invalid arguments for {name}: {problem}"
+            await self._deny(INVALID_PARAMS, message, name, arguments, request_id, caller)
+        try:
+            await self._admission.acquire()
+        except RpcError as exc:
+            await self._deny(exc.code, exc.message, name, arguments, request_id, caller)
+        try:
+            return await self._run(tool, arguments, policy, request_id, caller, progress)
+        finally:
+            self._admission.release()
+
+    async def _run(
+        self,
+        tool: _Tool,
+        arguments: dict[str, Any],
+        policy: Policy,
+        request_id: str | int,
+        caller: dict[str, Any],
+        progress: ProgressFn | None,
+    ) -> dict[str, Any]:
+        name = tool.spec["name"]
+        ids = {"request_id": request_id, "tool": name, "caller": caller}
+        started = time.monotonic()
+
+        async def finish(status: str, result: ToolResult | None) -> None:
+            digest, size = _content_digest(result) if result is not None else (None, 0)
+            await self._audit.append(
+                "tool.finished",
+                **ids,
+                status=status,
+                exit_code=result.exit_code if result is not None else None,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                output_sha256=digest,
+                output_bytes=size,
+            )
+
+        try:
+            await self._audit.append("tool.requested", **ids, arguments=arguments)
+        except asyncio.CancelledError:
+            await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
+            raise
+        except Exception as exc:
+            logger.exception("audit log not writable; refusing to run %s", name)
+            raise RpcError(
+                INTERNAL_ERROR, "the node's audit log cannot be written; the tool did not run"
+            ) from exc
+
+        ctx = ToolContext(request_id=request_id, caller=caller, home=self.home, policy=policy)
         if progress is not None:
             ctx.progress = progress
         try:
             result = await tool.func(arguments, ctx)
         except ToolFailure as exc:
             result = ToolResult.error(str(exc))
+        except asyncio.CancelledError:
+            await asyncio.shield(finish("cancelled", None))
+            raise
+        except Exception as exc:
+            logger.exception("tool %s failed unexpectedly", name)
+            result = ToolResult.error(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
+        timed_out = isinstance(result.structured, dict) and result.structured.get("timed_out") is True
+        status = "timeout" if timed_out else "error" if result.is_error else "ok"
+        try:
+            await finish(status, result)
+        except OSError:
+            logger.exception("could not audit the end of %s (request %s)", name, request_id)
         return result.to_wire()

@@ -70,7 +70,17 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "agent.toml"
 MIB = 1 << 20
-_TOP_KEYS = {"server", "name", "allowed_roots", "max_concurrency", "tls", "tools", "shell", "browser", "limits"}
+_TOP_KEYS = {
+    "server",
+    "name",
+    "allowed_roots",
+    "max_concurrency",
+    "tls",
+    "tools",
+    "shell",
+    "browser",
+    "limits",
+}
 _SECTION_KEYS: dict[str, set[str]] = {
     "tls": {"ca", "client_cert", "client_key"},
     "tools": {"enabled"},
@@ -185,7 +195,7 @@ def _str_list(table: Mapping[str, Any], key: str, where: str) -> list[str] | Non
     value = _get(table, key, list, where)
     if value is not None and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: {key} must be a list of strings")
-    return value
+    return None if value is None else [str(v) for v in value]
 
 
 def _positive(value: Any, key: str, where: str) -> Any:
@@ -243,9 +253,9 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
         browser_enabled=defaults.browser_enabled if browser_on is None else browser_on,
         browser_executable=executable if "executable" in browser_t else defaults.browser_executable,
         browser_idle_timeout_s=float(idle) if idle is not None else defaults.browser_idle_timeout_s,
-        browser_allowed_schemes=tuple(s.lower() for s in schemes) if schemes is not None else (
-            defaults.browser_allowed_schemes
-        ),
+        browser_allowed_schemes=tuple(s.lower() for s in schemes)
+        if schemes is not None
+        else (defaults.browser_allowed_schemes),
     )
     return AgentConfig(
         home=home,
@@ -320,9 +330,9 @@ async def watch_config(
     caller's load and the start of the OS watch is not missed. A bad file is logged once per distinct
     content and the old configuration stays (rule 2). Returns when `stop_event` is set; cancel-safe.
     """
-    home.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
     path = home / CONFIG_FILE
-    last: bytes | None | _Unset = _Unset()
+    last: bytes | _Unset | None = _Unset()
 
     def only_config(change: watchfiles.Change, changed: str) -> bool:
         return Path(changed).name == CONFIG_FILE

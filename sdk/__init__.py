@@ -1,8 +1,8 @@
 """Cortex Python SDK: script tasks against agent nodes through a Cortex server.
 
-    from sdk import Client
-    with Client("http://127.0.0.1:8765", token=T) as c:
-        print(c.call("laptop", "echo", {"text": "hi"}).text)
+from sdk import Client
+with Client("http://127.0.0.1:8765", token=T) as c:
+    print(c.call("laptop", "echo", {"text": "hi"}).text)
 """
 
 from sdk.client import AsyncClient, CallHandle, CallResult, Client, Image

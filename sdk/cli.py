@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("tool")
     call.add_argument("json_args", nargs="?", default="{}", help="the arguments as a JSON object")
     call.add_argument("--out", type=Path, help="write the result's first image (or its text) to this file")
-    call.add_argument("--timeout", type=float, default=None, help="seconds; the node's work is cancelled after")
+    call.add_argument(
+        "--timeout", type=float, default=None, help="seconds; the node's work is cancelled after"
+    )
     call.add_argument("--json", action="store_true", help="print the whole CallToolResult as JSON")
     audit = sub.add_parser("audit", help="read a node's audit log")
     audit.add_argument("node")
@@ -95,16 +97,19 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "nodes":
             for node in client.nodes():
                 rtt = f"{node['rtt_ms']:.1f} ms" if node.get("rtt_ms") is not None else "-"
-                print(f"{node['name']:<24} {node['workspace']:<16} {node['status']:<13} {rtt:>10}  "
-                      f"{len(node.get('tools') or [])} tools")
+                print(
+                    f"{node['name']:<24} {node['workspace']:<16} {node['status']:<13} {rtt:>10}  "
+                    f"{len(node.get('tools') or [])} tools"
+                )
             return EXIT_OK
         if args.command == "tools":
             for tool in client.tools(args.node):
-                print(f"{tool['name']:<22} {tool.get('description', '').splitlines()[0] if tool.get('description') else ''}")
+                summary = (tool.get("description") or "").strip().splitlines()
+                print(f"{tool['name']:<22} {summary[0] if summary else ''}")
             return EXIT_OK
         if args.command == "audit":
-            result = client.audit(args.node, args.after, args.limit)
-            for record in result.get("records", []):
+            page = client.audit(args.node, args.after, args.limit)
+            for record in page.get("records", []):
                 print(json.dumps(record, ensure_ascii=False))
             return EXIT_OK
         result = client.call(args.node, args.tool, arguments, timeout=args.timeout)

@@ -55,7 +55,9 @@ class CallResult:
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> CallResult:
-        return cls(list(raw.get("content") or []), raw.get("structuredContent"), bool(raw.get("isError")), raw)
+        return cls(
+            list(raw.get("content") or []), raw.get("structuredContent"), bool(raw.get("isError")), raw
+        )
 
     @property
     def text(self) -> str:
@@ -174,7 +176,9 @@ class AsyncClient:
                 await self._reader
         self._ws = None
 
-    async def _request(self, method: str, params: dict[str, Any], on_progress: ProgressFn | None = None) -> Any:
+    async def _request(
+        self, method: str, params: dict[str, Any], on_progress: ProgressFn | None = None
+    ) -> Any:
         if self._rpc is None:
             raise ConnectionLost("not connected (use `async with AsyncClient(...)`)")
         try:
@@ -193,7 +197,9 @@ class AsyncClient:
         return tools
 
     async def audit(self, node: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("audit/read", {"node": node, "after_seq": after, "limit": limit})
+        result: dict[str, Any] = await self._request(
+            "audit/read", {"node": node, "after_seq": after, "limit": limit}
+        )
         return result
 
     async def call(
@@ -227,7 +233,9 @@ class AsyncClient:
         on_progress: ProgressFn | None = None,
     ) -> CallHandle:
         """Start a call without waiting; not a coroutine."""
-        return CallHandle(asyncio.ensure_future(self.call(node, tool, arguments, timeout=timeout, on_progress=on_progress)))
+        return CallHandle(
+            asyncio.ensure_future(self.call(node, tool, arguments, timeout=timeout, on_progress=on_progress))
+        )
 
 
 class Client:

@@ -1,14 +1,14 @@
 """The SDK's exceptions: one root, one class per outcome a script would handle differently.
 
-    CortexError                 -- root; `.code` is the JSON-RPC error code when there is one
-    ├── AuthError               -- missing, bad or expired token; not allowed (-32001, HTTP 401/403)
-    ├── NodeNotFound            -- no such node in your workspace, or not connected (-32004)
-    ├── NodeDisconnected        -- the node dropped during the call (-32010)
-    ├── CallCancelled           -- the call was cancelled (-32800)
-    ├── CallTimeout             -- the call did not finish in time; the node's work was cancelled (-32011)
-    ├── InvalidArguments        -- unknown tool or arguments failing its inputSchema (-32602)
-    ├── Overloaded              -- the node is at its concurrency limit (-32012)
-    └── ConnectionLost          -- the link to the server dropped or could not be opened
+CortexError                 -- root; `.code` is the JSON-RPC error code when there is one
+├── AuthError               -- missing, bad or expired token; not allowed (-32001, HTTP 401/403)
+├── NodeNotFound            -- no such node in your workspace, or not connected (-32004)
+├── NodeDisconnected        -- the node dropped during the call (-32010)
+├── CallCancelled           -- the call was cancelled (-32800)
+├── CallTimeout             -- the call did not finish in time; the node's work was cancelled (-32011)
+├── InvalidArguments        -- unknown tool or arguments failing its inputSchema (-32602)
+├── Overloaded              -- the node is at its concurrency limit (-32012)
+└── ConnectionLost          -- the link to the server dropped or could not be opened
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def authenticate(request: Request) -> Caller:
     except AuthError as exc:
         logger.info("API request refused: %s", exc.reason)
         raise ApiError(
-            exc.status, "unauthorized" if exc.status == 401 else "forbidden", "invalid token",
+            exc.status,
+            "unauthorized" if exc.status == 401 else "forbidden",
+            "invalid token",
             {"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from None
 
@@ -168,17 +170,23 @@ async def events(request: Request, state: ServerState, caller: Caller) -> Respon
                     yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def healthz(request: Request) -> Response:
     state = state_of(request)
-    return JSONResponse({"status": "ok", "version": state.version, "nodes_connected": state.registry.connected_count()})
+    return JSONResponse(
+        {"status": "ok", "version": state.version, "nodes_connected": state.registry.connected_count()}
+    )
 
 
 async def metrics(request: Request) -> Response:
-    return Response(state_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(
+        state_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
 
 
 async def jwks(request: Request) -> Response:

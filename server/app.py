@@ -16,7 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, oauth
+from server import api, dashboard, oauth
 from server.auth import TokenAuthority
 from server.config import ServerConfig
 from server.metrics import Metrics
@@ -50,6 +50,10 @@ class ServerState:
         link = self.registry.link(name)
         if link is not None:
             await link.close(4403, "node revoked")
+            # Detach before forgetting the entry, or subscribers never see node.disconnected (the
+            # session's own detach would find no entry to publish); it then finds nothing to do.
+            if self.registry.detach(name, link):
+                self.metrics.node_disconnected()
         self.registry.forget(name)
         logger.info("node %s revoked", name)
 
@@ -93,5 +97,6 @@ def build_app(config: ServerConfig) -> Starlette:
         WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
         WebSocketRoute("/api/v1/rpc", rpc_endpoint),
         *api.routes(),
+        *dashboard.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, default=None, help="default $CORTEX_SERVER_HOME or ~/.cortex-server")
+        p.add_argument(
+            "--data-dir", type=Path, default=None, help="default $CORTEX_SERVER_HOME or ~/.cortex-server"
+        )
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="127.0.0.1")

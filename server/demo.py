@@ -64,12 +64,21 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
         env = {**os.environ, "CORTEX_HOME": str(home)}
         env.pop("CORTEX_NODE_CREDENTIAL", None)
         agent = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "desktop_agent.cli", "run", "--home", str(home),
-            "--server", base_url, "--name", DEMO_NODE, env=env,
+            sys.executable,
+            "-m",
+            "desktop_agent.cli",
+            "run",
+            "--home",
+            str(home),
+            "--server",
+            base_url,
+            "--name",
+            DEMO_NODE,
+            env=env,
         )
         print(f"demo node '{DEMO_NODE}' starting (agent home {home})", flush=True)
         print(f"dashboard: {base_url}/#token={token}", flush=True)
-        print(f"try: cortex call {DEMO_NODE} echo '{{\"text\":\"hi\"}}'", flush=True)
+        print(f'try: cortex call {DEMO_NODE} echo \'{{"text":"hi"}}\'', flush=True)
     try:
         await serving
     finally:

@@ -30,7 +30,9 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
     headers = dict(_NO_STORE)
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="cortex"'
-    return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
 
 
 def _basic_auth(header: str) -> tuple[str, str] | None:

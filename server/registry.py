@@ -113,6 +113,7 @@ class LocalRegistry:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._known = known
         self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
+        self._pending: set[asyncio.Future[None]] = set()
 
     def _load_known(self) -> None:
         if self._known is None:
@@ -180,7 +181,9 @@ class LocalRegistry:
         for listener in self._listeners:
             outcome = listener(event, entry)
             if outcome is not None:
-                asyncio.ensure_future(outcome)
+                task = asyncio.ensure_future(outcome)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
     @contextmanager
     def subscribe(self, maxsize: int = 256) -> Iterator[asyncio.Queue[tuple[str, dict[str, Any]]]]:

@@ -26,7 +26,7 @@ from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
 from spec.manifest import argument_problem
 from spec.session import ProgressCallback
 
-__all__ = ["Caller", "CallRouter"]
+__all__ = ["CallRouter", "Caller"]
 
 
 @dataclass(frozen=True)

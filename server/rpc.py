@@ -8,6 +8,7 @@ dropped connection — cancels the call end to end), `audit/read {node, after_se
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -21,9 +22,23 @@ from spec.session import CallContext, RpcSession, make_methods
 if TYPE_CHECKING:
     from server.app import ServerState
 
-__all__ = ["caller_from_token", "rpc_endpoint"]
+__all__ = ["SUBPROTOCOL_TOKEN_PREFIX", "caller_from_token", "rpc_endpoint", "subprotocol_token"]
 
 logger = logging.getLogger(__name__)
+
+SUBPROTOCOL_TOKEN_PREFIX = "bearer."
+
+
+def subprotocol_token(scope: Mapping[str, Any]) -> str | None:
+    """The user token offered as a second subprotocol `bearer.<token>` (browsers cannot set headers).
+
+    Accepted on `/api/v1/rpc` only; the server still answers with `cortex.v1` alone, so the token is
+    never echoed back, and it is never logged.
+    """
+    for value in scope.get("subprotocols", []):
+        if value.startswith(SUBPROTOCOL_TOKEN_PREFIX) and len(value) > len(SUBPROTOCOL_TOKEN_PREFIX):
+            return str(value[len(SUBPROTOCOL_TOKEN_PREFIX) :])
+    return None
 
 
 def caller_from_token(state: ServerState, token: str) -> Caller:
@@ -34,9 +49,11 @@ def caller_from_token(state: ServerState, token: str) -> Caller:
 async def rpc_endpoint(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.cortex
     if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
-        await websocket.send_denial_response(_denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}"))
+        await websocket.send_denial_response(
+            _denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}")
+        )
         return
-    token = bearer_token(websocket.headers)
+    token = bearer_token(websocket.headers) or subprotocol_token(websocket.scope)
     if token is None:
         await websocket.send_denial_response(_denial(401, "unauthorized", "missing bearer token"))
         return

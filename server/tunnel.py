@@ -37,7 +37,7 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 def bearer_token(headers: Any) -> str | None:
-    value = headers.get("authorization", "")
+    value = str(headers.get("authorization", ""))
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -53,7 +53,9 @@ async def node_endpoint(websocket: WebSocket) -> None:
     token = bearer_token(websocket.headers)
     if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
         state.metrics.refused("subprotocol")
-        await websocket.send_denial_response(_denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}"))
+        await websocket.send_denial_response(
+            _denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}")
+        )
         return
     if token is None:
         state.metrics.refused("missing_token")
@@ -80,7 +82,9 @@ async def node_endpoint(websocket: WebSocket) -> None:
 class NodeSession:
     """One node's live link; implements `server.registry.NodeLink`."""
 
-    def __init__(self, websocket: WebSocket, state: ServerState, name: str, workspace: str, exp: float) -> None:
+    def __init__(
+        self, websocket: WebSocket, state: ServerState, name: str, workspace: str, exp: float
+    ) -> None:
         self.ws = websocket
         self.state = state
         self.name = name
@@ -97,7 +101,9 @@ class NodeSession:
         )
 
     # -- NodeLink ---------------------------------------------------------------------------------
-    async def request(self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None) -> Any:
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None
+    ) -> Any:
         return await self.rpc.request(method, params, on_progress=on_progress)
 
     async def close(self, code: int, reason: str) -> None:
@@ -105,7 +111,9 @@ class NodeSession:
             return
         self._closing = True
         logger.info("closing node %s: %s (%d)", self.name, reason, code)
-        self.rpc.close(RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected: {reason}", {"retryable": False}))
+        self.rpc.close(
+            RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected: {reason}", {"retryable": False})
+        )
         try:
             await self.ws.close(code=code, reason=reason)
         except Exception:
@@ -132,7 +140,9 @@ class NodeSession:
         finally:
             for task in [reader, *self._tasks]:
                 task.cancel()
-            self.rpc.close(RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False}))
+            self.rpc.close(
+                RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
+            )
             if self.state.registry.detach(self.name, self):
                 self.state.metrics.node_disconnected()
                 logger.info("node %s disconnected", self.name)

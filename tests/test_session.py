@@ -53,7 +53,7 @@ async def test_handler_calls_back_across_the_link_without_deadlock() -> None:
     async def inner(ctx: CallContext) -> int:
         return 41
 
-    a, b = _pair({"inner": inner}, {"outer": outer})
+    a, _ = _pair({"inner": inner}, {"outer": outer})
     async with asyncio.timeout(5):
         assert await a.request("outer") == 42
 
@@ -65,7 +65,7 @@ async def test_errors_cross_the_wire_with_their_codes() -> None:
     async def refuse(ctx: CallContext) -> None:
         raise errors.RpcError(errors.NODE_NOT_FOUND, "no such node")
 
-    a, b = _pair({}, {"boom": boom, "refuse": refuse})
+    a, _ = _pair({}, {"boom": boom, "refuse": refuse})
     async with asyncio.timeout(5):
         with pytest.raises(errors.RpcError) as info:
             await a.request("boom")
@@ -95,7 +95,7 @@ async def test_progress_in_order_and_cancel_stops_the_handler() -> None:
         finally:
             stopped.set()
 
-    a, b = _pair({}, {"slow": slow})
+    a, _ = _pair({}, {"slow": slow})
     seen: list[float] = []
     task = asyncio.create_task(a.request("slow", on_progress=lambda p: seen.append(p["progress"])))
     async with asyncio.timeout(5):
@@ -111,7 +111,7 @@ async def test_close_fails_pending_requests() -> None:
     async def hang(ctx: CallContext) -> None:
         await asyncio.Event().wait()
 
-    a, b = _pair({}, {"hang": hang})
+    a, _ = _pair({}, {"hang": hang})
     task = asyncio.create_task(a.request("hang"))
     await asyncio.sleep(0)
     a.close(errors.RpcError(errors.NODE_DISCONNECTED, "gone", {"retryable": False}))
@@ -147,15 +147,16 @@ async def test_notifications_get_no_response() -> None:
 )
 async def test_malformed_frames_get_error_answers(frame: str, code: int) -> None:
     sent: list[str] = []
+    answered = asyncio.Event()
 
     async def capture(text: str) -> None:
         sent.append(text)
+        answered.set()
 
     session = RpcSession(capture, {})
     await session.feed(frame)
     async with asyncio.timeout(5):
-        while not sent:
-            await asyncio.sleep(0)
+        await answered.wait()
     assert json.loads(sent[0])["error"]["code"] == code
 
 

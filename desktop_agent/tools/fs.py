@@ -211,7 +211,9 @@ def _decode_text(data: bytes, at_eof: bool) -> str | None:
         return None
 
 
-def _entries(stop: threading.Event, top: Path, recursive: bool, skip_dirs: frozenset[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def _entries(
+    stop: threading.Event, top: Path, recursive: bool, skip_dirs: frozenset[str]
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """(relative name, entry) depth first, sorted by name, never following symlinks (rule 5)."""
 
     def listing(path: Path | str, rel: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
@@ -236,7 +238,9 @@ def _entries(stop: threading.Event, top: Path, recursive: bool, skip_dirs: froze
             stack.append(listing(entry.path, rel + "/"))
 
 
-def _list_dir(stop: threading.Event, real: Path, recursive: bool, max_entries: int) -> tuple[list[dict[str, Any]], bool]:
+def _list_dir(
+    stop: threading.Event, real: Path, recursive: bool, max_entries: int
+) -> tuple[list[dict[str, Any]], bool]:
     if not real.is_dir():
         raise NotADirectoryError(str(real))
     out: list[dict[str, Any]] = []
@@ -258,7 +262,12 @@ def _list_dir(stop: threading.Event, real: Path, recursive: bool, max_entries: i
 
 
 def _grep(
-    stop: threading.Event, real: Path, rx: re.Pattern[str], glob: str | None, max_matches: int, hidden: list[Path]
+    stop: threading.Event,
+    real: Path,
+    rx: re.Pattern[str],
+    glob: str | None,
+    max_matches: int,
+    hidden: list[Path],
 ) -> tuple[list[dict[str, Any]], bool, int]:
     if real.is_file():
         files: Iterator[tuple[str, str]] = iter([(real.name, str(real))])
@@ -276,7 +285,7 @@ def _grep(
         if Path(path) in hidden:
             continue
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            f = open(path, "rb")
         except OSError:
             continue
         with f:
@@ -327,7 +336,9 @@ class FsTools:
         limit = arguments.get("limit", DEFAULT_READ_LIMIT)
         most = ctx.policy.limits.max_read_bytes
         if limit > most:
-            raise ToolFailure(f"limit {limit} is above this node's read limit of {most} bytes; read in slices")
+            raise ToolFailure(
+                f"limit {limit} is above this node's read limit of {most} bytes; read in slices"
+            )
         real = resolve_in_roots(raw, ctx.policy.allowed_roots)
         _check_not_protected(real, ctx.home, SECRET_FILES, raw, "read")
         data, size = await _in_thread(raw, _read_slice, real, raw, offset, limit)
@@ -345,7 +356,9 @@ class FsTools:
                 item = {"type": "resource", "resource": {"uri": real.as_uri(), "mimeType": mime, "blob": b64}}
             result = ToolResult(content=[item])
         if offset >= size and size > 0:
-            result.content.append({"type": "text", "text": f"[fs_read: offset {offset} is past the end ({size} bytes)]"})
+            result.content.append(
+                {"type": "text", "text": f"[fs_read: offset {offset} is past the end ({size} bytes)]"}
+            )
         elif end < size:
             note = f"[fs_read: returned bytes {offset}-{end - 1} of {size}; continue with offset={end}]"
             result.content.append({"type": "text", "text": note})
@@ -363,7 +376,9 @@ class FsTools:
             data = content.encode("utf-8", "surrogatepass")
         most = ctx.policy.limits.max_write_bytes
         if len(data) > most:
-            raise ToolFailure(f"content of {len(data)} bytes is above this node's write limit of {most} bytes")
+            raise ToolFailure(
+                f"content of {len(data)} bytes is above this node's write limit of {most} bytes"
+            )
         real = resolve_in_roots(raw, ctx.policy.allowed_roots)
         _check_not_protected(real, ctx.home, PROTECTED_FILES, raw, "written")
         async with self._lock(real):
@@ -383,7 +398,9 @@ class FsTools:
             if st is None:
                 raise FileNotFoundError(str(real))
             if st.st_size > most:
-                raise ToolFailure(f"{raw}: {st.st_size} bytes is above this node's write limit of {most} bytes")
+                raise ToolFailure(
+                    f"{raw}: {st.st_size} bytes is above this node's write limit of {most} bytes"
+                )
             try:
                 text = real.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
@@ -409,7 +426,8 @@ class FsTools:
         recursive, most = arguments.get("recursive", False), arguments.get("max_entries", 1000)
         entries, truncated = await _in_thread(raw, _list_dir, real, recursive, most)
         lines = [
-            f"{e['name']}{'/' if e['type'] == 'directory' else ''}\t{e['size']}\t{e['mtime']}" for e in entries
+            f"{e['name']}{'/' if e['type'] == 'directory' else ''}\t{e['size']}\t{e['mtime']}"
+            for e in entries
         ]
         if truncated:
             lines.append(f"[stopped after {most} entries]")

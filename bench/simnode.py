@@ -1,0 +1,167 @@
+"""Simulated nodes for load: many of them in one process, same protocol and same auth as a real agent.
+
+Where it sits: outside the product (bench/ only). A `SimFleet` opens one `websockets` connection per
+node to ``WS /api/v1/nodes/connect`` with a real node access token (minted from the server's own
+signing key with `server.auth.TokenAuthority`, for nodes enrolled in the server's store), and answers
+`initialize`, `tools/list` (the manifest's `echo` entry only), `ping` and `tools/call` `echo` — nothing
+else, no audit log, no policy. It is deliberately thin so that the server, not the load generator,
+is what a benchmark measures.
+
+A node counts as *ready* once the server answered a `ping` the node sent right after `tools/list`:
+the server registers a node before it reads that ping (see `server.tunnel`), so readiness implies
+the node is callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from server.auth import TokenAuthority
+from spec.manifest import load_manifest
+
+__all__ = ["SimFleet", "SimNode"]
+
+SUBPROTOCOL = "cortex.v1"
+_READY_ID = "sim-ready"
+
+
+def _echo_tool() -> dict[str, Any]:
+    return next(t for t in load_manifest() if t["name"] == "echo")
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class SimNode:
+    """One simulated node's connection and counters."""
+
+    name: str
+    workspace: str
+    token: str
+    ws: ClientConnection | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    pings: int = 0
+    calls: int = 0
+    ready_at: float | None = None
+    error: str | None = None
+
+
+class SimFleet:
+    """Many `SimNode`s against one server; `connect_all` opens them at once (a connection storm)."""
+
+    def __init__(self, ws_base: str, authority: TokenAuthority, workspace: str, *, tools: list[Any] | None = None):
+        self.url = ws_base.rstrip("/") + "/api/v1/nodes/connect"
+        self.authority = authority
+        self.workspace = workspace
+        self.nodes: list[SimNode] = []
+        self._tools = tools if tools is not None else [_echo_tool()]
+        self._tools_text = {"tools": self._tools}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def mint(self, names: list[str]) -> None:
+        """Mint one access token per node (before any timing starts)."""
+        for name in names:
+            token, _ = self.authority.mint_node_token(name, self.workspace, ttl=900)
+            self.nodes.append(SimNode(name, self.workspace, token))
+
+    async def connect_all(self, timeout: float, concurrency: int | None = None) -> float:
+        """Connect every minted node at once; returns the seconds until the last one was ready.
+
+        *concurrency* bounds how many handshakes are in progress at a time (None: all of them).
+        Raises TimeoutError if not all were ready within *timeout*.
+        """
+        gate = asyncio.Semaphore(concurrency or len(self.nodes) or 1)
+        started = time.perf_counter()
+        for node in self.nodes:
+            self._tasks.append(asyncio.create_task(self._run(node, gate)))
+        async with asyncio.timeout(timeout):
+            for node in self.nodes:
+                await node.ready.wait()
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            if node.ws is not None:
+                await node.ws.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @property
+    def pings(self) -> int:
+        return sum(n.pings for n in self.nodes)
+
+    async def _run(self, node: SimNode, gate: asyncio.Semaphore) -> None:
+        try:
+            async with gate:
+                ws = await connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {node.token}"},
+                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                    compression=None,
+                    max_size=16 * 1024 * 1024,
+                    open_timeout=120,
+                    ping_interval=None,  # the server's JSON-RPC ping is the heartbeat
+                    close_timeout=1,
+                )
+                node.ws = ws
+                async for message in ws:
+                    if await self._answer(node, ws, message):
+                        break
+                else:
+                    return
+            async for message in ws:
+                await self._answer(node, ws, message)
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            node.error = f"{type(exc).__name__}: {exc}"
+
+    async def _answer(self, node: SimNode, ws: ClientConnection, text: str | bytes) -> bool:
+        """Answer one frame; True once the node became ready (ends the gated phase)."""
+        msg = json.loads(text)
+        method = msg.get("method")
+        id_ = msg.get("id")
+        if method is None:
+            if id_ == _READY_ID:
+                node.ready_at = time.perf_counter()
+                node.ready.set()
+                return True
+            return False
+        if id_ is None:  # a notification (initialized, cancelled): nothing to answer
+            return False
+        if method == "ping":
+            node.pings += 1
+            await ws.send('{"jsonrpc":"2.0","result":{},"id":%s}' % json.dumps(id_))
+            return False
+        if method == "tools/call":
+            node.calls += 1
+            params = msg.get("params") or {}
+            text_arg = (params.get("arguments") or {}).get("text", "")
+            result: Any = {"content": [{"type": "text", "text": text_arg}], "isError": False}
+        elif method == "initialize":
+            result = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"tools": {"listChanged": True}},
+                "serverInfo": {"name": "cortex-bench-simnode", "version": "0"},
+                "node": {"hostname": "sim", "os": "sim", "arch": "sim", "agent_version": "0"},
+                "audit_head": {"seq": 0, "hash": "0" * 64},
+            }
+        elif method == "tools/list":
+            await ws.send(_dumps({"jsonrpc": "2.0", "result": self._tools_text, "id": id_}))
+            # The server registers the node before it reads this ping: its answer means "callable".
+            await ws.send(_dumps({"jsonrpc": "2.0", "method": "ping", "id": _READY_ID}))
+            return False
+        else:
+            await ws.send(_dumps({"jsonrpc": "2.0", "error": {"code": -32601, "message": method}, "id": id_}))
+            return False
+        await ws.send(_dumps({"jsonrpc": "2.0", "result": result, "id": id_}))
+        return False

@@ -1,0 +1,426 @@
+"""`cortex-agent tray`: the system-tray desktop agent.
+
+Layering: pystray (the tray icon, main thread) → `TrayController` (this module: state → icon mapping and
+menu actions, no pystray import of its own) → `NodeAgent` (desktop_agent.connection, the same core as
+`cortex-agent run`, on its own asyncio loop in a second thread) → `ToolEngine`.
+
+Rules:
+1. The agent's loop never waits for the GUI: its status listener only records the newest status and
+   wakes the painter thread, which applies it to the icon (some pystray backends block until their own
+   loop has drawn).
+2. The GUI never waits for the agent: menu actions hand commands over with `NodeAgent.submit`.
+3. Quit stops the agent (the tunnel closes normally, the audit log records `node.disconnected`); the
+   agent thread stops the icon once its loop is done, so the process exits after a clean close.
+4. "Open audit log" opens the local `<home>/audit.log` (always there, needs no user token), not the
+   dashboard's page for the node; "Open dashboard" opens `--dashboard-url` or the server URL.
+5. Backend: `PYSTRAY_BACKEND` when set, else gtk (real menus) when PyGObject imports and a display is
+   set, else xorg. pystray's xorg icon ignores clicks (its window never selects ButtonPress, pystray
+   issue #151): `_clickable_xorg_icon` adds the mask, and a left click runs the default action, which
+   toggles the connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
+
+__all__ = [
+    "AMBER",
+    "GREEN",
+    "GREY",
+    "LOGIN_HINT",
+    "RED",
+    "TrayController",
+    "TrayView",
+    "choose_backend",
+    "icon_image",
+    "open_target",
+    "tray_main",
+    "view_for",
+]
+
+logger = logging.getLogger(__name__)
+
+Colour = tuple[int, int, int]
+GREEN: Colour = (40, 170, 60)
+AMBER: Colour = (240, 160, 20)
+GREY: Colour = (128, 128, 128)
+RED: Colour = (210, 40, 40)
+
+LOGIN_HINT = "cortex-agent login --server URL --name NAME"
+ICON_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TrayView:
+    """Everything the icon shows for one agent status."""
+
+    state: AgentState
+    colour: Colour
+    title: str  # the tooltip (the window name on xorg)
+    can_connect: bool
+    can_disconnect: bool
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def view_for(status: AgentStatus | None, name: str, now: float) -> TrayView:
+    """Map an agent status (None: no credentials) to colour, tooltip and which command applies."""
+    if status is None or status.state is AgentState.NO_CREDENTIALS:
+        return TrayView(
+            AgentState.NO_CREDENTIALS, GREY, f"Cortex: no node credential. Run `{LOGIN_HINT}`", False, False
+        )
+    node = f"Cortex node {name}" if name else "Cortex node"
+    state, server = status.state, status.server
+    if state is AgentState.CONNECTED:
+        return TrayView(state, GREEN, f"{node}: connected to {server}", False, True)
+    if state is AgentState.CONNECTING:
+        return TrayView(state, AMBER, f"{node}: connecting to {server}", False, True)
+    if state is AgentState.BACKOFF:
+        retry = ""
+        if status.next_retry_at is not None:
+            retry = f"; next retry at {_clock(status.next_retry_at)} (in {max(0, round(status.next_retry_at - now))} s)"
+        reason = f" ({status.detail})" if status.detail else ""
+        return TrayView(state, AMBER, f"{node}: reconnecting to {server}{retry}{reason}", False, True)
+    if state is AgentState.AUTH_FAILED:
+        retry = f"; retrying at {_clock(status.next_retry_at)}" if status.next_retry_at is not None else ""
+        return TrayView(
+            state, RED, f"{node}: {server} refused the node credential{retry}. Run `{LOGIN_HINT}`", True, False
+        )
+    return TrayView(AgentState.DISCONNECTED, GREY, f"{node}: disconnected from {server}", True, False)
+
+
+def icon_image(colour: Colour, size: int = ICON_SIZE) -> Image.Image:
+    """A filled circle of `colour` on a transparent square."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    margin = max(1, size // 16)
+    ImageDraw.Draw(image).ellipse((margin, margin, size - 1 - margin, size - 1 - margin), fill=(*colour, 255))
+    return image
+
+
+def open_target(target: str) -> None:
+    """Open a URL or file with the desktop's handler, without waiting for it."""
+    opener = shutil.which("xdg-open")
+    if opener is None:
+        webbrowser.open(target if "://" in target else Path(target).resolve().as_uri())
+        return
+    subprocess.Popen(
+        [opener, target],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+class TrayController:
+    """State → icon mapping and the menu's actions, independent of any pystray backend.
+
+    `agent` is None when the home holds no credential: the icon then explains how to log in.
+    """
+
+    def __init__(
+        self,
+        agent: NodeAgent | None,
+        *,
+        home: Path,
+        name: str,
+        dashboard_url: str,
+        opener: Callable[[str], None] = open_target,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent = agent
+        self.home = home
+        self.name = name
+        self.dashboard_url = dashboard_url
+        self._opener = opener
+        self._clock = clock
+        self._status: AgentStatus | None = agent.status if agent is not None else None
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._closed = False
+        self._painted: TrayView | None = None
+        self._icon: Any = None
+        self._painter: threading.Thread | None = None
+        self._quitting = False
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def view(self) -> TrayView:
+        with self._cond:
+            status = self._status
+        return view_for(status, self.name, self._clock())
+
+    def on_status(self, status: AgentStatus) -> None:
+        """NodeAgent listener (runs on the agent's loop thread): record and wake the painter, never block."""
+        with self._cond:
+            self._status = status
+            self._dirty = True
+            self._cond.notify_all()
+
+    # -- the icon ------------------------------------------------------------------------------------
+    def menu(self) -> Any:
+        """The pystray menu; texts and enabled-ness are read from the controller each time it is built."""
+        import pystray
+
+        item, sep = pystray.MenuItem, pystray.Menu.SEPARATOR
+        no_creds = self.agent is None
+        return pystray.Menu(
+            item(lambda _i: self.view.title, None, enabled=False),
+            item(f"Not set up: run `{LOGIN_HINT}`", None, enabled=False, visible=no_creds),
+            sep,
+            item("Toggle connection", self._action(self.toggle), default=True, visible=False),
+            item("Connect", self._action(self.connect), enabled=lambda _i: self.view.can_connect),
+            item("Disconnect", self._action(self.disconnect), enabled=lambda _i: self.view.can_disconnect),
+            sep,
+            item("Open audit log", self._action(self.open_audit_log)),
+            item("Open dashboard", self._action(self.open_dashboard)),
+            sep,
+            item("Quit", self._action(self.quit)),
+        )
+
+    @staticmethod
+    def _action(command: Callable[[], None]) -> Callable[[Any, Any], None]:
+        def run(_icon: Any, _item: Any) -> None:
+            try:
+                command()
+            except Exception:  # a failing action must not kill the GUI loop
+                logger.exception("tray action failed")
+
+        return run
+
+    def start_painting(self, icon: Any) -> None:
+        """Called once the icon runs: show it and keep it in step with the agent from now on."""
+        self._icon = icon
+        self._paint(icon, self.view)
+        icon.visible = True
+        self._painter = threading.Thread(target=self._paint_loop, name="tray-painter", daemon=True)
+        self._painter.start()
+
+    def _paint(self, icon: Any, view: TrayView) -> None:
+        icon.icon = icon_image(view.colour)
+        icon.title = view.title
+        icon.update_menu()
+        with self._cond:
+            self._painted = view
+            self._cond.notify_all()
+
+    def _paint_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._dirty or self._closed)
+                if self._closed:
+                    return
+                self._dirty = False
+            try:
+                self._paint(self._icon, self.view)
+            except Exception:
+                logger.exception("could not update the tray icon")
+
+    def wait_painted(self, predicate: Callable[[TrayView], bool], timeout: float) -> TrayView:
+        """Block until the icon shows a view satisfying `predicate` (bounded by `timeout`)."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._painted is not None and predicate(self._painted), timeout)
+            if not ok or self._painted is None:
+                raise TimeoutError(f"tray icon still shows {self._painted} after {timeout} s")
+            return self._painted
+
+    def close(self, stop_icon: bool = True) -> None:
+        """Stop painting, then (optionally) stop the icon's loop. Safe from any thread, idempotent."""
+        with self._cond:
+            already, self._closed = self._closed, True
+            self._cond.notify_all()
+        painter = self._painter
+        if painter is not None and painter is not threading.current_thread():
+            painter.join(5)
+        if stop_icon and not already and self._icon is not None:
+            try:
+                self._icon.stop()
+            except Exception:  # gtk: stopping may raise a GLib notifications error (RECIPES)
+                logger.debug("icon.stop() raised", exc_info=True)
+
+    # -- actions (GUI thread) -----------------------------------------------------------------------------
+    def _submit(self, command: Callable[[], None]) -> None:
+        if self.agent is not None:
+            self.agent.submit(command)
+
+    def connect(self) -> None:
+        if self.agent is not None:
+            self._submit(self.agent.connect)
+
+    def disconnect(self) -> None:
+        if self.agent is not None:
+            self._submit(self.agent.disconnect)
+
+    def toggle(self) -> None:
+        """The default action (a left click): disconnect when that applies, else connect."""
+        view = self.view
+        if view.can_disconnect:
+            self.disconnect()
+        elif view.can_connect:
+            self.connect()
+
+    def open_audit_log(self) -> None:
+        self._opener(str(self.home / "audit.log"))
+
+    def open_dashboard(self) -> None:
+        self._opener(self.dashboard_url)
+
+    def quit(self) -> None:
+        """Stop the agent cleanly; the agent thread then stops the icon (rule 3)."""
+        self._quitting = True
+        if self.agent is not None and self.agent._loop is not None:
+            self._submit(self.agent.stop)
+        else:
+            self.close()
+
+    @property
+    def quitting(self) -> bool:
+        return self._quitting
+
+
+# -- backends ------------------------------------------------------------------------------------------
+def choose_backend(env: dict[str, str] | None = None) -> str:
+    """PYSTRAY_BACKEND if set; gtk when PyGObject is importable and there is a display; else xorg."""
+    env = dict(os.environ) if env is None else env
+    forced = env.get("PYSTRAY_BACKEND")
+    if forced:
+        return forced
+    if env.get("DISPLAY") and importlib.util.find_spec("gi") is not None:
+        return "gtk"
+    return "xorg"
+
+
+def _clickable_xorg_icon(base: type) -> type:
+    """pystray's xorg Icon with ButtonPress selected on its window, so clicks reach `_on_button_press`."""
+    import Xlib.X
+
+    class ClickableXorgIcon(base):  # type: ignore[valid-type,misc]
+        def _create_window(self) -> Any:
+            window = super()._create_window()
+            window.change_attributes(
+                event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
+            )
+            return window
+
+        def _assert_docked(self) -> None:
+            # pystray re-sends the dock request on every icon update; once docked, redrawing is enough.
+            if self._systray_manager is None:
+                super()._assert_docked()
+
+    return ClickableXorgIcon
+
+
+def _icon_class(backend: str) -> type:
+    os.environ["PYSTRAY_BACKEND"] = backend
+    import pystray
+
+    if backend == "xorg":
+        return _clickable_xorg_icon(pystray.Icon)
+    return pystray.Icon  # type: ignore[no-any-return]
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def _autostart(args: argparse.Namespace, home: Path) -> int:
+    from desktop_agent.autostart import disable_autostart, enable_autostart
+
+    if args.autostart == "on":
+        extra: list[str] = []
+        for flag, value in (("--server", args.server), ("--name", args.name), ("--dashboard-url", args.dashboard_url)):
+            if value:
+                extra += [flag, value]
+        path = enable_autostart(home, extra)
+        print(f"autostart entry written: {path}")
+    else:
+        removed = disable_autostart()
+        print("autostart entry removed" if removed else "no autostart entry to remove")
+    return 0
+
+
+def _run_agent(engine: Any, agent: NodeAgent, controller: TrayController) -> None:
+    async def main() -> None:
+        await engine.start()
+        try:
+            await agent.run()
+        finally:
+            await engine.aclose()
+
+    try:
+        asyncio.run(main())
+    except Exception:
+        logger.exception("the agent stopped with an error")
+    finally:
+        controller.close()
+
+
+def tray_main(args: argparse.Namespace, home: Path) -> int:
+    """`cortex-agent tray`: run the agent with a tray icon until Quit (or SIGTERM/SIGINT)."""
+    if args.autostart:
+        return _autostart(args, home)
+    from desktop_agent.cli import DEFAULT_SERVER, build_agent
+    from desktop_agent.credentials import load_credentials
+
+    backend = choose_backend()
+    try:
+        icon_class = _icon_class(backend)
+    except Exception as exc:  # no display, no tray library: say so instead of a traceback
+        print(f"cannot show a tray icon ({backend} backend): {exc}", file=sys.stderr)
+        return 1
+
+    built = build_agent(args, home)
+    agent: NodeAgent | None = None
+    engine: Any = None
+    if built is not None:
+        engine, node_agent = built
+        assert isinstance(node_agent, NodeAgent)
+        agent = node_agent
+        server, name = agent.settings.server, agent.settings.name
+    else:
+        creds = load_credentials(home)
+        server = args.server or (creds.server if creds else None) or DEFAULT_SERVER
+        name = args.name or (creds.name if creds else None) or ""
+        print(f"no node credential in {home}: run `{LOGIN_HINT}`", file=sys.stderr)
+    controller = TrayController(
+        agent, home=home, name=name, dashboard_url=args.dashboard_url or server.rstrip("/") + "/"
+    )
+    view = controller.view
+    icon = icon_class("cortex-agent", icon_image(view.colour), view.title, controller.menu())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signo, _frame: controller.quit())
+
+    agent_thread: threading.Thread | None = None
+    if agent is not None:
+        agent.add_listener(controller.on_status)
+        agent_thread = threading.Thread(
+            target=_run_agent, args=(engine, agent, controller), name="cortex-agent-loop", daemon=True
+        )
+        agent_thread.start()
+    logger.info("tray running (%s backend) for node %s at %s", backend, name or "?", server)
+    icon.run(setup=controller.start_painting)
+    controller.close(stop_icon=False)
+    if agent_thread is not None:
+        if agent_thread.is_alive() and agent._loop is not None:  # the icon went away first: stop cleanly
+            agent.submit(agent.stop)
+        agent_thread.join(15)
+    return 0

@@ -1,0 +1,404 @@
+"""`/mcp`: the MCP streamable-HTTP endpoint that lets any MCP client (desktop LLM apps) use the nodes.
+
+Layering: the official `mcp` package's server side (low-level `Server` + `StreamableHTTPSessionManager`)
+owns the transport and the protocol; this module is the thin surface on top: it authenticates the user
+bearer token (401 + ``WWW-Authenticate: Bearer``), turns the caller's connected nodes into one tool list
+and relays `tools/call` through `CallRouter` — the one path every surface uses.
+
+Rules:
+1. A node's tool `t` on node `n` is offered as ``n__t`` (no dots: LLM function names forbid them); the
+   description names the node. Only connected nodes of the caller's workspace are listed (admins: all).
+2. Identity is taken from each HTTP request's own token; a session is bound to the credential that
+   opened it (the `mcp` session manager refuses another one with 404).
+3. Tool-level failures are `isError` results the model can read and act on: arguments failing the
+   schema (with the schema's complaint), a node that is not connected or dropped, a timeout. A name that
+   names no node of the caller is a protocol error (INVALID_PARAMS), as MCP asks for unknown tools.
+4. Progress from the node is forwarded when the client gave a progressToken; the client's
+   `notifications/cancelled` cancels the handler, which cancels the call on the node.
+5. `notifications/tools/list_changed` goes to the sessions that can see a node whenever that node
+   connects, disconnects or re-declares its tools (not on heartbeats): on the standalone stream for
+   handshake-era sessions, through `subscriptions/listen` streams for 2026-07-28 clients.
+6. An image whose base64 exceeds `INLINE_IMAGE_LIMIT` is replaced by a `resource_link` to
+   `/api/v1/artifacts/{id}` (official clients cap one message near 1 MiB).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.session import ServerSession
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from server.artifacts import artifact_store
+from server.auth import AuthError
+from server.registry import NodeEntry
+from server.router import Caller
+from server.rpc import caller_from_token
+from server.tunnel import bearer_token
+from spec import errors
+from spec.errors import RpcError
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+__all__ = [
+    "INLINE_IMAGE_LIMIT",
+    "TOOL_SEPARATOR",
+    "ExposedTool",
+    "McpEndpoint",
+    "exposed_tools",
+    "routes",
+    "serving",
+    "split_tool_name",
+    "tool_error_text",
+]
+
+logger = logging.getLogger(__name__)
+
+TOOL_SEPARATOR = "__"
+INLINE_IMAGE_LIMIT = 768 * 1024
+"""Base64 characters of one image kept inline; larger ones become a resource_link."""
+
+CALLER_SCOPE_KEY = "cortex.caller"
+MAX_TRACKED_SESSIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ExposedTool:
+    """One node tool as the outside world (MCP clients, the planner's LLM) sees it."""
+
+    name: str
+    node: str
+    tool: str
+    description: str
+    definition: dict[str, Any]
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        schema = self.definition.get("inputSchema") or {"type": "object", "properties": {}}
+        return dict(schema)
+
+    def mcp_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+        title = self.definition.get("title")
+        if title:
+            data["title"] = f"{title} ({self.node})"
+        for key in ("outputSchema", "annotations"):
+            if self.definition.get(key):
+                data[key] = self.definition[key]
+        return data
+
+
+def split_tool_name(name: str) -> tuple[str, str] | None:
+    node, sep, tool = name.partition(TOOL_SEPARATOR)
+    if not sep or not node or not tool:
+        return None
+    return node, tool
+
+
+def exposed_tools(state: ServerState, caller: Caller, node: str | None = None) -> list[ExposedTool]:
+    """The connected nodes' tools the caller may use, as ``<node>__<tool>``."""
+    tools: list[ExposedTool] = []
+    for entry in state.router.visible_nodes(caller):
+        if node is not None and entry.name != node:
+            continue
+        if state.registry.link(entry.name) is None:
+            continue
+        for definition in entry.tools:
+            description = (definition.get("description") or definition.get("title") or definition["name"]).strip()
+            tools.append(
+                ExposedTool(
+                    name=f"{entry.name}{TOOL_SEPARATOR}{definition['name']}",
+                    node=entry.name,
+                    tool=definition["name"],
+                    description=f"[on node {entry.name!r}] {description}",
+                    definition=definition,
+                )
+            )
+    return tools
+
+
+def tool_error_text(exc: RpcError, node: str, tool: str) -> str:
+    """A clear, model-readable sentence for a call that could not run or finish."""
+    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
+    if exc.code == errors.INVALID_PARAMS and reason == "invalid_arguments":
+        problem = exc.data.get("problem") if isinstance(exc.data, dict) else None
+        return f"Invalid arguments for {node}{TOOL_SEPARATOR}{tool}: {problem or exc.message}"
+    if exc.code == errors.INVALID_PARAMS and reason == "unknown_tool":
+        return f"Node {node!r} has no tool {tool!r}."
+    if exc.code == errors.NODE_NOT_FOUND and reason == "not_connected":
+        return f"Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
+    if exc.code == errors.NODE_NOT_FOUND:
+        return f"There is no node named {node!r}."
+    if exc.code == errors.NODE_DISCONNECTED:
+        return f"Node {node!r} disconnected while {tool} was running; the result is unknown."
+    if exc.code == errors.TIMEOUT:
+        return f"{tool} on node {node!r} timed out: {exc.message}"
+    if exc.code == errors.OVERLOADED:
+        return f"Node {node!r} is overloaded; try again shortly."
+    if exc.code == errors.CANCELLED:
+        return f"{tool} on node {node!r} was cancelled."
+    return f"{tool} on node {node!r} failed: {exc.message}"
+
+
+def _caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    request = ctx.request
+    caller = request.scope.get(CALLER_SCOPE_KEY) if isinstance(request, Request) else None
+    if not isinstance(caller, Caller):  # only reachable if the ASGI wrapper was bypassed
+        raise MCPError(errors.UNAUTHORIZED, "unauthenticated")
+    return caller
+
+
+def _progress_token(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+    for meta in (params.meta, ctx.meta):
+        if meta:
+            token = meta.get("progress_token", meta.get("progressToken"))  # type: ignore[union-attr]
+            if token is not None:
+                return token
+    return None
+
+
+class McpEndpoint:
+    """The ASGI app behind `/mcp` plus the `mcp` server and its session manager."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.server: Server[Any] = Server(
+            "cortex",
+            version=state.version,
+            instructions=(
+                "Tools of the Cortex agent nodes you may use, named <node>__<tool>. "
+                "Each description says which machine the tool runs on."
+            ),
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_subscriptions_listen=self._listen,
+        )
+        self.server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self._on_initialized
+        )
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server, security_settings=transport_security(state), session_idle_timeout=3600.0
+        )
+        # Handshake-era sessions: id -> (a ServerSession whose standalone channel reaches it, caller).
+        self._sessions: OrderedDict[str, tuple[ServerSession, Caller]] = OrderedDict()
+        # 2026-07-28 listeners, one bus per audience (a workspace, or "*" for admins).
+        self._listeners: dict[str, tuple[InMemorySubscriptionBus, ListenHandler]] = {}
+        self._seen: dict[str, tuple[bool, int]] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[McpEndpoint]:
+        self.state.registry.on_event(self._on_registry_event)  # type: ignore[attr-defined]
+        async with self.manager.run():
+            try:
+                yield self
+            finally:
+                for _bus, handler in self._listeners.values():
+                    handler.close()
+
+    # -- HTTP -----------------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        token = bearer_token(request.headers)
+        if token is None:
+            await _unauthorized("missing bearer token", 'Bearer realm="cortex"')(scope, receive, send)
+            return
+        try:
+            caller = caller_from_token(self.state, token)
+        except AuthError as exc:
+            logger.info("MCP request refused: %s", exc.reason)
+            await _unauthorized("invalid token", 'Bearer realm="cortex", error="invalid_token"')(scope, receive, send)
+            return
+        scope[CALLER_SCOPE_KEY] = caller
+        # Bind the MCP session to this principal (the session manager compares it on every request).
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token="", client_id=f"{caller.ws}/{caller.sub}", scopes=[caller.role], subject=caller.sub)
+        )
+        await self.manager.handle_request(scope, receive, send)
+
+    # -- MCP handlers ---------------------------------------------------------------------------------
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        caller = _caller_of(ctx)
+        self._track(ctx, caller)
+        tools = [tool.mcp_json() for tool in exposed_tools(self.state, caller)]
+        return types.ListToolsResult.model_validate({"tools": tools})
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        caller = _caller_of(ctx)
+        self._track(ctx, caller)
+        parts = split_tool_name(params.name)
+        if parts is None:
+            raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r} (tools are named <node>__<tool>)")
+        node, tool = parts
+        on_progress = None
+        if _progress_token(ctx, params) is not None:
+
+            async def on_progress(progress: dict[str, Any]) -> None:
+                await ctx.session.report_progress(
+                    progress.get("progress", 0), progress.get("total"), progress.get("message")
+                )
+
+        try:
+            result = await self.state.router.call_tool(
+                caller, node, tool, dict(params.arguments or {}), on_progress=on_progress
+            )
+        except RpcError as exc:
+            if exc.code == errors.NODE_NOT_FOUND and not (isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"):
+                raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r}") from None
+            return _error_result(tool_error_text(exc, node, tool))
+        base_url = str(ctx.request.base_url) if isinstance(ctx.request, Request) else self.state.config.base_url + "/"
+        return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
+
+    async def _listen(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        caller = _caller_of(ctx)
+        audience = "*" if caller.is_admin else caller.ws
+        if audience not in self._listeners:
+            bus = InMemorySubscriptionBus()
+            self._listeners[audience] = (bus, ListenHandler(bus))
+        return await self._listeners[audience][1](ctx, params)
+
+    async def _on_initialized(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
+        with contextlib.suppress(MCPError):
+            self._track(ctx, _caller_of(ctx))
+
+    # -- list_changed ---------------------------------------------------------------------------------
+    def _track(self, ctx: ServerRequestContext[Any, Any], caller: Caller) -> None:
+        request = ctx.request
+        session_id = request.headers.get("mcp-session-id") if isinstance(request, Request) else None
+        if not session_id:
+            return
+        self._sessions[session_id] = (ctx.session, caller)
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > MAX_TRACKED_SESSIONS:
+            self._sessions.popitem(last=False)
+
+    async def _on_registry_event(self, event: str, entry: NodeEntry) -> None:
+        fingerprint = (self.state.registry.link(entry.name) is not None, id(entry.tools))
+        if self._seen.get(entry.name) == fingerprint:
+            return  # a heartbeat or RTT update: the tool list did not change
+        self._seen[entry.name] = fingerprint
+        for audience, (bus, _handler) in list(self._listeners.items()):
+            if audience in ("*", entry.workspace):
+                await bus.publish(ToolsListChanged())
+        for session_id, (session, caller) in list(self._sessions.items()):
+            if not caller.can_see(entry.workspace):
+                continue
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # a closed session: stop tracking it
+                logger.debug("dropping MCP session %s from list_changed", session_id[:12])
+                self._sessions.pop(session_id, None)
+
+    # -- large images -----------------------------------------------------------------------------------
+    def _offload_images(self, result: dict[str, Any], node: str, caller: Caller, base_url: str) -> dict[str, Any]:
+        content = result.get("content") or []
+        if not any(c.get("type") == "image" and len(c.get("data", "")) > INLINE_IMAGE_LIMIT for c in content):
+            return result
+        store = artifact_store(self.state)
+        entry = self.state.registry.get(node)
+        workspace = entry.workspace if entry is not None else caller.ws
+        replaced: list[dict[str, Any]] = []
+        for item in content:
+            if item.get("type") == "image" and len(item.get("data", "")) > INLINE_IMAGE_LIMIT:
+                data = base64.b64decode(item["data"])
+                mime = item.get("mimeType", "application/octet-stream")
+                artifact_id = store.put(data, mime, node=node, workspace=workspace)
+                replaced.append(
+                    {
+                        "type": "resource_link",
+                        "uri": f"{base_url.rstrip('/')}/api/v1/artifacts/{artifact_id}",
+                        "name": f"{node}-image-{artifact_id[:8]}",
+                        "description": "Image too large to inline; GET it with the same bearer token.",
+                        "mimeType": mime,
+                        "size": len(data),
+                    }
+                )
+            else:
+                replaced.append(item)
+        return {**result, "content": replaced}
+
+
+def _error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult.model_validate({"content": [{"type": "text", "text": text}], "isError": True})
+
+
+def _unauthorized(message: str, challenge: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": "unauthorized", "message": message}, status_code=401, headers={"WWW-Authenticate": challenge}
+    )
+
+
+def transport_security(state: ServerState) -> TransportSecuritySettings:
+    """DNS-rebinding protection kept on, allowing loopback plus the configured host and public URL."""
+    from urllib.parse import urlsplit
+
+    hosts = {"127.0.0.1", "localhost", "[::1]"}
+    config = state.config
+    wildcard = config.host in ("0.0.0.0", "::", "")
+    if not wildcard:
+        hosts.add(f"[{config.host}]" if ":" in config.host else config.host)
+    if config.public_url:
+        netloc = urlsplit(config.public_url).hostname
+        if netloc:
+            hosts.add(f"[{netloc}]" if ":" in netloc else netloc)
+    if wildcard and not config.public_url:
+        # Listening on every interface with no known public name: any Host may be legitimate. The bearer
+        # token (which a rebinding browser page does not have) still guards every request.
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    allowed_hosts = sorted({f"{h}:*" for h in hosts} | hosts)
+    origins = sorted({f"{scheme}://{h}{suffix}" for h in hosts for scheme in ("http", "https") for suffix in (":*", "")})
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts, allowed_origins=origins
+    )
+
+
+def _endpoint_of(scope: Scope) -> McpEndpoint:
+    endpoint = scope["app"].state.cortex.extras.get("mcp")
+    if not isinstance(endpoint, McpEndpoint):
+        raise RuntimeError("the MCP endpoint is not running (build_app's lifespan starts it)")
+    return endpoint
+
+
+class _McpRoute:
+    """ASGI app for the `/mcp` route: finds the endpoint built in the lifespan."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _endpoint_of(scope)(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def serving(state: ServerState) -> AsyncIterator[McpEndpoint]:
+    """Build the endpoint and run its session manager for the app's lifetime (call from the lifespan)."""
+    endpoint = McpEndpoint(state)
+    state.extras["mcp"] = endpoint
+    async with endpoint.run():
+        yield endpoint
+
+
+def routes() -> list[Route]:
+    return [Route("/mcp", _McpRoute(), methods=["GET", "POST", "DELETE"])]

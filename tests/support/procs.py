@@ -1,0 +1,260 @@
+"""Real processes for loopback tests: a `cortex-server serve` and `cortex-agent run` nodes.
+
+Everything listens on 127.0.0.1 only. Waiting is event-driven: the server prints its address when it is
+up, and node status changes are read from the server's own SSE stream (`/api/v1/events`), each wait
+bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from server import admin
+
+__all__ = ["AgentProc", "ServerProc", "free_port"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def _reap(owner: Any) -> None:
+    """After the child exited: let the output pump reach EOF, then close the pipe."""
+    pump = getattr(owner, "_pump", None)
+    if pump is not None:
+        pump.join(10)
+    if owner.proc is not None and owner.proc.stdout is not None:
+        owner.proc.stdout.close()
+
+
+class ServerProc:
+    """`cortex-server serve` in a child process, restartable on the same port."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.args = args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self._admin_token: str | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if "--tls-cert" in self.args else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ServerProc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "info",
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
+        ready = threading.Event()
+
+        def pump(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.output.append(line)
+                if "cortex-server listening on" in line:
+                    ready.set()
+            ready.set()
+
+        self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
+        self._pump.start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            raise RuntimeError("server did not start:\n" + "".join(self.output[-40:]))
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        _reap(self)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        _reap(self)
+
+    def enroll(self, name: str, workspace: str = "ws1") -> str:
+        return admin.enroll_node(self.data_dir, name, workspace)
+
+    def token(self, sub: str = "alice", workspace: str = "ws1", role: str = "member", ttl: int = 3600) -> str:
+        return admin.issue_token(self.data_dir, sub, workspace, role, ttl)
+
+    @property
+    def admin_token(self) -> str:
+        if self._admin_token is None:
+            self._admin_token = self.token("root", "ws1", "admin")
+        return self._admin_token
+
+    def http(self, token: str | None = None) -> httpx2.Client:
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
+        return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def node(self, name: str) -> dict[str, Any]:
+        with self.http() as http:
+            response = http.get(f"/api/v1/nodes/{name}")
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
+            return data
+
+    @contextmanager
+    def events(self) -> Iterator[EventStream]:
+        """The server's SSE stream of node events, seen by an admin."""
+        with self.http() as http, http.stream("GET", "/api/v1/events", timeout=None) as response:
+            yield EventStream(response)
+
+    def wait_status(self, name: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Block until the server reports node `name` with `status` (read from SSE, bounded)."""
+        result: dict[str, Any] = {}
+        done = threading.Event()
+        error: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                with self.events() as stream:
+                    for _event, data in stream.items(deadline=time.monotonic() + timeout):
+                        if data.get("name") == name and data.get("status") == status:
+                            result.update(data)
+                            done.set()
+                            return
+            except BaseException as exc:  # surfaced below
+                error.append(exc)
+                done.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        if not done.wait(timeout) or not result:
+            raise TimeoutError(f"node {name} did not become {status} in {timeout} s ({error})")
+        return result
+
+
+class EventStream:
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+
+    def items(self, deadline: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        event = "message"
+        for line in self.response.iter_lines():
+            if time.monotonic() > deadline:
+                return
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                yield event, json.loads(line[5:].strip())
+
+
+class AgentProc:
+    """`cortex-agent run` in a child process; its credential travels in the environment only."""
+
+    def __init__(
+        self, home: Path, server_url: str, name: str, credential: str, args: list[str] | None = None
+    ) -> None:
+        self.home = home
+        self.server_url = server_url
+        self.name = name
+        self.credential = credential
+        self.args = args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    def start(self) -> AgentProc:
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "desktop_agent.cli",
+            "run",
+            "--home",
+            str(self.home),
+            "--server",
+            self.server_url,
+            "--name",
+            self.name,
+            "--log-level",
+            "debug",
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=_env({"CORTEX_NODE_CREDENTIAL": self.credential}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+
+        def pump(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.output.append(line)
+
+        self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
+        self._pump.start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        _reap(self)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        _reap(self)
