@@ -9,7 +9,6 @@ Every wait is bounded by a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
 import signal
@@ -48,6 +47,7 @@ class Row:
     unit: str
     higher_is_better: bool = True
     note: str = ""
+    target: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -63,6 +63,7 @@ class Row:
             "unit": self.unit,
             "ratio": self.ratio,
             "note": self.note,
+            "target": self.target,
         }
 
 
@@ -108,11 +109,11 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _raise_child_fd_limit() -> None:  # preexec_fn: runs in the child between fork and exec
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
@@ -121,7 +122,7 @@ async def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes],
                     return line
         if proc.poll() is not None:
             break
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)  # polling a log file: no event to wait on
     tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
     raise RuntimeError(f"{needle!r} did not appear within {timeout} s:\n{tail}")
 
@@ -146,7 +147,7 @@ class ServerProcess:
     def ws_base(self) -> str:
         return "ws://" + self.url.removeprefix("http://")
 
-    async def start(self, timeout: float = 30.0) -> ServerProcess:
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "server.log"
         cmd = [
@@ -159,7 +160,7 @@ class ServerProcess:
                 cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                 preexec_fn=_raise_child_fd_limit,
             )  # fmt: skip
-        line = await _wait_for_line(log, "cortex-server listening on", self.proc, timeout)
+        line = _wait_for_line(log, "cortex-server listening on", self.proc, timeout)
         self.url = line.rsplit(" ", 1)[-1].strip()
         return self
 

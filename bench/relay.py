@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import subprocess
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -42,6 +44,10 @@ async def _relay_main() -> None:
     ids = itertools.count(1)
 
     async def handler(ws: ServerConnection) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):  # callers may leave without a close frame
+            await route(ws)
+
+    async def route(ws: ServerConnection) -> None:
         assert ws.request is not None
         if ws.request.path == "/worker":
             workers.append(ws)
@@ -76,8 +82,13 @@ async def _worker_main(url: str, count: int) -> None:
         async with connect(url + "/worker", compression=None, max_size=None, ping_interval=None) as ws:
             async for text in ws:
                 msg = json.loads(text)
-                arguments = (msg.get("params") or {}).get("arguments") or {}
-                result = {"content": [{"type": "text", "text": arguments.get("text", "")}], "isError": False}
+                params = msg.get("params") or {}
+                arguments = params.get("arguments") or {}
+                if params.get("name") == "fs_read":  # the 1 MiB scenario: read the file, return its text
+                    body = await asyncio.to_thread(Path(arguments["path"]).read_text, encoding="utf-8")
+                else:
+                    body = arguments.get("text", "")
+                result = {"content": [{"type": "text", "text": body}], "isError": False}
                 await ws.send(_dumps({"jsonrpc": "2.0", "result": result, "id": msg["id"]}))
 
     await asyncio.gather(*(one() for _ in range(count)))
@@ -116,12 +127,14 @@ class RelayCaller:
                 else:
                     fut.set_result(msg.get("result"))
 
-    async def call(self, node: int, text: str) -> Any:
+    async def call(
+        self, node: int, text: str, *, tool: str = "echo", arguments: dict[str, Any] | None = None
+    ) -> Any:
         assert self._ws is not None
         id_ = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[id_] = fut
-        params = {"node": node, "name": "echo", "arguments": {"text": text}}
+        params = {"node": node, "name": tool, "arguments": {"text": text} if arguments is None else arguments}
         await self._ws.send(_dumps({"jsonrpc": "2.0", "method": "tools/call", "params": params, "id": id_}))
         return await fut
 
@@ -133,6 +146,11 @@ class RelayProcesses:
     workers: int = 1
     url: str = ""
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The relay process (the one comparable with our server)."""
+        return self.procs[0].pid
 
     def start(self, timeout: float = 20.0) -> RelayProcesses:
         relay = subprocess.Popen(
@@ -147,7 +165,9 @@ class RelayProcesses:
         self.url = line.rsplit(" ", 1)[-1].strip()
         self.procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "bench.relay", "worker", self.url, str(self.workers)], cwd=REPO
+                [sys.executable, "-m", "bench.relay", "worker", self.url, str(self.workers)],
+                cwd=REPO,
+                text=True,
             )
         )
         return self
@@ -168,7 +188,7 @@ class RelayProcesses:
                         await asyncio.sleep(0.05)
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in reversed(self.procs):  # the worker first, so it does not see the relay vanish
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_relay_main())
         else:
             asyncio.run(_worker_main(args.url, args.count))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ConnectionError, websockets.ConnectionClosed):
         pass
 
 

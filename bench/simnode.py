@@ -15,18 +15,24 @@ the node is callable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.harness import raise_fd_limit
 from server.auth import TokenAuthority
+from server.store import ServerStore
 from spec.manifest import load_manifest
 
-__all__ = ["SimFleet", "SimNode"]
+__all__ = ["SimFleet", "SimFleetProcess", "SimNode", "main"]
 
 SUBPROTOCOL = "cortex.v1"
 _READY_ID = "sim-ready"
@@ -58,7 +64,9 @@ class SimNode:
 class SimFleet:
     """Many `SimNode`s against one server; `connect_all` opens them at once (a connection storm)."""
 
-    def __init__(self, ws_base: str, authority: TokenAuthority, workspace: str, *, tools: list[Any] | None = None):
+    def __init__(
+        self, ws_base: str, authority: TokenAuthority, workspace: str, *, tools: list[Any] | None = None
+    ):
         self.url = ws_base.rstrip("/") + "/api/v1/nodes/connect"
         self.authority = authority
         self.workspace = workspace
@@ -140,7 +148,7 @@ class SimFleet:
             return False
         if method == "ping":
             node.pings += 1
-            await ws.send('{"jsonrpc":"2.0","result":{},"id":%s}' % json.dumps(id_))
+            await ws.send(f'{{"jsonrpc":"2.0","result":{{}},"id":{json.dumps(id_)}}}')
             return False
         if method == "tools/call":
             node.calls += 1
@@ -165,3 +173,71 @@ class SimFleet:
             return False
         await ws.send(_dumps({"jsonrpc": "2.0", "result": result, "id": id_}))
         return False
+
+
+@dataclass
+class SimFleetProcess:
+    """A `SimFleet` in its own process (so the load generator and the nodes do not share a core)."""
+
+    ws_base: str
+    data_dir: Path
+    workspace: str
+    names: list[str]
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 120.0) -> SimFleetProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.simnode",
+            self.ws_base,
+            str(self.data_dir),
+            self.workspace,
+            *self.names,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "ready N" once all are callable, or EOF if it failed
+        if not line.startswith("ready"):
+            self.stop()
+            raise RuntimeError(f"simulated nodes did not come up: {line!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+async def _serve_fleet(ws_base: str, data_dir: Path, workspace: str, names: list[str]) -> None:
+    store = ServerStore(data_dir)
+    try:
+        authority = TokenAuthority(store.load_or_create_signing_key())
+    finally:
+        store.close()
+    fleet = SimFleet(ws_base, authority, workspace)
+    fleet.mint(names)
+    await fleet.connect_all(timeout=120, concurrency=200)
+    print(f"ready {len(names)}", flush=True)
+    await asyncio.Future()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python3 -m bench.simnode WS_BASE DATA_DIR WORKSPACE NAME...`` — prints ``ready N``, then serves."""
+    args = sys.argv[1:] if argv is None else argv
+    raise_fd_limit()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_fleet(args[0], Path(args[1]), args[2], args[3:]))
+
+
+if __name__ == "__main__":
+    main()

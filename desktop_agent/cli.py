@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # websockets' DEBUG log dumps the handshake headers, Authorization: Bearer <token> included.
+    logging.getLogger("websockets").setLevel(max(logging.getLogger().level, logging.INFO))
     if args.command == "tray":
         from desktop_agent.tray import tray_main
 

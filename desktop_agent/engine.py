@@ -48,7 +48,7 @@ __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 
 logger = logging.getLogger(__name__)
 
-QUEUE_FACTOR = 4
+QUEUE_FACTOR = 16  # default 16 running + 256 waiting: a burst queues, more is refused
 BROWSER_TOOLS = frozenset(
     {"browser_navigate", "browser_click", "browser_type", "browser_screenshot", "browser_snapshot"}
 )

@@ -26,6 +26,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,7 @@ import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "choose_backend",
     "icon_image",
     "open_target",
+    "start_agent_thread",
     "tray_main",
     "view_for",
 ]
@@ -67,6 +69,7 @@ RED: Colour = (210, 40, 40)
 
 LOGIN_HINT = "cortex-agent login --server URL --name NAME"
 ICON_SIZE = 64
+XORG_QUEUE_CHECK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,18 @@ def view_for(status: AgentStatus | None, name: str, now: float) -> TrayView:
     if state is AgentState.BACKOFF:
         retry = ""
         if status.next_retry_at is not None:
-            retry = f"; next retry at {_clock(status.next_retry_at)} (in {max(0, round(status.next_retry_at - now))} s)"
+            wait = max(0, round(status.next_retry_at - now))
+            retry = f"; next retry at {_clock(status.next_retry_at)} (in {wait} s)"
         reason = f" ({status.detail})" if status.detail else ""
         return TrayView(state, AMBER, f"{node}: reconnecting to {server}{retry}{reason}", False, True)
     if state is AgentState.AUTH_FAILED:
         retry = f"; retrying at {_clock(status.next_retry_at)}" if status.next_retry_at is not None else ""
         return TrayView(
-            state, RED, f"{node}: {server} refused the node credential{retry}. Run `{LOGIN_HINT}`", True, False
+            state,
+            RED,
+            f"{node}: {server} refused the node credential{retry}. Run `{LOGIN_HINT}`",
+            True,
+            False,
         )
     return TrayView(AgentState.DISCONNECTED, GREY, f"{node}: disconnected from {server}", True, False)
 
@@ -162,6 +170,7 @@ class TrayController:
         self._painted: TrayView | None = None
         self._icon: Any = None
         self._painter: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._quitting = False
 
     # -- state -------------------------------------------------------------------------------------
@@ -218,8 +227,8 @@ class TrayController:
         self._painter.start()
 
     def _paint(self, icon: Any, view: TrayView) -> None:
+        icon.title = view.title  # before the image: whoever sees the new colour also sees the new tooltip
         icon.icon = icon_image(view.colour)
-        icon.title = view.title
         icon.update_menu()
         with self._cond:
             self._painted = view
@@ -260,9 +269,22 @@ class TrayController:
                 logger.debug("icon.stop() raised", exc_info=True)
 
     # -- actions (GUI thread) -----------------------------------------------------------------------------
-    def _submit(self, command: Callable[[], None]) -> None:
-        if self.agent is not None:
-            self.agent.submit(command)
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The agent's loop is running (called on it): commands can be handed over from now on."""
+        with self._cond:
+            self._loop = loop
+            quitting = self._quitting
+        if quitting and self.agent is not None:
+            self.agent.stop()
+
+    def _submit(self, command: Callable[[], None]) -> bool:
+        """Run `command` on the agent's loop (thread-safe, never blocks); False when it is not running."""
+        with self._cond:
+            loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        loop.call_soon_threadsafe(command)
+        return True
 
     def connect(self) -> None:
         if self.agent is not None:
@@ -288,11 +310,12 @@ class TrayController:
 
     def quit(self) -> None:
         """Stop the agent cleanly; the agent thread then stops the icon (rule 3)."""
-        self._quitting = True
-        if self.agent is not None and self.agent._loop is not None:
-            self._submit(self.agent.stop)
-        else:
+        with self._cond:
+            self._quitting = True
+        if self.agent is None:
             self.close()
+        else:
+            self._submit(self.agent.stop)  # not running yet: `bind_loop` stops it at once
 
     @property
     def quitting(self) -> bool:
@@ -315,13 +338,30 @@ def _clickable_xorg_icon(base: type) -> type:
     """pystray's xorg Icon with ButtonPress selected on its window, so clicks reach `_on_button_press`."""
     import Xlib.X
 
-    class ClickableXorgIcon(base):  # type: ignore[valid-type,misc]
+    class ClickableXorgIcon(base):  # type: ignore[misc]
         def _create_window(self) -> Any:
             window = super()._create_window()
             window.change_attributes(
                 event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
             )
             return window
+
+        def _run(self) -> None:
+            # pystray sets `_thread` only after releasing the setup thread, which may already be calling
+            # methods that dispatch on it.
+            self._thread = threading.current_thread()
+            super()._run()
+
+        def _events(self) -> Iterator[Any]:
+            # pystray blocks in `next_event()` while other threads (icon updates, stop) talk to the same
+            # display; python-xlib may then read our events off the socket in *their* thread and queue
+            # them without waking this one (seen as a missed Expose or DestroyNotify). So wait on the
+            # socket with a short timeout and always drain the queue.
+            display = self._display
+            while True:
+                while display.pending_events():
+                    yield display.next_event()
+                select.select([display.fileno()], [], [], XORG_QUEUE_CHECK_S)
 
         def _assert_docked(self) -> None:
             # pystray re-sends the dock request on every icon update; once docked, redrawing is enough.
@@ -346,7 +386,11 @@ def _autostart(args: argparse.Namespace, home: Path) -> int:
 
     if args.autostart == "on":
         extra: list[str] = []
-        for flag, value in (("--server", args.server), ("--name", args.name), ("--dashboard-url", args.dashboard_url)):
+        for flag, value in (
+            ("--server", args.server),
+            ("--name", args.name),
+            ("--dashboard-url", args.dashboard_url),
+        ):
             if value:
                 extra += [flag, value]
         path = enable_autostart(home, extra)
@@ -357,20 +401,32 @@ def _autostart(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _run_agent(engine: Any, agent: NodeAgent, controller: TrayController) -> None:
+def start_agent_thread(engine: Any, agent: NodeAgent, controller: TrayController) -> threading.Thread:
+    """Run the agent (engine.start → agent.run → engine.aclose) on its own loop in a new thread.
+
+    When the agent is done (Quit), the thread closes the controller, which stops the icon.
+    """
+
     async def main() -> None:
+        controller.bind_loop(asyncio.get_running_loop())
         await engine.start()
         try:
             await agent.run()
         finally:
             await engine.aclose()
 
-    try:
-        asyncio.run(main())
-    except Exception:
-        logger.exception("the agent stopped with an error")
-    finally:
-        controller.close()
+    def body() -> None:
+        try:
+            asyncio.run(main())
+        except Exception:
+            logger.exception("the agent stopped with an error")
+        finally:
+            controller.close()
+
+    agent.add_listener(controller.on_status)
+    thread = threading.Thread(target=body, name="cortex-agent-loop", daemon=True)
+    thread.start()
+    return thread
 
 
 def tray_main(args: argparse.Namespace, home: Path) -> int:
@@ -409,18 +465,11 @@ def tray_main(args: argparse.Namespace, home: Path) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signo, _frame: controller.quit())
 
-    agent_thread: threading.Thread | None = None
-    if agent is not None:
-        agent.add_listener(controller.on_status)
-        agent_thread = threading.Thread(
-            target=_run_agent, args=(engine, agent, controller), name="cortex-agent-loop", daemon=True
-        )
-        agent_thread.start()
+    agent_thread = start_agent_thread(engine, agent, controller) if agent is not None else None
     logger.info("tray running (%s backend) for node %s at %s", backend, name or "?", server)
     icon.run(setup=controller.start_painting)
     controller.close(stop_icon=False)
     if agent_thread is not None:
-        if agent_thread.is_alive() and agent._loop is not None:  # the icon went away first: stop cleanly
-            agent.submit(agent.stop)
+        controller.quit()  # a no-op after Quit; stops the agent cleanly if the icon went away first
         agent_thread.join(15)
     return 0

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="seconds; the node's work is cancelled after"
     )
     call.add_argument("--json", action="store_true", help="print the whole CallToolResult as JSON")
+    sub.add_parser("mcp-stdio", help="serve MCP on stdin/stdout, relayed to the server's /mcp")
     audit = sub.add_parser("audit", help="read a node's audit log")
     audit.add_argument("node")
     audit.add_argument("--after", type=int, default=0)
@@ -93,6 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         if not isinstance(arguments, dict):
             print("cortex: JSON_ARGS must be a JSON object", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "mcp-stdio":
+        from sdk.mcp_stdio import run_bridge
+
+        return run_bridge(args.server, _token(args.token))
     with Client(args.server, token=_token(args.token)) as client:
         if args.command == "nodes":
             for node in client.nodes():

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from sdk.exceptions import (
     CortexError,
     from_rpc_error,
 )
+from sdk.planner import PlanStep, aplan, plan
 from spec.errors import RpcError
 from spec.session import RpcSession
 
@@ -237,6 +238,12 @@ class AsyncClient:
             asyncio.ensure_future(self.call(node, tool, arguments, timeout=timeout, on_progress=on_progress))
         )
 
+    def plan(
+        self, goal: str, *, node: str | None = None, max_steps: int | None = None
+    ) -> AsyncIterator[PlanStep]:
+        """Run the server's planner on `goal`, yielding its steps; leaving the loop early cancels the run."""
+        return aplan(self.url, self._token, goal, node=node, max_steps=max_steps, verify=self._ssl or True)
+
 
 class Client:
     """Blocking client: the same API as `AsyncClient`, run on a private loop thread."""
@@ -292,3 +299,8 @@ class Client:
         on_progress: ProgressFn | None = None,
     ) -> CallResult:
         return self._run(self._async.call(node, tool, arguments, timeout=timeout, on_progress=on_progress))
+
+    def plan(self, goal: str, *, node: str | None = None, max_steps: int | None = None) -> Iterator[PlanStep]:
+        """Run the server's planner on `goal`, yielding its steps; leaving the loop early cancels the run."""
+        a = self._async
+        return plan(a.url, a._token, goal, node=node, max_steps=max_steps, verify=a._ssl or True)

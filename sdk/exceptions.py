@@ -8,6 +8,7 @@ CortexError                 -- root; `.code` is the JSON-RPC error code when the
 ├── CallTimeout             -- the call did not finish in time; the node's work was cancelled (-32011)
 ├── InvalidArguments        -- unknown tool or arguments failing its inputSchema (-32602)
 ├── Overloaded              -- the node is at its concurrency limit (-32012)
+├── PlannerUnavailable      -- the server has no LLM provider configured (HTTP 503 planner_unconfigured)
 └── ConnectionLost          -- the link to the server dropped or could not be opened
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "NodeDisconnected",
     "NodeNotFound",
     "Overloaded",
+    "PlannerUnavailable",
     "from_rpc_error",
 ]
 
@@ -68,6 +70,10 @@ class Overloaded(CortexError):
 
 
 class ConnectionLost(CortexError):
+    pass
+
+
+class PlannerUnavailable(CortexError):
     pass
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, dashboard, oauth
+from server import api, artifacts, dashboard, oauth, planner
+from server import mcp as mcp_surface
 from server.auth import TokenAuthority
 from server.config import ServerConfig
 from server.metrics import Metrics
@@ -82,8 +83,10 @@ def build_app(config: ServerConfig) -> Starlette:
         app.state.cortex = state
         feed = SQLiteRevocationFeed(state.store, interval=config.revocation_poll_interval)
         watcher = asyncio.create_task(feed.watch(state.on_revoked), name="revocations")
+        state.extras["planner"] = planner.PlannerService.from_env(state)
         try:
-            yield
+            async with mcp_surface.serving(state):
+                yield
         finally:
             watcher.cancel()
             for entry in state.registry.nodes():
@@ -97,6 +100,9 @@ def build_app(config: ServerConfig) -> Starlette:
         WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
         WebSocketRoute("/api/v1/rpc", rpc_endpoint),
         *api.routes(),
+        *mcp_surface.routes(),
+        *planner.routes(),
+        *artifacts.routes(),
         *dashboard.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -230,6 +230,11 @@ class TokenAuthority:
     def issuer(self) -> str:
         return self._issuer
 
+    @property
+    def leeway(self) -> int:
+        """Seconds past ``exp`` a token still verifies (≤ `MAX_LEEWAY`)."""
+        return self._leeway
+
     # -- minting -------------------------------------------------------------------------------------
 
     def _mint(self, claims: dict[str, Any]) -> str:

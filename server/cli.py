@@ -135,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"node {args.name} revoked", file=sys.stderr)
             return 0
         if args.command == "certs":
-            from server.certs import run_certs_command
+            from server.certs import CertError, run_certs_command
 
-            for path in run_certs_command(args.action, args.out, args.name):
+            try:
+                written = run_certs_command(args.action, args.out, args.name)
+            except CertError as exc:
+                print(f"cortex-server: {exc}", file=sys.stderr)
+                return 1
+            for path in written:
                 print(path)
             return 0
     except (StoreError, ValueError) as exc:

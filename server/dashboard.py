@@ -3,7 +3,8 @@
 Sits beside `server.api` in the composition root (`server.app.build_app` adds `routes()`). The page
 itself holds no secret and needs no token: it signs in in the browser and then talks only to the
 public API (`/api/v1/...` with `Authorization: Bearer`, and `/api/v1/rpc` with the token as the
-`bearer.<token>` subprotocol, see spec/dashboard.md). Assets come from the package's `static/` folder.
+`bearer.<token>` subprotocol, spec/protocol.md §1.1). The page's behaviour is in spec/dashboard.md;
+its assets come from the package's `static/` folder.
 """
 
 from __future__ import annotations

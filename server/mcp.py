@@ -36,7 +36,8 @@ import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
@@ -97,7 +98,11 @@ class ExposedTool:
         return dict(schema)
 
     def mcp_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+        }
         title = self.definition.get("title")
         if title:
             data["title"] = f"{title} ({self.node})"
@@ -123,7 +128,9 @@ def exposed_tools(state: ServerState, caller: Caller, node: str | None = None) -
         if state.registry.link(entry.name) is None:
             continue
         for definition in entry.tools:
-            description = (definition.get("description") or definition.get("title") or definition["name"]).strip()
+            description = (
+                definition.get("description") or definition.get("title") or definition["name"]
+            ).strip()
             tools.append(
                 ExposedTool(
                     name=f"{entry.name}{TOOL_SEPARATOR}{definition['name']}",
@@ -170,10 +177,26 @@ def _caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
 def _progress_token(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
     for meta in (params.meta, ctx.meta):
         if meta:
-            token = meta.get("progress_token", meta.get("progressToken"))  # type: ignore[union-attr]
+            token = meta.get("progress_token", meta.get("progressToken"))
             if token is not None:
                 return token
     return None
+
+
+class _NodeToolsServer(Server[Any]):
+    """The low-level server, advertising `tools.listChanged` (the session manager uses the defaults)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
 
 
 class McpEndpoint:
@@ -181,7 +204,7 @@ class McpEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.server: Server[Any] = Server(
+        self.server: Server[Any] = _NodeToolsServer(
             "cortex",
             version=state.version,
             instructions=(
@@ -207,7 +230,7 @@ class McpEndpoint:
     # -- lifecycle ------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[McpEndpoint]:
-        self.state.registry.on_event(self._on_registry_event)  # type: ignore[attr-defined]
+        self.state.registry.on_event(self._on_registry_event)
         async with self.manager.run():
             try:
                 yield self
@@ -226,12 +249,16 @@ class McpEndpoint:
             caller = caller_from_token(self.state, token)
         except AuthError as exc:
             logger.info("MCP request refused: %s", exc.reason)
-            await _unauthorized("invalid token", 'Bearer realm="cortex", error="invalid_token"')(scope, receive, send)
+            await _unauthorized("invalid token", 'Bearer realm="cortex", error="invalid_token"')(
+                scope, receive, send
+            )
             return
         scope[CALLER_SCOPE_KEY] = caller
         # Bind the MCP session to this principal (the session manager compares it on every request).
         scope["user"] = AuthenticatedUser(
-            AccessToken(token="", client_id=f"{caller.ws}/{caller.sub}", scopes=[caller.role], subject=caller.sub)
+            AccessToken(
+                token="", client_id=f"{caller.ws}/{caller.sub}", scopes=[caller.role], subject=caller.sub
+            )
         )
         await self.manager.handle_request(scope, receive, send)
 
@@ -251,7 +278,9 @@ class McpEndpoint:
         self._track(ctx, caller)
         parts = split_tool_name(params.name)
         if parts is None:
-            raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r} (tools are named <node>__<tool>)")
+            raise MCPError(
+                errors.INVALID_PARAMS, f"unknown tool {params.name!r} (tools are named <node>__<tool>)"
+            )
         node, tool = parts
         on_progress = None
         if _progress_token(ctx, params) is not None:
@@ -266,10 +295,16 @@ class McpEndpoint:
                 caller, node, tool, dict(params.arguments or {}), on_progress=on_progress
             )
         except RpcError as exc:
-            if exc.code == errors.NODE_NOT_FOUND and not (isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"):
+            if exc.code == errors.NODE_NOT_FOUND and not (
+                isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"
+            ):
                 raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r}") from None
             return _error_result(tool_error_text(exc, node, tool))
-        base_url = str(ctx.request.base_url) if isinstance(ctx.request, Request) else self.state.config.base_url + "/"
+        base_url = (
+            str(ctx.request.base_url)
+            if isinstance(ctx.request, Request)
+            else self.state.config.base_url + "/"
+        )
         return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
 
     async def _listen(
@@ -282,7 +317,9 @@ class McpEndpoint:
             self._listeners[audience] = (bus, ListenHandler(bus))
         return await self._listeners[audience][1](ctx, params)
 
-    async def _on_initialized(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
+    async def _on_initialized(
+        self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams
+    ) -> None:
         with contextlib.suppress(MCPError):
             self._track(ctx, _caller_of(ctx))
 
@@ -315,7 +352,9 @@ class McpEndpoint:
                 self._sessions.pop(session_id, None)
 
     # -- large images -----------------------------------------------------------------------------------
-    def _offload_images(self, result: dict[str, Any], node: str, caller: Caller, base_url: str) -> dict[str, Any]:
+    def _offload_images(
+        self, result: dict[str, Any], node: str, caller: Caller, base_url: str
+    ) -> dict[str, Any]:
         content = result.get("content") or []
         if not any(c.get("type") == "image" and len(c.get("data", "")) > INLINE_IMAGE_LIMIT for c in content):
             return result
@@ -349,7 +388,9 @@ def _error_result(text: str) -> types.CallToolResult:
 
 def _unauthorized(message: str, challenge: str) -> JSONResponse:
     return JSONResponse(
-        {"error": "unauthorized", "message": message}, status_code=401, headers={"WWW-Authenticate": challenge}
+        {"error": "unauthorized", "message": message},
+        status_code=401,
+        headers={"WWW-Authenticate": challenge},
     )
 
 
@@ -371,7 +412,9 @@ def transport_security(state: ServerState) -> TransportSecuritySettings:
         # token (which a rebinding browser page does not have) still guards every request.
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     allowed_hosts = sorted({f"{h}:*" for h in hosts} | hosts)
-    origins = sorted({f"{scheme}://{h}{suffix}" for h in hosts for scheme in ("http", "https") for suffix in (":*", "")})
+    origins = sorted(
+        {f"{scheme}://{h}{suffix}" for h in hosts for scheme in ("http", "https") for suffix in (":*", "")}
+    )
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=allowed_hosts, allowed_origins=origins
     )

@@ -1,11 +1,17 @@
 """Prometheus metrics of one server process, built per app (never module-global collectors).
 
-Aggregates only: no node names or user names as label values.
+Aggregates only: no node names or user names as label values. The `tool` label takes only the names of
+the manifest's tools (anything else a node declares counts as ``other``), so a node cannot put its
+name, or an unbounded number of series, into the exposition.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from spec.manifest import load_manifest
 
 __all__ = ["Metrics"]
 
@@ -33,6 +39,11 @@ class Metrics:
             "cortex_node_refusals", "Refused node handshakes by reason", ["reason"], registry=self.registry
         )
 
+        self._tools = frozenset(t["name"] for t in load_manifest())
+        # `labels()` parses its arguments on every use; the hot path reuses each child instead.
+        self._call_children: dict[tuple[str, str], Any] = {}
+        self._refusal_children: dict[str, Any] = {}
+
     def node_connected(self) -> None:
         self.nodes_connected.inc()
 
@@ -43,14 +54,21 @@ class Metrics:
         self.handshakes.inc()
 
     def refused(self, reason: str) -> None:
-        self.refusals.labels(reason=reason).inc()
+        child = self._refusal_children.get(reason)
+        if child is None:
+            child = self._refusal_children[reason] = self.refusals.labels(reason=reason)
+        child.inc()
 
     def call_started(self) -> None:
         self.in_flight.inc()
 
     def call_finished(self, tool: str, outcome: str, seconds: float) -> None:
         self.in_flight.dec()
-        self.calls.labels(tool=tool, outcome=outcome).inc()
+        key = (tool if tool in self._tools else "other", outcome)
+        child = self._call_children.get(key)
+        if child is None:
+            child = self._call_children[key] = self.calls.labels(tool=key[0], outcome=outcome)
+        child.inc()
         self.latency.observe(seconds)
 
     def exposition(self) -> bytes:

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from jsonschema import Draft202012Validator
 
 from spec.manifest import schema_validator
 
-__all__ = ["LocalRegistry", "NodeEntry", "NodeLink", "NodeRegistry", "rfc3339"]
+__all__ = ["LocalRegistry", "NodeEntry", "NodeLink", "NodeRegistry", "ToolCatalog", "rfc3339"]
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -61,7 +62,10 @@ class NodeEntry:
     audit_warning: str | None = None
     validators: dict[str, Draft202012Validator] = field(default_factory=dict, repr=False)
 
-    def set_tools(self, tools: list[dict[str, Any]]) -> None:
+    def set_tools(self, tools: list[dict[str, Any]], catalog: ToolCatalog | None = None) -> None:
+        if catalog is not None:
+            self.tools, self.validators = catalog.intern(tools)
+            return
         self.tools = tools
         self.validators = {t["name"]: schema_validator(t.get("inputSchema") or {}) for t in tools}
 
@@ -84,6 +88,31 @@ class NodeEntry:
             "info": info,
             "tools": [t["name"] for t in self.tools],
         }
+
+
+class ToolCatalog:
+    """Identical tool declarations, kept once for every node that makes them.
+
+    Most nodes run the same agent and declare the same tools: one shared list and one set of compiled
+    validators instead of a copy per node (about 60 KB for the full manifest). The shared lists are
+    read-only by convention, like every `NodeEntry.tools`. At most *size* distinct declarations are
+    remembered; beyond that a new one is simply not shared.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._known: dict[str, tuple[list[dict[str, Any]], dict[str, Draft202012Validator]]] = {}
+
+    def intern(
+        self, tools: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Draft202012Validator]]:
+        key = json.dumps(tools, sort_keys=True, separators=(",", ":"))
+        known = self._known.get(key)
+        if known is None:
+            known = (tools, {t["name"]: schema_validator(t.get("inputSchema") or {}) for t in tools})
+            if len(self._known) < self._size:
+                self._known[key] = known
+        return known
 
 
 class NodeRegistry(Protocol):
@@ -113,6 +142,7 @@ class LocalRegistry:
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._known = known
         self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
+        self.catalog = ToolCatalog()
         self._pending: set[asyncio.Future[None]] = set()
 
     def _load_known(self) -> None:
@@ -173,11 +203,13 @@ class LocalRegistry:
         self._listeners.append(listener)
 
     def publish(self, event: str, entry: NodeEntry) -> None:
-        data = entry.to_json()
-        for queue in self._subscribers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait((event, data))
+        # Every heartbeat publishes: build the JSON only when someone listens (usually nobody does).
+        if self._subscribers:
+            data = entry.to_json()
+            for queue in self._subscribers:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait((event, data))
         for listener in self._listeners:
             outcome = listener(event, entry)
             if outcome is not None:

@@ -160,7 +160,7 @@ class NodeSession:
         tools = await self.rpc.request("tools/list")
         entry = NodeEntry(name=self.name, workspace=self.workspace)
         entry.info = {**(init.get("node") or {}), "protocolVersion": init.get("protocolVersion")}
-        entry.set_tools(list(tools.get("tools", [])))
+        entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
         head = init.get("audit_head")
         previous = self.state.registry.get(self.name)
         entry.audit_head = head
@@ -225,8 +225,11 @@ class NodeSession:
                 self.state.registry.publish("node.updated", self.entry)
 
     async def _expiry_watch(self) -> None:
+        # The link lives exactly as long as its token would still verify (exp + leeway). Without the
+        # leeway a renewal sent on time could lose the race: ``exp`` is whole seconds from a truncated
+        # ``iat``, so a token can have up to 1 s less than ``expires_in`` told the node.
         while True:
-            delay = self.token_exp - time.time()
+            delay = self.token_exp + self.state.authority.leeway - time.time()
             if delay <= 0:
                 await self.close(4401, "access token expired")
                 return
@@ -259,5 +262,5 @@ class NodeSession:
         except RpcError:
             return
         if self.entry is not None:
-            self.entry.set_tools(list(tools.get("tools", [])))
+            self.entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
             self.state.registry.publish("node.updated", self.entry)

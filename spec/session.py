@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jsonrpcserver import Error, Success
-from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.async_dispatcher import call as call_method
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable
 
 from spec.errors import CANCELLED, RpcError, error_object
@@ -78,15 +81,6 @@ class CallContext:
         await self.session.notify("notifications/progress", params)
 
 
-def _cheap_validator(message: Any) -> Any:
-    # The peer core already checked the envelope; jsonrpcserver's jsonschema pass would repeat it.
-    return message
-
-
-def _already_parsed(message: Any) -> Any:
-    return message
-
-
 def _adapt(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapped(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
@@ -98,7 +92,34 @@ def _adapt(handler: Handler) -> Handler:
             err = error_object(exc)
             return Error(err["code"], err["message"], err.get("data"))
 
+    # jsonrpcserver checks the params against `inspect.signature(method)` on every request; computed
+    # once here, the check is a cheap `bind` instead of a fresh signature (and unwrap) per request.
+    wrapped.__signature__ = inspect.signature(handler)  # type: ignore[attr-defined]
     return wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class _ParamShape:
+    """The keyword params a handler takes, read once from its signature (the context excluded)."""
+
+    required: frozenset[str]
+    allowed: frozenset[str] | None  # None: the handler takes **params
+
+    @classmethod
+    def of(cls, method: Handler) -> _ParamShape | None:
+        try:
+            params = list(inspect.signature(method).parameters.values())[1:]
+        except (TypeError, ValueError):  # no readable signature: jsonrpcserver's full check decides
+            return None
+        if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in params):
+            return None  # unusual shapes: leave them to jsonrpcserver's full check
+        named = [p for p in params if p.kind is not p.VAR_KEYWORD]
+        required = frozenset(p.name for p in named if p.default is p.empty)
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        return cls(required, None if takes_any else frozenset(p.name for p in named))
+
+    def fits(self, params: dict[str, Any]) -> bool:
+        return self.required.issubset(params) and (self.allowed is None or self.allowed.issuperset(params))
 
 
 def make_methods(handlers: dict[str, Handler]) -> dict[str, Handler]:
@@ -120,6 +141,7 @@ class RpcSession:
         self.name = name
         self._send = send
         self._methods = methods
+        self._shapes = {name: _ParamShape.of(method) for name, method in methods.items()}
         self._on_notification = on_notification
         self._peer = Peer()
         self._waiters: dict[JsonId, asyncio.Future[Any]] = {}
@@ -239,19 +261,28 @@ class RpcSession:
         if isinstance(req.params, dict) and "_meta" in req.params:
             message = {**message, "params": {k: v for k, v in req.params.items() if k != "_meta"}}
         try:
-            response: Any = await dispatch_to_response_pure(
-                deserializer=_already_parsed,
-                validator=_cheap_validator,
-                methods=self._methods,
-                context=ctx,
-                post_process=to_serializable,  # type: ignore[arg-type]
-                request=message,  # type: ignore[arg-type]
-            )
+            # The peer core already parsed and checked the envelope, and a request is never a batch, so
+            # go straight to jsonrpcserver's per-request dispatch (method lookup, params check against
+            # the handler's signature, the call): its deserialize/jsonschema/gather layers would only
+            # repeat that work and add a task per request.
+            request = create_request(message)
+            shape = self._shapes.get(req.method)
+            if shape is not None and isinstance(request.params, dict) and shape.fits(request.params):
+                # The params fit the handler (what jsonrpcserver's per-request `signature().bind` would
+                # establish): call it through jsonrpcserver directly. Anything else takes the full path,
+                # so every -32601/-32602 answer stays jsonrpcserver's own.
+                result = await call_method(request, ctx, self._methods[req.method])
+            else:
+                _, result = await dispatch_request(self._methods, ctx, request)
+            response: Any = to_serializable(to_response(request, result))
         except asyncio.CancelledError:
             if self._closed is None:
                 logger.debug("%s: request %s cancelled", self.name, req.id)
             return
-        if response is None or self._closed is not None:
+        except Exception as exc:  # jsonrpcserver itself failed: still answer, never leave the caller hanging
+            logger.exception("%s: dispatch of %s failed", self.name, req.method)
+            response = {"error": error_object(exc)}
+        if self._closed is not None:
             return
         try:
             await self._send(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def start_node(server_proc: ServerProc, tmp_path: Path) -> Iterator[Callable[...
         if wait:
             with server_proc.events() as stream:
                 agent.start()
-                for event, data in stream.items(deadline=__import__("time").monotonic() + 30):
+                for event, data in stream.items(deadline=time.monotonic() + 30):
                     if event == "node.connected" and data["name"] == name:
                         break
                 else:

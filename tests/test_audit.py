@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import re
 import stat
@@ -36,7 +37,7 @@ async def test_records_form_a_chain_on_disk(tmp_path: Path) -> None:
     records = [json.loads(x) for x in lines(tmp_path)]
     assert [r["seq"] for r in records] == [1, 2, 3]
     assert records[0]["prev"] == GENESIS
-    for before, after in zip(records, records[1:], strict=False):
+    for before, after in itertools.pairwise(records):
         assert after["prev"] == before["hash"]
     for r in records:
         assert r["hash"] == record_hash(r)
@@ -161,8 +162,7 @@ async def test_verify_catches_a_rehashed_edit(tmp_path: Path) -> None:
 async def test_torn_last_line_is_recovered_and_verifies(tmp_path: Path) -> None:
     await (await make_log(tmp_path, 3)).aclose()
     torn = b'{"v":1,"seq":4,"ts":"2025-'
-    with open(tmp_path / "audit.log", "ab") as f:
-        f.write(torn)
+    (tmp_path / "audit.log").write_bytes((tmp_path / "audit.log").read_bytes() + torn)
     pending = verify(tmp_path / "audit.log")
     assert pending.ok and pending.count == 3 and pending.reason
 

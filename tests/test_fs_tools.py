@@ -202,8 +202,8 @@ async def test_images_come_back_as_image_content(fs: Fs) -> None:
 
 async def test_five_gigabyte_file_gives_a_bounded_slice_or_a_clear_error(fs: Fs) -> None:
     big = fs.root / "huge.bin"
-    with open(big, "wb") as f:
-        f.truncate(5 << 30)  # sparse
+    big.touch()
+    os.truncate(big, 5 << 30)  # sparse
     result = await fs("fs_read", path="huge.bin")
     item = result.content[0]
     assert len(base64.b64decode(item["resource"]["blob"])) == 1 << 20

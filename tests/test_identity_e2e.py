@@ -66,7 +66,7 @@ async def _refused_status(url: str, token: str | None, ssl_context: ssl.SSLConte
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     with pytest.raises(websockets.InvalidStatus) as info:
         async with asyncio.timeout(10):
-            ws = await connect(url, additional_headers=headers, subprotocols=[SUBPROTOCOL], ssl=ssl_context)
+            ws = await connect(url, additional_headers=headers, subprotocols=[SUBPROTOCOL], ssl=ssl_context)  # type: ignore[list-item]
             await ws.close()  # only reached if a socket opened: the test fails on the raises
     return int(info.value.response.status_code)
 
@@ -134,11 +134,24 @@ async def test_tunnel_refuses_bad_tokens_and_keeps_serving(
     assert await _refused_status(tunnel, ghost) == 403
     # Revoked: a token minted before the revocation is dead at once.
     early, _ = authority.mint_node_token("shadow", "ws1")
-    subprocess.run(
-        [sys.executable, "-m", "server.cli", "revoke-node", "shadow", "--data-dir", str(server_proc.data_dir)],
-        env=_env(), check=True, capture_output=True, timeout=30,
+    revoke = await asyncio.create_subprocess_exec(
+        *[
+            sys.executable,
+            "-m",
+            "server.cli",
+            "revoke-node",
+            "shadow",
+            "--data-dir",
+            str(server_proc.data_dir),
+        ],
+        env=_env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
-    assert await _refused_status(tunnel, early) == 403
+    async with asyncio.timeout(30):
+        assert await revoke.wait() == 0
+    # 403 from the store lookup, or 401 (`revoked`) once the feed has told the token check.
+    assert await _refused_status(tunnel, early) in (401, 403)
     # The refusals are logged by reason, never with the token.
     log = "".join(server_proc.output)
     for secret in (expired, early, ghost):
@@ -163,10 +176,15 @@ async def test_node_token_is_useless_on_the_api(server_proc: ServerProc) -> None
 
 def test_oauth_token_endpoint_errors(server_proc: ServerProc) -> None:
     credential = server_proc.enroll("oauthnode")
-    good = _oauth(server_proc, {"grant_type": "client_credentials", "client_id": "oauthnode", "client_secret": credential})
+    good = _oauth(
+        server_proc,
+        {"grant_type": "client_credentials", "client_id": "oauthnode", "client_secret": credential},
+    )
     assert good.status_code == 200
     body = good.json()
-    assert body["token_type"] == "Bearer" and body["expires_in"] == 300 and body["access_token"].count(".") == 2
+    assert (
+        body["token_type"] == "Bearer" and body["expires_in"] == 300 and body["access_token"].count(".") == 2
+    )
     assert good.headers["cache-control"] == "no-store"
     for data in (
         {"grant_type": "client_credentials", "client_id": "oauthnode", "client_secret": credential + "x"},
@@ -175,7 +193,9 @@ def test_oauth_token_endpoint_errors(server_proc: ServerProc) -> None:
     ):
         bad = _oauth(server_proc, data)
         assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
-    wrong_grant = _oauth(server_proc, {"grant_type": "password", "client_id": "oauthnode", "client_secret": credential})
+    wrong_grant = _oauth(
+        server_proc, {"grant_type": "password", "client_id": "oauthnode", "client_secret": credential}
+    )
     assert wrong_grant.status_code == 400 and wrong_grant.json()["error"] == "unsupported_grant_type"
     assert credential not in "".join(server_proc.output)
 
@@ -190,8 +210,20 @@ def test_revoke_from_another_process_closes_the_live_node(
     start_node("bystander")
     with server_proc.events() as stream:
         done = subprocess.run(
-            [sys.executable, "-m", "server.cli", "revoke-node", "victim", "--data-dir", str(server_proc.data_dir)],
-            env=_env(), capture_output=True, text=True, timeout=30, check=False,
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "revoke-node",
+                "victim",
+                "--data-dir",
+                str(server_proc.data_dir),
+            ],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         exited = time.monotonic()
         assert done.returncode == 0, done.stderr
@@ -210,7 +242,8 @@ def test_revoke_from_another_process_closes_the_live_node(
         time.sleep(0.05)
     assert any("code 4403" in line for line in agent.output), "".join(agent.output[-20:])
     refused = _oauth(
-        server_proc, {"grant_type": "client_credentials", "client_id": "victim", "client_secret": agent.credential}
+        server_proc,
+        {"grant_type": "client_credentials", "client_id": "victim", "client_secret": agent.credential},
     )
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
     with server_proc.http() as http:
@@ -224,7 +257,9 @@ def test_revoke_from_another_process_closes_the_live_node(
 
 @pytest.fixture
 def short_ttl_server(tmp_path: Path) -> Iterator[ServerProc]:
-    server = ServerProc(tmp_path / "server", args=["--heartbeat-interval", "1", "--node-token-ttl", "3"]).start()
+    server = ServerProc(
+        tmp_path / "server", args=["--heartbeat-interval", "1", "--node-token-ttl", "3"]
+    ).start()
     try:
         yield server
     finally:
@@ -260,7 +295,7 @@ def test_in_band_renewal_keeps_a_node_connected(short_ttl_server: ServerProc, tm
                         calls += 1
                         if time.monotonic() - connected_at > 10.5:  # > 3 token lifetimes of 3 s
                             break
-        assert connected_at is not None and not drops
+        assert connected_at is not None and not drops, "".join(agent.output[-40:])
         assert time.monotonic() - connected_at > 10
         assert calls >= 5
         renewals = sum("access token renewed" in line for line in agent.output)
@@ -273,10 +308,14 @@ def test_in_band_renewal_keeps_a_node_connected(short_ttl_server: ServerProc, tm
 async def test_unrenewed_connection_is_closed_4401(short_ttl_server: ServerProc) -> None:
     server = short_ttl_server
     server.enroll("lazy")
-    token, ttl = _authority(server.data_dir).mint_node_token("lazy", "ws1", ttl=2)
+    # Minted 4 s ago for 2 s: expired 2 s ago, still inside the 5 s leeway, so the handshake accepts it
+    # and the server must close the link when the leeway runs out (in about 3 s) unless it is renewed.
+    token, ttl = _authority(server.data_dir, clock=lambda: time.time() - 4).mint_node_token(
+        "lazy", "ws1", ttl=2
+    )
     assert ttl == 2
-    ws = await _raw_node(server, token)
     started = time.monotonic()
+    ws = await _raw_node(server, token)
     async with asyncio.timeout(20):
         with pytest.raises(websockets.ConnectionClosed) as info:
             while True:
@@ -284,7 +323,7 @@ async def test_unrenewed_connection_is_closed_4401(short_ttl_server: ServerProc)
                 if message.get("method") == "ping":  # keep the heartbeat happy: only the token lapses
                     await ws.send(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}))
     assert info.value.rcvd is not None and info.value.rcvd.code == 4401
-    assert time.monotonic() - started < 10
+    assert 1.5 < time.monotonic() - started < 6
 
 
 async def test_refresh_with_another_nodes_token_is_refused(short_ttl_server: ServerProc) -> None:
@@ -320,7 +359,11 @@ async def test_workspace_boundaries_on_every_surface(
     with server_proc.http(member2) as http:
         assert [n["name"] for n in http.get("/api/v1/nodes").json()["nodes"]] == ["two"]
         for node in ("one", "ghost"):  # another workspace's node looks exactly like a missing one
-            for path in (f"/api/v1/nodes/{node}", f"/api/v1/nodes/{node}/tools", f"/api/v1/nodes/{node}/audit"):
+            for path in (
+                f"/api/v1/nodes/{node}",
+                f"/api/v1/nodes/{node}/tools",
+                f"/api/v1/nodes/{node}/audit",
+            ):
                 response = http.get(path)
                 assert response.status_code == 404, path
                 assert response.json()["error"] == "node_not_found"
@@ -351,7 +394,9 @@ async def test_workspace_boundaries_on_every_surface(
                 ident += 1
                 reply = await _rpc_call(ws, ident, method, params)
                 assert reply["error"]["code"] == errors.NODE_NOT_FOUND, (method, node, reply)
-        reply = await _rpc_call(ws, 99, "tools/call", {"node": "two", "name": "echo", "arguments": {"text": "rpc"}})
+        reply = await _rpc_call(
+            ws, 99, "tools/call", {"node": "two", "name": "echo", "arguments": {"text": "rpc"}}
+        )
         assert reply["result"]["content"][0]["text"] == "rpc"
 
     # The caller identity reached the node and is in its audit log.
@@ -370,15 +415,34 @@ def test_login_from_stdin_and_no_secret_leaks(server_proc: ServerProc, tmp_path:
     credential = server_proc.enroll("quiet")
     home = tmp_path / "quiet-home"
     login = subprocess.run(
-        [sys.executable, "-m", "desktop_agent.cli", "login", "--server", server_proc.url, "--name", "quiet",
-         "--home", str(home)],
-        input=credential + "\n", env=_env(), capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "desktop_agent.cli",
+            "login",
+            "--server",
+            server_proc.url,
+            "--name",
+            "quiet",
+            "--home",
+            str(home),
+        ],
+        input=credential + "\n",
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert login.returncode == 0, login.stderr
     assert credential not in login.stdout + login.stderr
     stored = home / "credentials.json"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-    assert json.loads(stored.read_text()) == {"server": server_proc.url, "name": "quiet", "credential": credential}
+    assert json.loads(stored.read_text()) == {
+        "server": server_proc.url,
+        "name": "quiet",
+        "credential": credential,
+    }
 
     # Run from the stored credential only: nothing secret in the environment or argv.
     agent = AgentProc(home, server_proc.url, "quiet", "", ["--no-browser"])
@@ -402,7 +466,8 @@ def test_login_from_stdin_and_no_secret_leaks(server_proc: ServerProc, tmp_path:
     logs = "".join(agent.output) + "".join(server_proc.output)
     assert credential not in logs
     assert credential[4:20] not in logs  # not even a piece of it
-    assert not JWT_PATTERN.search(logs), JWT_PATTERN.search(logs)
+    leak = JWT_PATTERN.search(logs)
+    assert leak is None, logs[max(0, leak.start() - 300) : leak.start() + 20]
 
 
 # -- mTLS ------------------------------------------------------------------------------------------
@@ -412,7 +477,11 @@ def _certs(out: Path, *commands: list[str]) -> None:
     for args in commands:
         done = subprocess.run(
             [sys.executable, "-m", "server.cli", "certs", *args, "--out", str(out)],
-            env=_env(), capture_output=True, text=True, timeout=60, check=False,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
 
@@ -447,9 +516,14 @@ async def test_mtls_end_to_end(tmp_path: Path) -> None:
     server = ServerProc(
         tmp_path / "server",
         args=[
-            "--heartbeat-interval", "1",
-            "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
-            "--client-ca", str(pki / "ca.crt"),
+            "--heartbeat-interval",
+            "1",
+            "--tls-cert",
+            str(pki / "server.crt"),
+            "--tls-key",
+            str(pki / "server.key"),
+            "--client-ca",
+            str(pki / "ca.crt"),
         ],
     ).start()
     agent: AgentProc | None = None
@@ -457,9 +531,19 @@ async def test_mtls_end_to_end(tmp_path: Path) -> None:
         assert server.url.startswith("https://")
         credential = server.enroll("tlsnode")
         agent = AgentProc(
-            tmp_path / "tls-home", server.url, "tlsnode", credential,
-            ["--no-browser", "--ca", str(pki / "ca.crt"), "--client-cert", str(pki / "tlsnode.crt"),
-             "--client-key", str(pki / "tlsnode.key")],
+            tmp_path / "tls-home",
+            server.url,
+            "tlsnode",
+            credential,
+            [
+                "--no-browser",
+                "--ca",
+                str(pki / "ca.crt"),
+                "--client-cert",
+                str(pki / "tlsnode.crt"),
+                "--client-key",
+                str(pki / "tlsnode.key"),
+            ],
         ).start()
         operator = _client_context(pki, "operator")
         assert await _connected_over_tls(server, "tlsnode", operator), "".join(agent.output[-30:])

@@ -45,7 +45,8 @@ STRUCTURED = {"system_info", "shell_exec", "fs_write", "fs_edit", "fs_list", "fs
 
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    return json.loads(manifest_path().read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(manifest_path().read_text(encoding="utf-8"))
+    return data
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import resource
 import time
@@ -23,6 +24,15 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+async def gone(pid: int) -> bool:
+    """Whether `pid` dies within 5 s (SIGKILL is delivered asynchronously: the pipe closes first)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            while alive(pid):  # noqa: ASYNC110 - not our child: no event to wait on
+                await asyncio.sleep(0.01)
+    return not alive(pid)
 
 
 class Progress:
@@ -124,7 +134,7 @@ async def test_timeout_kills_the_whole_process_group(root: Path) -> None:
     assert time.monotonic() - started < 5
     assert result.is_error and result.structured and result.structured["timed_out"] is True
     assert "timed out" in result.content[0]["text"]
-    assert not alive(int((root / "child.pid").read_text()))
+    assert await gone(int((root / "child.pid").read_text()))
 
 
 async def test_a_term_ignoring_command_gets_killed(root: Path) -> None:
@@ -144,7 +154,7 @@ async def test_huge_output_is_bounded_and_truncated(root: Path) -> None:
     assert len(s["stdout"]) < (1 << 20) + 200 and "bytes not shown" in s["stdout"]
     assert s["stdout"].startswith("0123456789\n") and s["stdout"].endswith("\n01")  # the real last bytes
     assert grown_kib < 64 * 1024  # far below the 200 MB printed
-    assert len(progress.messages) < 100 and all(len(m) < 10_000 for m in progress.messages)
+    assert len(progress.messages) < 100 and all(len(m) < 8300 for m in progress.messages)
 
 
 async def test_grandchild_holding_the_pipe_does_not_hang(root: Path) -> None:
@@ -152,7 +162,7 @@ async def test_grandchild_holding_the_pipe_does_not_hang(root: Path) -> None:
     result = await run(root, command="sleep 1000 & echo $! > child.pid; echo started", timeout_s=60)
     assert time.monotonic() - started < 5
     assert result.structured and result.structured["stdout"] == "started\n" and result.exit_code == 0
-    assert not alive(int((root / "child.pid").read_text()))
+    assert await gone(int((root / "child.pid").read_text()))
 
 
 async def test_output_streams_as_progress_while_running(root: Path) -> None:
@@ -178,4 +188,4 @@ async def test_cancellation_kills_the_group_and_propagates(root: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(10):
             await task
-    assert not alive(pid)
+    assert await gone(pid)

@@ -25,6 +25,7 @@ import fnmatch
 import mimetypes
 import os
 import re
+import select
 import stat
 import tempfile
 import threading
@@ -192,11 +193,43 @@ def _read_slice(stop: threading.Event, real: Path, raw: str, offset: int, limit:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise ToolFailure(f"{raw}: is a directory (use fs_list)")
+        if stat.S_ISFIFO(st.st_mode):
+            return _read_stream(stop, fd, offset, limit)
         if not stat.S_ISREG(st.st_mode):
             raise ToolFailure(f"{raw}: not a regular file")
         return os.pread(fd, min(limit, max(0, st.st_size - offset)), offset), st.st_size
     finally:
         os.close(fd)
+
+
+def _read_stream(stop: threading.Event, fd: int, offset: int, limit: int) -> tuple[bytes, int]:
+    """A named pipe, a slow source: wait for its writer and read to EOF (or `limit` bytes past `offset`).
+
+    Polls in short slices so a cancel (`stop`) ends the wait even while no writer ever comes; on Linux a
+    FIFO that never had a writer reports nothing (no POLLHUP), one whose writer left reports EOF.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    chunks: list[bytes] = []
+    kept = skipped = 0
+    while kept < limit and not stop.is_set():
+        if not poller.poll(100):
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        if skipped < offset:
+            cut = min(len(chunk), offset - skipped)
+            skipped += cut
+            chunk = chunk[cut:]
+        chunk = chunk[: limit - kept]
+        chunks.append(chunk)
+        kept += len(chunk)
+    data = b"".join(chunks)
+    return data, offset + len(data)
 
 
 def _decode_text(data: bytes, at_eof: bool) -> str | None:

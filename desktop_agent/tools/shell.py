@@ -127,8 +127,15 @@ class _ProgressFeed:
             del self.pending[:cut]
 
     def take(self, final: bool) -> str | None:
+        if len(self.pending) > PROGRESS_MAX_BYTES:  # the latest output wins
+            cut = len(self.pending) - PROGRESS_MAX_BYTES
+            newline = self.pending.find(b"\n", cut)
+            if 0 <= newline < len(self.pending) - 1:
+                cut = newline + 1  # start at a line
+            self.skipped += cut
+            del self.pending[:cut]
         data = bytes(self.pending)
-        if not final and len(data) < PROGRESS_MAX_BYTES:
+        if not final:
             newline = data.rfind(b"\n")
             data = data[: newline + 1] if newline >= 0 else b""
         if not data:
@@ -146,16 +153,49 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Knows when the command itself exited.
+
+    `Process.wait()` (Python 3.11) only returns once every pipe is closed too, so a grandchild holding
+    stdout would hold the call (rule 5); `process_exited` is called at exit time.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+async def _spawn(command: str, stdin: int, cwd: Path, env: dict[str, str]) -> tuple[Any, _ExitAwareProtocol]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitAwareProtocol(READ_CHUNK, loop),
+        "/bin/sh",
+        "-c",
+        command,
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+    return transport, protocol
+
+
+async def _terminate(pid: int, exited: asyncio.Event) -> None:
     """Rule 1: SIGTERM the group, wait up to KILL_GRACE_S, SIGKILL the group."""
-    _kill_group(proc.pid, signal.SIGTERM)
+    _kill_group(pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        await asyncio.wait_for(exited.wait(), KILL_GRACE_S)
     except TimeoutError:
         pass
     finally:
-        _kill_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        _kill_group(pid, signal.SIGKILL)
+    await exited.wait()
 
 
 async def _pump(stream: asyncio.StreamReader, capture: _Capture, feed: _ProgressFeed) -> None:
@@ -216,20 +256,16 @@ async def shell_exec(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
     out_cap, err_cap, feed = _Capture(limit), _Capture(limit), _ProgressFeed()
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
+        transport, protocol = await _spawn(
             arguments["command"],
-            stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=child_environment(dict(os.environ), arguments.get("env")),
-            start_new_session=True,
-            limit=READ_CHUNK,
+            asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+            cwd,
+            child_environment(dict(os.environ), arguments.get("env")),
         )
     except OSError as exc:
         raise ToolFailure(f"cannot start /bin/sh: {exc.strerror or exc}") from exc
+    proc = asyncio.subprocess.Process(transport, protocol, asyncio.get_running_loop())
+    exited = protocol.exited
     assert proc.stdout is not None and proc.stderr is not None
     readers = [
         asyncio.ensure_future(_pump(proc.stdout, out_cap, feed)),
@@ -243,17 +279,17 @@ async def shell_exec(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            await asyncio.wait_for(exited.wait(), timeout)
         except TimeoutError:
             timed_out = True
-            await asyncio.shield(_terminate(proc))
+            await asyncio.shield(_terminate(proc.pid, exited))
         # Rule 5: the command is gone; whatever still holds the pipes gets DRAIN_S, then its group dies.
         _done, pending = await asyncio.wait(readers, timeout=DRAIN_S)
         if pending:
             _kill_group(proc.pid, signal.SIGKILL)
             await asyncio.wait(pending, timeout=DRAIN_S)
     except asyncio.CancelledError:
-        await asyncio.shield(_terminate(proc))
+        await asyncio.shield(_terminate(proc.pid, exited))
         raise
     finally:
         for task in [*readers, *helpers]:
@@ -262,6 +298,7 @@ async def shell_exec(arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(reporter), DRAIN_S)
         reporter.cancel()
+        transport.close()
     duration_ms = int((time.monotonic() - started) * 1000)
     code = proc.returncode
     stdout, stderr = out_cap.text(), err_cap.text()

@@ -104,8 +104,9 @@ export class Api {
   }
 
   /** Open an SSE stream (GET or POST) and yield {event, data} until it ends or `signal` aborts. */
-  async *stream(method, path, { body, signal } = {}) {
+  async *stream(method, path, { body, signal, onOpen } = {}) {
     const response = await this.fetch(method, path, { body, signal, accept: "text/event-stream" });
+    onOpen?.(response);
     yield* readEventStream(response, signal);
   }
 }

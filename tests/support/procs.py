@@ -56,10 +56,18 @@ def _reap(owner: Any) -> None:
 class ServerProc:
     """`cortex-server serve` in a child process, restartable on the same port."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.args = args or []
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._admin_token: str | None = None
@@ -86,7 +94,7 @@ class ServerProc:
             *self.args,
         ]
         self.proc = subprocess.Popen(
-            cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+            cmd, env=_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
         )
         ready = threading.Event()
 
