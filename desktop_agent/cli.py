@@ -11,7 +11,10 @@ import signal
 import sys
 from pathlib import Path
 
+from desktop_agent.connection import ConnectSettings, NodeAgent
 from desktop_agent.credentials import Credentials, default_home, load_credentials, save_credentials
+from desktop_agent.engine import ToolEngine
+from desktop_agent.policy import Overrides, load_config
 
 __all__ = ["main"]
 
@@ -79,12 +82,8 @@ def _login(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def build_agent(args: argparse.Namespace, home: Path) -> tuple[object, object] | None:
-    """The engine and agent for `run` and `tray`; None (after a message) when credentials are missing."""
-    from desktop_agent.connection import ConnectSettings, NodeAgent
-    from desktop_agent.engine import ToolEngine
-    from desktop_agent.policy import Overrides, load_config
-
+def build_agent(args: argparse.Namespace, home: Path) -> tuple[ToolEngine, NodeAgent] | None:
+    """The engine and agent for `run` and `tray`; None when there is no credential."""
     overrides = Overrides(
         allowed_roots=tuple(Path(p) for p in getattr(args, "allow_roots", []) or []),
         max_concurrency=getattr(args, "max_concurrency", None),
@@ -119,10 +118,6 @@ async def _run(args: argparse.Namespace, home: Path) -> int:
         )
         return 3
     engine, agent = built
-    from desktop_agent.connection import NodeAgent
-    from desktop_agent.engine import ToolEngine
-
-    assert isinstance(engine, ToolEngine) and isinstance(agent, NodeAgent)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -150,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # websockets' DEBUG log dumps the handshake headers, Authorization: Bearer <token> included.
+    # websockets' DEBUG log dumps the handshake headers, Authorization: Bearer <token> included; the HTTP
+    # client's DEBUG log is transport chatter, and its INFO line per token request is noise every renewal.
     logging.getLogger("websockets").setLevel(max(logging.getLogger().level, logging.INFO))
+    for noisy in ("httpx2", "httpcore2"):
+        logging.getLogger(noisy).setLevel(max(logging.getLogger().level, logging.WARNING))
     if args.command == "tray":
         from desktop_agent.tray import tray_main
 

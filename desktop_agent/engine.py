@@ -132,7 +132,9 @@ class ToolEngine:
             for spec in load_manifest()
             if spec["name"] in funcs
         }
+        self._browser_reason()  # the owner's log says once why the browser tools are missing, if they are
         self._declared = self._available_names()
+        logger.info("declared tools: %s", ", ".join(self._declared))
 
     # -- configuration --------------------------------------------------------------------------
     @property

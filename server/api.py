@@ -146,12 +146,7 @@ async def node_audit(request: Request, state: ServerState, caller: Caller) -> Re
         limit = min(int(request.query_params.get("limit", 100)), 1000)
     except ValueError:
         raise ApiError(400, "bad_request", "after and limit must be integers") from None
-    node = request.path_params["node"]
-    result = await state.router.node_request(caller, node, "audit/read", {"after_seq": after, "limit": limit})
-    entry = state.router.node(caller, node)
-    if entry.audit_warning:
-        result = {**result, "warning": entry.audit_warning}
-    return JSONResponse(result)
+    return JSONResponse(await state.router.read_audit(caller, request.path_params["node"], after, limit))
 
 
 async def events(request: Request, state: ServerState, caller: Caller) -> Response:

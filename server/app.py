@@ -24,7 +24,7 @@ from server.metrics import Metrics
 from server.registry import LocalRegistry
 from server.router import CallRouter
 from server.rpc import rpc_endpoint
-from server.store import ServerStore, SQLiteRevocationFeed
+from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed
 from server.tunnel import node_endpoint
 
 __all__ = ["VERSION", "ServerState", "build_app"]
@@ -43,11 +43,26 @@ class ServerState:
     router: CallRouter
     metrics: Metrics
     revoked: set[str] = field(default_factory=set)
+    node_records: dict[str, NodeRecord] = field(default_factory=dict)
     version: str = VERSION
     extras: dict[str, Any] = field(default_factory=dict)
 
+    async def node_record(self, name: str) -> NodeRecord | None:
+        """The enrolled node `name`, from memory when it was seen before (the handshake's hot path).
+
+        Revocations reach this process through the revocation feed (within its poll interval), which
+        also drops the cached record; a revoked node's tokens already fail `is_revoked` from then on.
+        """
+        record = self.node_records.get(name)
+        if record is None:
+            record = await asyncio.to_thread(self.store.get_node, name)
+            if record is not None and record.revoked_at is None:
+                self.node_records[name] = record
+        return record
+
     async def on_revoked(self, name: str) -> None:
         self.revoked.add(name)
+        self.node_records.pop(name, None)
         link = self.registry.link(name)
         if link is not None:
             await link.close(4403, "node revoked")

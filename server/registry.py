@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from typing import Any, Protocol
 from jsonschema import Draft202012Validator
 
 from spec.manifest import schema_validator
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LocalRegistry", "NodeEntry", "NodeLink", "NodeRegistry", "ToolCatalog", "rfc3339"]
 
@@ -68,6 +71,22 @@ class NodeEntry:
             return
         self.tools = tools
         self.validators = {t["name"]: schema_validator(t.get("inputSchema") or {}) for t in tools}
+
+    def observe_audit_head(self, head: Any) -> None:
+        """Note the node's audit head; flag the node if its log went backwards or was rewritten."""
+        if not isinstance(head, dict) or not isinstance(head.get("seq"), int):
+            return
+        last = self.audit_head
+        if last is not None:
+            if head["seq"] < last["seq"]:
+                self.audit_warning = (
+                    f"audit log went backwards: head seq {head['seq']} after seq {last['seq']} was seen"
+                )
+            elif head["seq"] == last["seq"] and head.get("hash") != last.get("hash"):
+                self.audit_warning = f"audit log rewritten: record {head['seq']} changed its hash"
+            if self.audit_warning:
+                logger.warning("node %s: %s", self.name, self.audit_warning)
+        self.audit_head = {"seq": head["seq"], "hash": head.get("hash")}
 
     def tool(self, name: str) -> dict[str, Any] | None:
         return next((t for t in self.tools if t.get("name") == name), None)
@@ -177,9 +196,6 @@ class LocalRegistry:
 
     def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
         old = self._links.get(entry.name)
-        previous = self._entries.get(entry.name)
-        if previous is not None and entry.audit_head is None:
-            entry.audit_head = previous.audit_head
         self._entries[entry.name] = entry
         self._links[entry.name] = link
         now = time.time()

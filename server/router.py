@@ -11,6 +11,7 @@ Rules:
 2. An unknown tool is INVALID_PARAMS reason ``unknown_tool``; arguments failing the schema are
    INVALID_PARAMS reason ``invalid_arguments`` with the schema's complaint. Nothing reaches the node.
 3. A timeout is TIMEOUT; the node was sent `notifications/cancelled`.
+4. Progress goes to the caller through a `ProgressPump`: a slow caller never stalls the node's link.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.metrics import Metrics
+from server.progress import ProgressPump
 from server.registry import NodeEntry, NodeLink, NodeRegistry
 from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
 from spec.manifest import argument_problem
@@ -95,11 +97,16 @@ class CallRouter:
         limit = self.default_timeout if timeout_s is None else timeout_s
         started = time.perf_counter()
         outcome = "error"
+        pump = ProgressPump(on_progress) if on_progress is not None else None
         self.metrics.call_started()
         try:
             async with asyncio.timeout(limit):
-                result: dict[str, Any] = await link.request("tools/call", params, on_progress=on_progress)
+                result: dict[str, Any] = await link.request(
+                    "tools/call", params, on_progress=pump.push if pump is not None else None
+                )
             outcome = "tool_error" if result.get("isError") else "ok"
+            if pump is not None:
+                await pump.drain()  # the caller sees its progress before the result (bounded)
             return result
         except TimeoutError:
             outcome = "timeout"
@@ -111,15 +118,25 @@ class CallRouter:
             outcome = f"rpc_{exc.code}"
             raise
         finally:
+            if pump is not None:
+                pump.close()
             self.metrics.call_finished(tool, outcome, time.perf_counter() - started)
 
-    async def node_request(
-        self, caller: Caller, node: str, method: str, params: dict[str, Any], timeout_s: float = 30.0
-    ) -> Any:
-        """A non-tool request to a node (audit/read), with the same boundary and a timeout."""
-        _, link = self.link(caller, node)
+    async def read_audit(
+        self, caller: Caller, node: str, after_seq: int, limit: int, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """`audit/read` on a node, with the same boundary and a timeout. The head it reports is checked
+        against the last one seen (a log whose head went backwards is flagged) and the flag is returned
+        as ``warning``."""
+        entry, link = self.link(caller, node)
         try:
             async with asyncio.timeout(timeout_s):
-                return await link.request(method, params)
+                result: dict[str, Any] = await link.request(
+                    "audit/read", {"after_seq": after_seq, "limit": limit}
+                )
         except TimeoutError:
-            raise RpcError(TIMEOUT, f"{method} on {node} did not answer within {timeout_s:g} s") from None
+            raise RpcError(TIMEOUT, f"audit/read on {node} did not answer within {timeout_s:g} s") from None
+        entry.observe_audit_head(result.get("head"))
+        if entry.audit_warning:
+            result = {**result, "warning": entry.audit_warning}
+        return result

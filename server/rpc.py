@@ -133,6 +133,6 @@ class ClientSession:
         )
 
     async def audit_read(self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = 100) -> Any:
-        return await self.state.router.node_request(
-            self.caller, node, "audit/read", {"after_seq": after_seq, "limit": limit}
+        return await self.state.router.read_audit(
+            self.caller, node, int(after_seq), max(1, min(int(limit), 1000))
         )

@@ -68,7 +68,7 @@ async def node_endpoint(websocket: WebSocket) -> None:
         logger.info("node handshake refused: %s", exc.reason)
         await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid node token"))
         return
-    record = await asyncio.to_thread(state.store.get_node, claims.sub)
+    record = await state.node_record(claims.sub)
     if record is None or record.revoked_at is not None or record.workspace != claims.ws:
         state.metrics.refused("revoked")
         logger.info("node handshake refused: %s is unknown or revoked", claims.sub)
@@ -161,18 +161,10 @@ class NodeSession:
         entry = NodeEntry(name=self.name, workspace=self.workspace)
         entry.info = {**(init.get("node") or {}), "protocolVersion": init.get("protocolVersion")}
         entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
-        head = init.get("audit_head")
         previous = self.state.registry.get(self.name)
-        entry.audit_head = head
-        if previous is not None and previous.audit_head and head:
-            if int(head.get("seq", 0)) < int(previous.audit_head.get("seq", 0)):
-                entry.audit_warning = (
-                    f"audit log went backwards: head seq {head.get('seq')} after "
-                    f"{previous.audit_head.get('seq')} was seen"
-                )
-                logger.warning("node %s: %s", self.name, entry.audit_warning)
-            else:
-                entry.audit_warning = previous.audit_warning
+        if previous is not None:
+            entry.audit_head, entry.audit_warning = previous.audit_head, previous.audit_warning
+        entry.observe_audit_head(init.get("audit_head"))
         self.entry = entry
         old = self.state.registry.attach(entry, self)
         self.state.metrics.node_connected()

@@ -22,11 +22,15 @@ def server_proc(tmp_path: Path) -> Iterator[ServerProc]:
 
 @pytest.fixture
 def start_node(server_proc: ServerProc, tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
-    """start_node(name, workspace="ws1", args=[...]) -> a connected AgentProc."""
+    """start_node(name, workspace="ws1", args=[...], browser=False) -> a connected AgentProc."""
     agents: list[AgentProc] = []
 
     def start(
-        name: str, workspace: str = "ws1", args: list[str] | None = None, wait: bool = True
+        name: str,
+        workspace: str = "ws1",
+        args: list[str] | None = None,
+        wait: bool = True,
+        browser: bool = False,
     ) -> AgentProc:
         credential = server_proc.enroll(name, workspace)
         root = tmp_path / f"{name}-root"
@@ -36,7 +40,7 @@ def start_node(server_proc: ServerProc, tmp_path: Path) -> Iterator[Callable[...
             server_proc.url,
             name,
             credential,
-            ["--allow-root", str(root), "--no-browser", *(args or [])],
+            ["--allow-root", str(root), *([] if browser else ["--no-browser"]), *(args or [])],
         )
         agents.append(agent)
         if wait:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from desktop_agent.audit import verify
-from desktop_agent.engine import ToolEngine
+from desktop_agent.engine import QUEUE_FACTOR, ToolEngine
 from desktop_agent.policy import Overrides
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import load_manifest
@@ -190,8 +190,9 @@ async def test_concurrency_limit_queue_and_overload(h: Home) -> None:
     )
     async with asyncio.timeout(10):
         await running.wait()
-    queued = [asyncio.ensure_future(call(engine, "echo", i, text=str(i))) for i in range(1, 5)]
-    for _ in range(5):
+    waiting = QUEUE_FACTOR * 1  # max_concurrency=1
+    queued = [asyncio.ensure_future(call(engine, "echo", i, text=str(i))) for i in range(1, waiting + 1)]
+    for _ in range(waiting + 1):
         await asyncio.sleep(0)  # let each queued call reach the queue
     assert not any(t.done() for t in queued)
     with pytest.raises(RpcError) as info:
@@ -201,7 +202,7 @@ async def test_concurrency_limit_queue_and_overload(h: Home) -> None:
     first.cancel()
     async with asyncio.timeout(10):
         done = await asyncio.gather(*queued)
-    assert [d["content"][0]["text"] for d in done] == ["1", "2", "3", "4"]
+    assert [d["content"][0]["text"] for d in done] == [str(i) for i in range(1, waiting + 1)]
     with pytest.raises(asyncio.CancelledError):
         await first
     await engine.aclose()

@@ -215,8 +215,29 @@ async def test_five_gigabyte_file_gives_a_bounded_slice_or_a_clear_error(fs: Fs)
 async def test_read_errors(fs: Fs) -> None:
     assert "no such file" in await fs.refused("fs_read", path="missing.txt")
     assert "directory" in await fs.refused("fs_read", path=".")
+    os.symlink("/dev/null", fs.root / "device")
+    assert "outside" in await fs.refused("fs_read", path="device")
+
+
+async def test_a_named_pipe_is_read_as_a_stream_and_a_cancel_ends_the_wait(fs: Fs) -> None:
     os.mkfifo(fs.root / "fifo")
-    assert "regular file" in await fs.refused("fs_read", path="fifo")
+
+    def write() -> None:
+        with open(fs.root / "fifo", "w") as f:
+            f.write("from the pipe")
+
+    reading = asyncio.ensure_future(fs("fs_read", path="fifo"))
+    async with asyncio.timeout(10):
+        await asyncio.to_thread(write)
+        assert (await reading).content[0]["text"] == "from the pipe"
+    # nobody ever writes: the read waits, and a cancel ends it
+    waiting = asyncio.ensure_future(fs("fs_read", path="fifo"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    waiting.cancel()
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
 
 
 # -- fs_list -----------------------------------------------------------------------------------------
