@@ -12,11 +12,10 @@ from collections.abc import Callable
 
 import pytest
 import websockets
-from websockets.asyncio.client import connect
 
 from sdk import AsyncClient, AuthError, Client, InvalidArguments, NodeNotFound
 from spec import errors
-from tests.support.procs import REPO, AgentProc, ServerProc
+from tests.support.procs import REPO, AgentProc, ServerProc, raw_node_socket
 
 
 def _cli(server: ServerProc, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -119,27 +118,8 @@ def test_newer_connection_replaces_older(
         first.stop()
 
 
-async def _raw_node_socket(server: ServerProc, name: str):
-    credential = server.enroll(name)
-    import httpx2
-
-    async with httpx2.AsyncClient() as http:
-        token = (
-            await http.post(
-                server.url + "/oauth/token",
-                data={"grant_type": "client_credentials", "client_id": name, "client_secret": credential},
-            )
-        ).json()["access_token"]
-    return await connect(
-        server.url.replace("http", "ws") + "/api/v1/nodes/connect",
-        additional_headers={"Authorization": f"Bearer {token}"},
-        subprotocols=["cortex.v1"],
-        max_size=None,
-    )
-
-
 async def test_bad_frames_from_a_node(server_proc: ServerProc) -> None:
-    ws = await _raw_node_socket(server_proc, "rawnode")
+    ws = await raw_node_socket(server_proc, "rawnode")
     async with asyncio.timeout(20):
         first = json.loads(await ws.recv())
         assert first["method"] == "initialize"
@@ -158,7 +138,7 @@ async def test_oversized_frame_closes_only_that_connection(
     server_proc: ServerProc, start_node: Callable[..., AgentProc]
 ) -> None:
     start_node("steady")
-    ws = await _raw_node_socket(server_proc, "bignode")
+    ws = await raw_node_socket(server_proc, "bignode")
     async with asyncio.timeout(30):
         await ws.recv()
         with pytest.raises(websockets.ConnectionClosed) as info:

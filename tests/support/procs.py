@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from websockets.asyncio.client import ClientConnection, connect
 
 from server import admin
 
-__all__ = ["AgentProc", "ServerProc", "free_port"]
+__all__ = ["AgentProc", "ServerProc", "free_port", "raw_node_socket"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -266,3 +267,19 @@ class AgentProc:
                 self.proc.kill()
                 self.proc.wait(10)
         _reap(self)
+
+
+async def raw_node_socket(server: ServerProc, name: str, workspace: str = "ws1") -> ClientConnection:
+    """A tunnel socket for a freshly enrolled node, driven by hand (for protocol-level tests)."""
+    credential = server.enroll(name, workspace)
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(
+            server.url + "/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": name, "client_secret": credential},
+        )
+    return await connect(
+        server.url.replace("http", "ws") + "/api/v1/nodes/connect",
+        additional_headers={"Authorization": f"Bearer {response.json()['access_token']}"},
+        subprotocols=["cortex.v1"],  # type: ignore[list-item]
+        max_size=None,
+    )
