@@ -26,6 +26,13 @@ PAGE = b"""<!doctype html><html><head><title>Big page</title><style>body{margin:
 <button id="b" onclick="this.textContent='clicked'">press</button></body></html>"""
 
 
+NOISE = b"""<!doctype html><html><head><title>Noise</title><style>body{margin:0}</style></head><body>
+<canvas id="c" width="1600" height="1000"></canvas><script>
+const c = document.getElementById("c").getContext("2d"), img = c.createImageData(1600, 1000);
+for (let i = 0; i < img.data.length; i++) img.data[i] = (i % 4 == 3) ? 255 : Math.random() * 256;
+c.putImageData(img, 0, 0);</script></body></html>"""
+
+
 class _Pages(BaseHTTPRequestHandler):
     release = threading.Event()
 
@@ -35,7 +42,7 @@ class _Pages(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.end_headers()
-        self.wfile.write(PAGE)
+        self.wfile.write(NOISE if self.path == "/noise" else PAGE)
 
     def log_message(self, *args: object) -> None:
         return
@@ -120,3 +127,27 @@ def test_no_browser_means_no_browser_tools(
     tools = set(server_proc.node("laptop")["tools"])
     assert "echo" in tools and not any(t.startswith("browser_") for t in tools)
     assert any("browser" in line and "--no-browser" in line for line in agent.output)
+
+
+async def test_mcp_client_gets_a_large_screenshot_as_a_resource_link(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc], site: str
+) -> None:
+    import httpx2
+    import mcp_types as types
+
+    from tests.test_mcp import mcp_client
+
+    start_node("laptop", browser=True)
+    token = server_proc.token()
+    async with asyncio.timeout(90), mcp_client(server_proc, token) as session:
+        await session.call_tool("laptop__browser_navigate", {"url": site + "/noise"})
+        result = await session.call_tool("laptop__browser_screenshot", {"full_page": True})
+    links = [c for c in result.content if isinstance(c, types.ResourceLink)]
+    images = [c for c in result.content if isinstance(c, types.ImageContent)]
+    # a noise image is several MiB: too large for one MCP message, it comes as a link to the artifact
+    assert links and not images, result.content
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        got = await http.get(str(links[0].uri))
+        assert got.status_code == 200 and got.content.startswith(b"\x89PNG")
+    async with httpx2.AsyncClient() as anonymous:
+        assert (await anonymous.get(str(links[0].uri))).status_code == 401
