@@ -13,40 +13,14 @@ from typing import Any
 import pytest
 
 from sdk import AsyncClient, CallCancelled, CallHandle, CallTimeout, ConnectionLost, NodeDisconnected
+from tests.support.pids import pids_with, wait_gone
 from tests.support.procs import AgentProc, ServerProc
 
 
-def _pids_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 async def _until_gone(marker: str, within: float) -> float:
-    """Seconds until every process carrying `marker` has exited, waiting on pidfds (bounded)."""
+    """Seconds until every process carrying `marker` has exited (waited on pidfds, bounded)."""
     started = time.monotonic()
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(within):
-        for pid in _pids_with(marker):
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue
-            exited = asyncio.Event()
-            loop.add_reader(fd, exited.set)
-            try:
-                await exited.wait()
-            finally:
-                loop.remove_reader(fd)
-                os.close(fd)
+    assert await asyncio.to_thread(wait_gone, pids_with(marker), within), f"{marker} still running"
     return time.monotonic() - started
 
 
@@ -196,7 +170,7 @@ async def test_agent_killed_mid_call(server_proc: ServerProc, start_node: Callab
             async with asyncio.timeout(10):
                 await call
         assert time.monotonic() - started < 5
-    for pid in _pids_with(marker):  # the orphaned sleep of a kill -9'd agent
+    for pid in pids_with(marker):  # the orphaned sleep of a kill -9'd agent
         os.kill(pid, 9)
 
 

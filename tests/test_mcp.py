@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -18,6 +16,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.support.pids import descendants_with, wait_gone
 from tests.support.procs import REPO, AgentProc, ServerProc
 
 
@@ -43,38 +42,13 @@ def _text(result: types.CallToolResult) -> str:
 
 
 def _sleep_children(agent_pid: int, marker: str) -> list[int]:
-    """Processes descended from the agent whose command line contains `marker` (read from /proc)."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (
-                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            )
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found = []
-    for pid, command in commands.items():
-        ancestor, hops = parents.get(pid), 0
-        while ancestor and ancestor != agent_pid and hops < 64:
-            ancestor, hops = parents.get(ancestor), hops + 1
-        if ancestor == agent_pid and marker in command:
-            found.append(pid)
-    return found
+    """Processes descended from the agent whose command line contains `marker`."""
+    return descendants_with(agent_pid, marker)
 
 
 def wait_no_children(agent_pid: int, marker: str, timeout: float) -> bool:
-    """Poll /proc (there is no event for another process's death) until no such child is left; bounded."""
-    deadline = time.monotonic() + timeout
-    while _sleep_children(agent_pid, marker):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    """Wait (bounded, on pidfds) until no such descendant of the agent is left."""
+    return wait_gone(descendants_with(agent_pid, marker), timeout)
 
 
 async def test_list_and_call_tools(server_proc: ServerProc, start_node: Callable[..., AgentProc]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import resource
 import time
@@ -15,6 +14,7 @@ import pytest
 from desktop_agent.policy import Policy
 from desktop_agent.tools.base import ToolContext, ToolFailure, ToolResult
 from desktop_agent.tools.shell import shell_exec
+from tests.support.pids import wait_gone
 
 
 def alive(pid: int) -> bool:
@@ -28,11 +28,7 @@ def alive(pid: int) -> bool:
 
 async def gone(pid: int) -> bool:
     """Whether `pid` dies within 5 s (SIGKILL is delivered asynchronously: the pipe closes first)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            while alive(pid):  # noqa: ASYNC110 - not our child: no event to wait on
-                await asyncio.sleep(0.01)
-    return not alive(pid)
+    return await asyncio.to_thread(wait_gone, [pid], 5.0) and not alive(pid)
 
 
 class Progress:
