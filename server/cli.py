@@ -68,6 +68,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
 
     from server.app import build_app
     from server.config import ServerConfig
+    from server.ws_protocol import QueuedReadWebSocketProtocol
 
     if not 1 <= args.node_token_ttl <= MAX_NODE_TTL:
         print(f"--node-token-ttl must be between 1 and {MAX_NODE_TTL}", file=sys.stderr)
@@ -97,7 +98,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         build_app(config),
         host=args.host,
         port=args.port,
-        ws="websockets-sansio",
+        ws=QueuedReadWebSocketProtocol,  # websockets-sansio, without a read pause per message
         ws_max_size=args.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=None,

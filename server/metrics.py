@@ -32,6 +32,9 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("cortex_tool_calls_in_flight", "Tool calls in flight", registry=self.registry)
+        # Counted in a plain int (one event loop thread) and read only when scraped: no lock per call.
+        self._in_flight = 0
+        self.in_flight.set_function(lambda: self._in_flight)
         self.handshakes = Counter(
             "cortex_node_handshakes", "Accepted node handshakes", registry=self.registry
         )
@@ -60,10 +63,10 @@ class Metrics:
         child.inc()
 
     def call_started(self) -> None:
-        self.in_flight.inc()
+        self._in_flight += 1
 
     def call_finished(self, tool: str, outcome: str, seconds: float) -> None:
-        self.in_flight.dec()
+        self._in_flight -= 1
         key = (tool if tool in self._tools else "other", outcome)
         child = self._call_children.get(key)
         if child is None:

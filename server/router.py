@@ -21,14 +21,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from server.metrics import Metrics
 from server.progress import ProgressPump
 from server.registry import NodeEntry, NodeLink, NodeRegistry
 from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
-from spec.manifest import argument_problem
+from spec.manifest import QuickCheck, argument_problem, quick_check
 from spec.session import ProgressCallback
 
 __all__ = ["CallRouter", "Caller"]
+
+_QUICK_CHECKS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,18 @@ class CallRouter:
         self.registry = registry
         self.metrics = metrics
         self.default_timeout = default_timeout
+        # Per compiled validator (shared by every node declaring the same tools, see ToolCatalog): the
+        # fast check for arguments that fit. Keyed by identity; the validator is kept so the id stays
+        # its own. Bounded: emptied when full (it refills from the live nodes' validators).
+        self._quick: dict[int, tuple[Draft202012Validator, QuickCheck | None]] = {}
+
+    def _quick_check(self, validator: Draft202012Validator) -> QuickCheck | None:
+        known = self._quick.get(id(validator))
+        if known is None or known[0] is not validator:
+            if len(self._quick) >= _QUICK_CHECKS_KEPT:
+                self._quick.clear()
+            known = self._quick[id(validator)] = (validator, quick_check(validator.schema))
+        return known[1]
 
     def visible_nodes(self, caller: Caller) -> list[NodeEntry]:
         return [e for e in self.registry.nodes() if caller.can_see(e.workspace)]
@@ -84,9 +100,10 @@ class CallRouter:
     ) -> dict[str, Any]:
         entry, link = self.link(caller, node)
         arguments = {} if arguments is None else arguments
-        if entry.tool(tool) is None:
+        validator = entry.validators.get(tool)  # one per declared tool (see NodeEntry.set_tools)
+        if validator is None:
             raise RpcError(INVALID_PARAMS, f"node {node!r} has no tool {tool!r}", {"reason": "unknown_tool"})
-        problem = argument_problem(entry.validators[tool], arguments)
+        problem = argument_problem(validator, arguments, self._quick_check(validator))
         if problem is not None:
             raise RpcError(
                 INVALID_PARAMS,

@@ -37,9 +37,15 @@ from spec.messages import (
 __all__ = ["Peer", "dumps"]
 
 
+# One encoder for every frame, built once: `json.dumps` with non-default options builds a new encoder
+# per call. Same output as `json.dumps(m, separators=(",", ":"), ensure_ascii=False)`; frames are decoded
+# JSON, never cyclic, so the cycle check is left out.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+
+
 def dumps(message: dict[str, Any]) -> str:
     """The one serialisation every frame uses: compact, UTF-8 kept as is."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(message)
 
 
 def _error_text(id_: JsonId | None, code: int, message: str) -> str:

@@ -33,6 +33,7 @@ from jsonrpcserver.async_dispatcher import call as call_method
 from jsonrpcserver.async_dispatcher import dispatch_request
 from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable
+from jsonrpcserver.result import SuccessResult
 
 from spec.errors import CANCELLED, RpcError, error_object
 from spec.messages import (
@@ -221,7 +222,8 @@ class RpcSession:
                     else:
                         fut.set_result(event.result)
             elif isinstance(event, IncomingRequest):
-                task = asyncio.create_task(self._serve(event), name=f"{self.name}:{event.method}:{event.id}")
+                # Unnamed: formatting a name for every request costs more than the debugging it helps.
+                task = asyncio.create_task(self._serve(event))
                 self._handlers[event.id] = task
                 task.add_done_callback(functools.partial(self._handler_done, event.id))
             elif isinstance(event, IncomingNotification):
@@ -274,7 +276,12 @@ class RpcSession:
                 result = await call_method(request, ctx, self._methods[req.method])
             else:
                 _, result = await dispatch_request(self._methods, ctx, request)
-            response: Any = to_serializable(to_response(request, result))
+            success = getattr(result, "_value", None)  # the Either's content: SuccessResult or ErrorResult
+            if isinstance(success, SuccessResult):
+                # A success needs only its value: skip jsonrpcserver's Response and dict round trip.
+                response: Any = {"result": success.result}
+            else:
+                response = to_serializable(to_response(request, result))
         except asyncio.CancelledError:
             if self._closed is None:
                 logger.debug("%s: request %s cancelled", self.name, req.id)
