@@ -76,7 +76,8 @@ class ServerState:
 
 def build_state(config: ServerConfig) -> ServerState:
     store = ServerStore(config.data_dir)
-    revoked = {n.name for n in store.list_nodes() if n.revoked_at is not None}
+    enrolled = store.list_nodes()
+    revoked = {n.name for n in enrolled if n.revoked_at is not None}
     authority = TokenAuthority(
         store.load_or_create_signing_key(),
         issuer=config.issuer,
@@ -88,7 +89,8 @@ def build_state(config: ServerConfig) -> ServerState:
         known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
     )
     router = CallRouter(registry, metrics, config.default_call_timeout)
-    return ServerState(config, store, authority, registry, router, metrics, revoked)
+    live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
+    return ServerState(config, store, authority, registry, router, metrics, revoked, live)
 
 
 def build_app(config: ServerConfig) -> Starlette:
