@@ -13,10 +13,16 @@ Rules:
    agent thread stops the icon once its loop is done, so the process exits after a clean close.
 4. "Open audit log" opens the local `<home>/audit.log` (always there, needs no user token), not the
    dashboard's page for the node; "Open dashboard" opens `--dashboard-url` or the server URL.
-5. Backend: `PYSTRAY_BACKEND` when set, else gtk (real menus) when PyGObject imports and a display is
-   set, else xorg. pystray's xorg icon ignores clicks (its window never selects ButtonPress, pystray
-   issue #151): `_clickable_xorg_icon` adds the mask, and a left click runs the default action, which
-   toggles the connection.
+5. Backend: `PYSTRAY_BACKEND` when set, else gtk (real menus) when PyGObject is installed and a display
+   is set, else xorg. When gtk was chosen automatically but cannot be loaded or built (no Gtk typelib,
+   Gtk cannot open the display), the tray falls back to xorg. pystray's xorg icon ignores clicks (its
+   window never selects ButtonPress, pystray issue #151): `_clickable_xorg_icon` adds the mask, and a
+   left click runs the default action, which toggles the connection.
+6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left click toggles the connection,
+   a right click opens the menu. pystray's D-Bus notifier is not used (the tray shows no
+   notifications): it needs a session bus to start and raises GLib.Error on stop without a
+   notification daemon. pystray would also reset SIGINT to its default (a kill without a clean
+   close); our SIGINT/SIGTERM handlers run Quit instead.
 """
 
 from __future__ import annotations
@@ -371,13 +377,83 @@ def _clickable_xorg_icon(base: type) -> type:
     return ClickableXorgIcon
 
 
-def _icon_class(backend: str) -> type:
-    os.environ["PYSTRAY_BACKEND"] = backend
-    import pystray
+def _gtk_status_icon(base: type) -> type:
+    """pystray's gtk Icon (a Gtk.StatusIcon) without its notifier, with the title as the tooltip (rule 6)."""
+    from gi.repository import GLib
 
+    class GtkStatusTrayIcon(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._update_title()  # pystray applies only titles changed after construction
+
+        def _initialize(self) -> None:
+            # pystray would reset SIGINT to SIG_DFL and open a D-Bus notifier here (rule 6).
+            self._mark_ready()
+
+        def _finalize(self) -> None:
+            self._remove_fs_icon()
+
+        def _notify(self, message: str, title: str | None = None) -> None:
+            logger.info("notification (not shown): %s", message)
+
+        def _remove_notification(self) -> None:
+            pass
+
+        def _update_title(self) -> None:
+            title = self.title
+
+            def apply() -> bool:
+                self._status_icon.set_title(title)
+                self._status_icon.set_tooltip_text(title)  # pystray sets only the title, which no tray shows
+                return False  # run once
+
+            GLib.idle_add(apply)
+
+    return GtkStatusTrayIcon
+
+
+def _icon_class(backend: str) -> type:
+    """The pystray Icon class for `backend` (importing pystray with that backend on first use)."""
+    os.environ["PYSTRAY_BACKEND"] = backend  # read by `pystray/__init__` on its first (successful) import
+    # The backend's own module: pystray may already be loaded with another backend (a gtk → xorg fallback).
+    # Gtk initialises on import and parses sys.argv as its own options (it would take our `--name NODE` as
+    # the program's WM_CLASS): let it see only a program name.
+    argv, sys.argv = sys.argv, ["cortex-agent"]
+    try:
+        module = importlib.import_module(f"pystray._{backend}")
+    finally:
+        sys.argv = argv
     if backend == "xorg":
-        return _clickable_xorg_icon(pystray.Icon)
-    return pystray.Icon  # type: ignore[no-any-return]
+        return _clickable_xorg_icon(module.Icon)
+    if backend == "gtk":
+        return _gtk_status_icon(module.Icon)
+    return module.Icon  # type: ignore[no-any-return]
+
+
+def _make_icon(backend: str, controller: TrayController) -> Any:
+    view = controller.view
+    return _icon_class(backend)("cortex-agent", icon_image(view.colour), view.title, controller.menu())
+
+
+def _build_icon(backend: str, forced: bool, controller: TrayController) -> tuple[str, Any]:
+    """(backend, icon): gtk falls back to xorg when it was not asked for and fails to load or build."""
+    try:
+        return backend, _make_icon(backend, controller)
+    except Exception as exc:
+        if forced or backend != "gtk":
+            raise
+        logger.warning("gtk tray backend unavailable (%s: %s); using xorg", type(exc).__name__, exc)
+    return "xorg", _make_icon("xorg", controller)
+
+
+def _quit_on_signals(quit_tray: Callable[[], None]) -> None:
+    """SIGINT/SIGTERM → Quit (a clean close), whichever backend runs the main thread.
+
+    Under gtk, PyGObject wakes its GLib loop to run Python signal handlers, and with a SIGINT handler of
+    our own it leaves out its fallback (quit the loop, then raise KeyboardInterrupt).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signo, _frame: quit_tray())
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -437,12 +513,6 @@ def tray_main(args: argparse.Namespace, home: Path) -> int:
     from desktop_agent.credentials import load_credentials
 
     backend = choose_backend()
-    try:
-        icon_class = _icon_class(backend)
-    except Exception as exc:  # no display, no tray library: say so instead of a traceback
-        print(f"cannot show a tray icon ({backend} backend): {exc}", file=sys.stderr)
-        return 1
-
     built = build_agent(args, home)
     agent: NodeAgent | None = None
     engine: Any = None
@@ -459,17 +529,23 @@ def tray_main(args: argparse.Namespace, home: Path) -> int:
     controller = TrayController(
         agent, home=home, name=name, dashboard_url=args.dashboard_url or server.rstrip("/") + "/"
     )
-    view = controller.view
-    icon = icon_class("cortex-agent", icon_image(view.colour), view.title, controller.menu())
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _signo, _frame: controller.quit())
+    try:
+        backend, icon = _build_icon(backend, bool(os.environ.get("PYSTRAY_BACKEND")), controller)
+    except Exception as exc:  # no display, no tray library: say so instead of a traceback
+        print(f"cannot show a tray icon ({backend} backend): {exc}", file=sys.stderr)
+        return 1
+    _quit_on_signals(controller.quit)
 
     agent_thread = start_agent_thread(engine, agent, controller) if agent is not None else None
     logger.info("tray running (%s backend) for node %s at %s", backend, name or "?", server)
-    icon.run(setup=controller.start_painting)
+    failed = False
+    try:
+        icon.run(setup=controller.start_painting)
+    except Exception:  # still close the tunnel cleanly below
+        logger.exception("the tray icon (%s backend) failed", backend)
+        failed = True
     controller.close(stop_icon=False)
     if agent_thread is not None:
         controller.quit()  # a no-op after Quit; stops the agent cleanly if the icon went away first
         agent_thread.join(15)
-    return 0
+    return 1 if failed else 0

@@ -148,7 +148,7 @@ class XSession:
                 for child in window.query_tree().children:
                     stack.append(child)
                     cls = child.get_wm_class()
-                    if cls and cls[1] == wm_class and child.query_tree().parent != root:
+                    if cls and wm_class in cls and child.query_tree().parent != root:
                         geometry = child.get_geometry()
                         at = child.translate_coords(root, 0, 0)
                         self.icon_title = str(child.get_wm_name() or "")
@@ -163,8 +163,15 @@ class XSession:
             return image.convert("RGB")
 
     def click(self, x: int, y: int) -> None:
+        self.button(x, y, button=1)
+
+    def button(self, x: int, y: int, button: int) -> None:
+        """Move the pointer to (x, y) and press and release `button` (1 left, 3 right)."""
         subprocess.run(
-            ["xdotool", "mousemove", str(x), str(y), "click", "1"], env=self.env(), check=True, timeout=30
+            ["xdotool", "mousemove", str(x), str(y), "click", str(button)],
+            env=self.env(),
+            check=True,
+            timeout=30,
         )
 
     def close(self) -> None:
@@ -189,12 +196,31 @@ def xsession() -> Iterator[XSession]:
 
 
 class TrayProc:
-    """`cortex-agent tray` as a child process on the virtual display (xorg backend, for determinism)."""
+    """`cortex-agent tray` as a child process on the virtual display.
 
-    def __init__(self, xs: XSession, home: Path, server: str, name: str) -> None:
+    xorg backend by default, for determinism; `backend=None` lets the tray choose, `launcher` prefixes
+    the command (e.g. `dbus-run-session --`).
+    """
+
+    def __init__(
+        self,
+        xs: XSession,
+        home: Path,
+        server: str,
+        name: str,
+        *,
+        backend: str | None = "xorg",
+        launcher: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.output: list[str] = []
+        child_env = xs.env(**(env or {}))
+        child_env.pop("PYSTRAY_BACKEND", None)
+        if backend is not None:
+            child_env["PYSTRAY_BACKEND"] = backend
         self.proc = subprocess.Popen(
             [
+                *launcher,
                 sys.executable,
                 "-m",
                 "desktop_agent.cli",
@@ -206,11 +232,12 @@ class TrayProc:
                 "--name",
                 name,
             ],
-            env=xs.env(PYSTRAY_BACKEND="xorg"),
+            env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=REPO,
+            start_new_session=True,
         )
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
@@ -225,7 +252,7 @@ class TrayProc:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: a launcher's child goes too
             self.proc.wait(10)
         self._pump.join(10)
         if self.proc.stdout is not None:
@@ -259,8 +286,8 @@ class IconWatcher:
         for _ in range(int(timeout / 0.3) + 1):
             if self.tray.proc.poll() is not None:
                 break
-            if self.geometry is None:
-                self.geometry = self.xs.icon_geometry()
+            # Re-read every time: a tray may embed the icon at a transient size (gtk: 1 px wide) first.
+            self.geometry = self.xs.icon_geometry() or self.geometry
             if self.geometry is not None:
                 seen = self.xs.screenshot(path).getpixel(self.centre)
                 if nearest(tuple(seen)) == expected:
