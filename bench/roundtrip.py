@@ -268,18 +268,10 @@ def _playwright_screenshot_p50(page_url: str, n: int) -> float | None:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-    ]
+    from desktop_agent.tools.browser import CHROMIUM_ARGS
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=flags)
+        browser = p.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page()
             page.goto(page_url)

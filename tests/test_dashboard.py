@@ -25,20 +25,11 @@ from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
 from desktop_agent.audit import record_hash
+from desktop_agent.tools.browser import CHROMIUM_ARGS, DEFAULT_EXECUTABLE
 from tests.support.fake_llm import FakeLLM, Turn
 from tests.support.procs import AgentProc, ServerProc
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+CHROMIUM = DEFAULT_EXECUTABLE
 WAIT_MS = 20_000
 
 expect.set_options(timeout=WAIT_MS)

@@ -45,16 +45,63 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _reap(owner: Any) -> None:
-    """After the child exited: let the output pump reach EOF, then close the pipe."""
-    pump = getattr(owner, "_pump", None)
-    if pump is not None:
-        pump.join(10)
-    if owner.proc is not None and owner.proc.stdout is not None:
-        owner.proc.stdout.close()
+class _Child:
+    """A child process whose output is collected line by line by a pump thread."""
+
+    proc: subprocess.Popen[str] | None = None
+    output: list[str]
+    _pump: threading.Thread | None = None
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], ready_marker: str | None = None) -> threading.Event:
+        """Start `cmd`; the returned event fires when a line contains `ready_marker` (or output ends)."""
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
+        ready = threading.Event()
+
+        def pump(proc: subprocess.Popen[str]) -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.output.append(line)
+                if ready_marker is not None and ready_marker in line:
+                    ready.set()
+            ready.set()
+
+        self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
+        self._pump.start()
+        return ready
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._reap()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reap()
+
+    def _reap(self) -> None:
+        """After the child exited: let the output pump reach EOF, then close the pipe."""
+        if self._pump is not None:
+            self._pump.join(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
-class ServerProc:
+class ServerProc(_Child):
     """`cortex-server serve` in a child process, restartable on the same port."""
 
     def __init__(
@@ -94,41 +141,11 @@ class ServerProc:
             "info",
             *self.args,
         ]
-        self.proc = subprocess.Popen(
-            cmd, env=_env(self.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
-        )
-        ready = threading.Event()
-
-        def pump(proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line)
-                if "cortex-server listening on" in line:
-                    ready.set()
-            ready.set()
-
-        self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
-        self._pump.start()
+        ready = self._spawn(cmd, _env(self.env), "cortex-server listening on")
+        assert self.proc is not None
         if not ready.wait(timeout) or self.proc.poll() is not None:
             raise RuntimeError("server did not start:\n" + "".join(self.output[-40:]))
         return self
-
-    def kill(self) -> None:
-        """kill -9: no shutdown of any kind."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        _reap(self)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _reap(self)
 
     def enroll(self, name: str, workspace: str = "ws1") -> str:
         return admin.enroll_node(self.data_dir, name, workspace)
@@ -198,7 +215,7 @@ class EventStream:
                 yield event, json.loads(line[5:].strip())
 
 
-class AgentProc:
+class AgentProc(_Child):
     """`cortex-agent run` in a child process; its credential travels in the environment only."""
 
     def __init__(
@@ -209,7 +226,6 @@ class AgentProc:
         self.name = name
         self.credential = credential
         self.args = args or []
-        self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
 
     def start(self) -> AgentProc:
@@ -229,44 +245,8 @@ class AgentProc:
             "debug",
             *self.args,
         ]
-        self.proc = subprocess.Popen(
-            cmd,
-            env=_env({"CORTEX_NODE_CREDENTIAL": self.credential}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-        )
-
-        def pump(proc: subprocess.Popen[str]) -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line)
-
-        self._pump = threading.Thread(target=pump, args=(self.proc,), daemon=True)
-        self._pump.start()
+        self._spawn(cmd, _env({"CORTEX_NODE_CREDENTIAL": self.credential}))
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        _reap(self)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        _reap(self)
 
 
 async def raw_node_socket(server: ServerProc, name: str, workspace: str = "ws1") -> ClientConnection:
