@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
 import signal
 import tempfile
 import time
@@ -24,36 +23,11 @@ from typing import Any
 from bench.harness import AgentProcess, Row, ServerProcess, percentile
 from bench.roundtrip import _wait_nodes
 from sdk import AsyncClient, CallCancelled
+from tests.support.pids import pids_with, wait_gone
 
 __all__ = ["main"]
 
 WORKSPACE = "bench"
-
-
-def _pids_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(entry))
-    return found
-
-
-def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-                raise TimeoutError(f"process {pid} still alive")
-        finally:
-            os.close(fd)
 
 
 async def _ours(client: AsyncClient, rounds: int) -> list[float]:
@@ -73,10 +47,10 @@ async def _ours(client: AsyncClient, rounds: int) -> list[float]:
         )
         async with asyncio.timeout(15):
             await running.wait()
-        pids = _pids_with(marker)
+        pids = pids_with(marker)
         started = time.perf_counter()
         await call.cancel()
-        await asyncio.to_thread(_wait_gone, pids)
+        assert await asyncio.to_thread(wait_gone, pids, 10.0), "cancelled processes still alive"
         samples.append(time.perf_counter() - started)
         with contextlib.suppress(CallCancelled):
             await call
@@ -94,10 +68,10 @@ async def _reference(rounds: int) -> list[float]:
         )
         assert proc.stdout is not None
         await proc.stdout.readline()
-        pids = _pids_with(marker)
+        pids = pids_with(marker)
         started = time.perf_counter()
         os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(_wait_gone, pids)
+        assert await asyncio.to_thread(wait_gone, pids, 10.0), "cancelled processes still alive"
         samples.append(time.perf_counter() - started)
         await proc.wait()
     return samples

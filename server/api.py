@@ -9,16 +9,15 @@ Every handler authenticates with the user bearer token (`Authorization: Bearer`)
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server import sse
 from server.auth import AuthError
 from server.router import Caller
 from server.rpc import caller_from_token
@@ -153,22 +152,14 @@ async def events(request: Request, state: ServerState, caller: Caller) -> Respon
     async def stream() -> AsyncIterator[str]:
         with state.registry.subscribe() as queue:
             for entry in state.router.visible_nodes(caller):
-                yield f"event: node.updated\ndata: {json.dumps(entry.to_json())}\n\n"
-            while True:
-                try:
-                    async with asyncio.timeout(15):
-                        event, data = await queue.get()
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if caller.can_see(data["workspace"]):
-                    yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
+                yield sse.frame("node.updated", entry.to_json())
+            async for item in sse.with_keepalive(queue):
+                if item is None:
+                    yield sse.KEEPALIVE
+                elif caller.can_see(item[1]["workspace"]):
+                    yield sse.frame(*item)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.event_stream_response(stream())
 
 
 async def healthz(request: Request) -> Response:

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server import sse
 from server.api import ApiError, authenticate, http_error, state_of
 from server.planner.loop import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, PlannerRun
 from server.planner.providers import UNCONFIGURED_MESSAGE, LlmConfig
@@ -118,10 +118,6 @@ def planner_service(state: ServerState) -> PlannerService:
     return service
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -162,16 +158,14 @@ async def create_run(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[str]:
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(15):
-                        event, data = await queue.get()
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+            async for item in sse.with_keepalive(queue):
+                if item is None:
+                    yield sse.KEEPALIVE
                     continue
+                event, data = item
                 if not event:
                     return
-                yield _sse(event, data)
+                yield sse.frame(event, data)
         finally:
             # The client went away (or the stream ended): a run nobody watches is cancelled.
             if not task.done():
@@ -179,11 +173,7 @@ async def create_run(request: Request) -> Response:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Cortex-Run": run.run_id},
-    )
+    return sse.event_stream_response(stream(), {"X-Cortex-Run": run.run_id})
 
 
 async def cancel_run(request: Request) -> Response:
