@@ -237,10 +237,7 @@ def test_revoke_from_another_process_closes_the_live_node(
     print(f"\nrevoke-to-close latency: {latency * 1000:.0f} ms")
     assert latency < 2.0
     # The agent saw close code 4403, and its credential no longer buys tokens.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any("code 4403" in line for line in agent.output):
-        time.sleep(0.05)
-    assert any("code 4403" in line for line in agent.output), "".join(agent.output[-20:])
+    assert agent.wait_output("code 4403", 10), "".join(agent.output[-20:])
     refused = _oauth(
         server_proc,
         {"grant_type": "client_credentials", "client_id": "victim", "client_secret": agent.credential},

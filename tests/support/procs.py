@@ -51,6 +51,7 @@ class _Child:
     proc: subprocess.Popen[str] | None = None
     output: list[str]
     _pump: threading.Thread | None = None
+    _new_output = threading.Condition()  # shared by all children: waiters re-check their own output
 
     def _spawn(self, cmd: list[str], env: dict[str, str], ready_marker: str | None = None) -> threading.Event:
         """Start `cmd`; the returned event fires when a line contains `ready_marker` (or output ends)."""
@@ -62,7 +63,9 @@ class _Child:
         def pump(proc: subprocess.Popen[str]) -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
-                self.output.append(line)
+                with self._new_output:
+                    self.output.append(line)
+                    self._new_output.notify_all()
                 if ready_marker is not None and ready_marker in line:
                     ready.set()
             ready.set()
@@ -75,6 +78,16 @@ class _Child:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def wait_output(self, text: str, timeout: float) -> bool:
+        """Block until a line containing `text` was printed (woken by each new line, bounded)."""
+        deadline = time.monotonic() + timeout
+        with self._new_output:
+            while not any(text in line for line in self.output):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._new_output.wait(remaining):
+                    return any(text in line for line in self.output)
+        return True
 
     def kill(self) -> None:
         """kill -9: no shutdown of any kind."""
