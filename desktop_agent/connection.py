@@ -119,6 +119,8 @@ class NodeAgent:
         self.settings = settings
         self.engine = engine
         self._rng = random.Random(seed)
+        self._ssl_ready = False
+        self._ssl_ctx: ssl.SSLContext | None = None
         self._status = AgentStatus(AgentState.DISCONNECTED, settings.server)
         self._listeners: list[Callable[[AgentStatus], None]] = []
         self._wanted = asyncio.Event()
@@ -211,9 +213,16 @@ class NodeAgent:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
+    def _ssl(self) -> ssl.SSLContext | None:
+        """The TLS context, built on first use: the CA and client certificate are read once."""
+        if not self._ssl_ready:
+            self._ssl_ctx = self.settings.ssl_context()
+            self._ssl_ready = True
+        return self._ssl_ctx
+
     async def mint_token(self) -> tuple[str, int]:
         url = self.settings.server.rstrip("/") + "/oauth/token"
-        verify: Any = self.settings.ssl_context() or True
+        verify: Any = self._ssl() or True
         async with httpx2.AsyncClient(verify=verify, timeout=self.settings.open_timeout) as http:
             response = await http.post(
                 url,
@@ -237,7 +246,7 @@ class NodeAgent:
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
             max_size=self.settings.max_frame_bytes,
-            ssl=self.settings.ssl_context(),
+            ssl=self._ssl(),
             open_timeout=self.settings.open_timeout,
             ping_interval=20,
             ping_timeout=20,

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServerConfig", "default_data_dir"]
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CORTEX_SERVER_HOME") or Path.home() / ".cortex-server")
+__all__ = ["ServerConfig"]
 
 
 @dataclass(frozen=True)

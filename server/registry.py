@@ -155,18 +155,26 @@ class NodeRegistry(Protocol):
 class LocalRegistry:
     """In-process registry (the embedded default). Enrolled-but-never-seen nodes come from `known`."""
 
-    def __init__(self, known: Callable[[], list[tuple[str, str]]] | None = None) -> None:
+    def __init__(
+        self, known: Callable[[], list[tuple[str, str]]] | None = None, known_refresh_s: float = 2.0
+    ) -> None:
         self._entries: dict[str, NodeEntry] = {}
         self._links: dict[str, NodeLink] = {}
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._known = known
+        self._known_refresh_s = known_refresh_s
+        self._known_at = -known_refresh_s
         self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
         self.catalog = ToolCatalog()
         self._pending: set[asyncio.Future[None]] = set()
 
     def _load_known(self) -> None:
-        if self._known is None:
+        # Enrollments may happen in another process: re-read them, but at most every few seconds, so
+        # listing nodes or looking up an unknown name is not a store scan each time.
+        now = time.monotonic()
+        if self._known is None or now - self._known_at < self._known_refresh_s:
             return
+        self._known_at = now
         for name, workspace in self._known():
             self._entries.setdefault(name, NodeEntry(name=name, workspace=workspace))
 

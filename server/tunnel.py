@@ -93,6 +93,7 @@ class NodeSession:
         self.entry: NodeEntry | None = None
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._refetches: set[asyncio.Task[None]] = set()
         self.rpc = RpcSession(
             self._send,
             make_methods({"ping": self._ping, "auth/refresh": self._refresh}),
@@ -138,7 +139,7 @@ class NodeSession:
             logger.warning("node %s failed its handshake: %r", self.name, exc)
             await self.close(1002, "handshake failed")
         finally:
-            for task in [reader, *self._tasks]:
+            for task in [reader, *self._tasks, *self._refetches]:
                 task.cancel()
             self.rpc.close(
                 RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
@@ -244,7 +245,9 @@ class NodeSession:
     async def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == "notifications/tools/list_changed":
             # Fetch in a task: the reply arrives through the read loop that is running this callback.
-            self._tasks.append(asyncio.create_task(self._refetch_tools()))
+            task = asyncio.create_task(self._refetch_tools())
+            self._refetches.add(task)
+            task.add_done_callback(self._refetches.discard)
         elif method == "notifications/message":
             logger.info("node %s says: %s", self.name, params.get("data"))
 
