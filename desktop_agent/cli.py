@@ -15,6 +15,7 @@ from desktop_agent.connection import ConnectSettings, NodeAgent
 from desktop_agent.credentials import Credentials, default_home, load_credentials, save_credentials
 from desktop_agent.engine import ToolEngine
 from desktop_agent.policy import Overrides, load_config
+from spec.version import VERSION
 
 __all__ = ["main"]
 
@@ -23,6 +24,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8765"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cortex-agent", description="The Cortex agent node.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def home_arg(p: argparse.ArgumentParser) -> None:

@@ -1,3 +1,5 @@
-"""The agent's version, reported in initialize and system_info."""
+"""The agent's version, reported in initialize and system_info (one source: `spec.version`)."""
 
-AGENT_VERSION = "0.1.0"
+from spec.version import VERSION as AGENT_VERSION
+
+__all__ = ["AGENT_VERSION"]

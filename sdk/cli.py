@@ -16,6 +16,7 @@ from typing import Any
 
 from sdk.client import DEFAULT_URL, CallResult, Client
 from sdk.exceptions import AuthError, ConnectionLost, CortexError, NodeDisconnected, NodeNotFound
+from spec.version import VERSION
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cortex", description="Script tasks against Cortex agent nodes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--server", default=os.environ.get("CORTEX_SERVER", DEFAULT_URL))
     parser.add_argument("--token", default=None, help="user token (default $CORTEX_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -26,12 +26,11 @@ from server.router import CallRouter
 from server.rpc import rpc_endpoint
 from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed
 from server.tunnel import node_endpoint
+from spec.version import VERSION
 
 __all__ = ["VERSION", "ServerState", "build_app"]
 
 logger = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 @dataclass

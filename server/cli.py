@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server import admin
 from server.store import StoreError
+from spec.version import VERSION
 
 __all__ = ["main"]
 
@@ -20,6 +21,7 @@ MAX_NODE_TTL = 900
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cortex-server", description="The Cortex orchestrator.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_dir(p: argparse.ArgumentParser) -> None:
