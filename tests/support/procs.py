@@ -115,7 +115,10 @@ class _Child:
 
 
 class ServerProc(_Child):
-    """`cortex-server serve` in a child process, restartable on the same port."""
+    """`cortex-server serve` in a child process, restartable on the same port.
+
+    Without a `port` the server binds port 0 and the port is read back from its "listening on" line (a port
+    picked here and bound later can be taken by another process in between); restarts reuse that port."""
 
     def __init__(
         self,
@@ -126,7 +129,7 @@ class ServerProc(_Child):
         env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        self.port = port or 0
         self.args = args or []
         self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
@@ -158,6 +161,9 @@ class ServerProc(_Child):
         assert self.proc is not None
         if not ready.wait(timeout) or self.proc.poll() is not None:
             raise RuntimeError("server did not start:\n" + "".join(self.output[-40:]))
+        if not self.port:
+            line = next(line for line in self.output if "cortex-server listening on" in line)
+            self.port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
         return self
 
     def enroll(self, name: str, workspace: str = "ws1") -> str:
