@@ -38,6 +38,7 @@ class RawNode:
         self.asked: dict[str, int] = {}
         self.lists_in_flight = 0
         self.max_lists_in_flight = 0
+        self.list_answered = asyncio.Event()  # set after each tools/list answer (clear it to wait again)
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -86,6 +87,9 @@ class RawNode:
             finally:
                 self.lists_in_flight -= 1
             result = {"tools": self.tools}
+            await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}))
+            self.list_answered.set()
+            return
         elif method == "tools/call":
             text = (message.get("params") or {}).get("arguments", {}).get("text", "")
             result = {"content": [{"type": "text", "text": text}], "isError": False}
