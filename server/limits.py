@@ -7,7 +7,10 @@ Where it sits: around everything else. `BodyLimits` is the outermost ASGI middle
 
 1. A request body over its limit (`/oauth/token` 64 KiB, every other path the frame limit) gets 413 and
    a closed connection before it is read whole: a `Content-Length` over the limit is refused before a
-   byte of the body is read, and a chunked or under-declared body is counted as it arrives.
+   byte of the body is read, and a chunked or under-declared body is counted as it arrives. All the
+   bodies held at once (read and not yet answered) share a budget, twice the frame limit by default:
+   a body that would exceed it gets 503 `overloaded` with Retry-After, so parallel large bodies
+   cannot add up to more memory than that.
 2. A body that is not JSON, or nests deeper than `spec.json_limits.MAX_DEPTH`, gets 400
    ``{"error": "invalid_request", "message"}`` on every endpoint except `/oauth/token` (a form); on
    `/mcp` the same 400 carries a JSON-RPC -32700/-32600 error object, the shape MCP clients read.
@@ -72,9 +75,14 @@ class Limits:
     handshake_timeout: float = 10.0
     max_connections: int = 10_000
     accept_log_interval: float = 10.0
+    body_budget_bytes: int | None = None  # None: twice the frame limit (rule 1)
 
     def body_limit(self, path: str) -> int:
         return self.token_body_bytes if path == TOKEN_PATH else self.frame_bytes
+
+    @property
+    def body_budget(self) -> int:
+        return self.body_budget_bytes if self.body_budget_bytes is not None else 2 * self.frame_bytes
 
 
 # -- rule 6: escaped log lines ---------------------------------------------------------------------------
@@ -128,12 +136,20 @@ class _TooLarge(Exception):
     pass
 
 
+class _OverBudget(Exception):
+    pass
+
+
+_BUSY = b'{"error":"overloaded","message":"too many large request bodies in flight, retry later"}'
+
+
 class BodyLimits:
     """ASGI middleware: rules 1 and 2 for every HTTP request; other scopes pass through."""
 
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app = app
         self.limits = limits
+        self.held = 0  # bytes of bodies read and not yet answered, across all requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,35 +173,45 @@ class BodyLimits:
         if not chunked and not declared:
             await self.app(scope, receive, send)  # no body: nothing to hold or check
             return
+        reserved = [0]
         try:
-            body = await _read_body(receive, limit)
-        except _TooLarge:
-            await _too_large(send, limit)
-            return
-        if body is None:
-            return  # the client went away
-        if body and path != TOKEN_PATH:
-            problem = _json_problem(body)
-            if problem is not None:
-                await _invalid_json(send, path, *problem)
+            try:
+                body = await self._read_body(receive, limit, reserved)
+            except _TooLarge:
+                await _too_large(send, limit)
                 return
-        await self.app(scope, _replay(body, receive), send)
+            except _OverBudget:
+                await _respond(send, 503, _BUSY, close=True, retry_after=True)
+                return
+            if body is None:
+                return  # the client went away
+            if body and path != TOKEN_PATH:
+                problem = _json_problem(body)
+                if problem is not None:
+                    await _invalid_json(send, path, *problem)
+                    return
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.held -= reserved[0]
 
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    async def _read_body(self, receive: Receive, limit: int, reserved: list[int]) -> bytes | None:
+        """The whole body, reserving its bytes in the shared budget as they arrive (`reserved[0]`)."""
+        chunks: list[bytes] = []
+        budget = self.limits.body_budget
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            if reserved[0] + len(chunk) > limit:
+                raise _TooLarge
+            if self.held + len(chunk) > budget:
+                raise _OverBudget
+            self.held += len(chunk)
+            reserved[0] += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -212,8 +238,12 @@ def _json_problem(body: bytes) -> tuple[int, str] | None:
     return None
 
 
-async def _respond(send: Send, status: int, payload: bytes, *, close: bool = False) -> None:
+async def _respond(
+    send: Send, status: int, payload: bytes, *, close: bool = False, retry_after: bool = False
+) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
     if close:
         headers.append((b"connection", b"close"))  # h11 then closes instead of reading the rest
     await send({"type": "http.response.start", "status": status, "headers": headers})

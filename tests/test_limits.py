@@ -107,6 +107,25 @@ async def test_streamed_bodies_are_counted(limited: ServerProc) -> None:
     assert _status(response) == 413
 
 
+async def test_parallel_bodies_share_one_memory_budget(limited: ServerProc) -> None:
+    # Three bodies of 0.9 MB each, held open (unterminated): 2.7 MB > the 2 MB budget (twice the
+    # frame limit), so one of them is turned away with 503 while the others wait for their end.
+    piece = b"a" * 900_000
+    head = _call_head(limited, None, limited.admin_token, chunked=True)
+    streams = []
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+            writer.write(head + b"%x\r\n%s\r\n" % (len(piece), piece))
+            streams.append((reader, writer))
+        async with asyncio.timeout(HANDSHAKE + 3):
+            answers = await asyncio.gather(*(reader.read(200) for reader, _ in streams))
+    finally:
+        for _, writer in streams:
+            writer.close()
+    assert [a[:12] for a in answers].count(b"HTTP/1.1 503") == 1, answers
+
+
 # -- rule 2: JSON shape -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "body",
