@@ -305,7 +305,10 @@ async def idle_sockets(workdir: Path, quick: bool) -> list[dict[str, Any]]:
         await node.__aexit__(None, None, None)
     finally:
         server.stop()
-    print(f"idle sockets: whole flood (open + closed) {flood_seconds:.1f} s")
+    ordered = sorted(during)
+    p50, p99 = ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000
+    print(f"idle sockets: whole flood (open + closed) {flood_seconds:.1f} s; {len(during)} echoes during it:"
+          f" p50 {p50:.1f} ms, p99 {p99:.1f} ms, over 1 s: {sum(1 for x in during if x > 1.0)}")  # fmt: skip
     refused = count - failed - closed - left
     print(f"idle sockets: {count} opened ({failed} failed to connect), {refused} refused at once (503, past"
           f" --max-connections), {closed} closed by the deadline, {left} left open; /healthz {healthy}"

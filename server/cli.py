@@ -128,6 +128,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         ssl_ca_certs=str(args.client_ca) if args.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE,
         timeout_graceful_shutdown=3,
+        backlog=limits.accept_backlog,  # also the accept burst per loop turn (server.limits rule 4)
     )
     server = uvicorn.Server(uv_config)
     from server.demo import serve_with_extras

@@ -8,9 +8,9 @@ Where it sits: around everything else. `BodyLimits` is the outermost ASGI middle
 1. A request body over its limit (`/oauth/token` 64 KiB, every other path the frame limit) gets 413 and
    a closed connection before it is read whole: a `Content-Length` over the limit is refused before a
    byte of the body is read, and a chunked or under-declared body is counted as it arrives. All the
-   bodies held at once (read and not yet answered) share a budget, twice the frame limit by default:
-   a body that would exceed it gets 503 `overloaded` with Retry-After, so parallel large bodies
-   cannot add up to more memory than that.
+   bodies held at once (read and not yet answered) share a budget, the frame limit by default: a body
+   that would exceed it gets 503 `overloaded` with Retry-After, so parallel large bodies cannot add
+   up to more memory than one largest body.
 2. A body that is not JSON, or nests deeper than `spec.json_limits.MAX_DEPTH`, gets 400
    ``{"error": "invalid_request", "message"}`` on every endpoint except `/oauth/token` (a form); on
    `/mcp` the same 400 carries a JSON-RPC -32700/-32600 error object, the shape MCP clients read.
@@ -20,7 +20,9 @@ Where it sits: around everything else. `BodyLimits` is the outermost ASGI middle
    Otherwise the server closes it. uvicorn 0.54 has no such deadline of its own: a socket that sends
    nothing, or half a header, is held forever.
 4. Past `max_connections` live connections (HTTP and WebSocket together) a new connection gets a bare
-   503 and is closed at once; connections already open are untouched.
+   503 and is closed at once; connections already open are untouched. The listen backlog is
+   `accept_backlog` (256): asyncio accepts up to that many connections in one turn of the event loop,
+   each a task, so uvicorn's 2,048 let a connection flood hold the loop (and every link) for seconds.
 5. A failing `accept()` (EMFILE and the like) is logged at most once per interval, without traceback,
    with the count of the ones left unlogged; asyncio retries accepting by itself.
 6. Log lines carry input from nodes and callers: control characters (CR, LF, ESC, ...) in a record's
@@ -75,14 +77,15 @@ class Limits:
     handshake_timeout: float = 10.0
     max_connections: int = 10_000
     accept_log_interval: float = 10.0
-    body_budget_bytes: int | None = None  # None: twice the frame limit (rule 1)
+    body_budget_bytes: int | None = None  # None: the frame limit (rule 1)
+    accept_backlog: int = 256  # rule 4: the listen backlog, also the most connections accepted per loop turn
 
     def body_limit(self, path: str) -> int:
         return self.token_body_bytes if path == TOKEN_PATH else self.frame_bytes
 
     @property
     def body_budget(self) -> int:
-        return self.body_budget_bytes if self.body_budget_bytes is not None else 2 * self.frame_bytes
+        return self.body_budget_bytes if self.body_budget_bytes is not None else self.frame_bytes
 
 
 # -- rule 6: escaped log lines ---------------------------------------------------------------------------

@@ -108,9 +108,9 @@ async def test_streamed_bodies_are_counted(limited: ServerProc) -> None:
 
 
 async def test_parallel_bodies_share_one_memory_budget(limited: ServerProc) -> None:
-    # Three bodies of 0.9 MB each, held open (unterminated): 2.7 MB > the 2 MB budget (twice the
-    # frame limit), so one of them is turned away with 503 while the others wait for their end.
-    piece = b"a" * 900_000
+    # Three bodies of 0.45 MB each, held open (unterminated): 1.35 MB > the 1 MB budget (the frame
+    # limit), so one of them is turned away with 503 while the others wait for their end.
+    piece = b"a" * 450_000
     head = _call_head(limited, None, limited.admin_token, chunked=True)
     streams = []
     try:
