@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,12 +73,11 @@ async def test_redos_schema_patterns_cost_the_server_nothing(server: ServerProc)
                 ("keys", {"a" * 40 + "!": 1}),
             ]
             for tool, arguments in hostile:
-                started = time.perf_counter()
+                # With backtracking `re` this takes ~2^40 steps: the 5 s client timeout would fail it.
                 response = await http.post(
                     f"/api/v1/nodes/evil/tools/{tool}/call", json={"arguments": arguments}
                 )
                 assert response.status_code == 422, response.text
-                assert time.perf_counter() - started < 1.0
             # Matching arguments still pass (the same regexes, only linear).
             ok = await http.post("/api/v1/nodes/evil/tools/match/call", json={"arguments": {"s": "aaa"}})
             assert ok.status_code == 200
