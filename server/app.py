@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from server import api, artifacts, dashboard, oauth, planner
 from server import mcp as mcp_surface
 from server.auth import TokenAuthority
 from server.config import ServerConfig
+from server.limits import BodyLimits, Limits
 from server.metrics import Metrics
 from server.registry import LocalRegistry
 from server.router import CallRouter
@@ -121,4 +123,5 @@ def build_app(config: ServerConfig) -> Starlette:
         *artifacts.routes(),
         *dashboard.routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    limits = Limits(frame_bytes=config.max_frame_bytes)  # bodies and JSON: see server.limits
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(BodyLimits, limits=limits)])

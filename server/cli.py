@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-interval", type=float, default=15.0)
     serve.add_argument("--node-token-ttl", type=int, default=300)
     serve.add_argument("--max-frame-bytes", type=int, default=16 * 1024 * 1024)
+    serve.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds to complete a request")
+    serve.add_argument("--max-connections", type=int, default=10_000)
     serve.add_argument("--demo", action="store_true", help="also run a local node named 'local'")
     serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
 
@@ -70,10 +72,13 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
 
     from server.app import build_app
     from server.config import ServerConfig
-    from server.ws_protocol import QueuedReadWebSocketProtocol
+    from server.limits import AcceptErrorLog, EscapingFormatter, Limits, protocol_classes, raise_fd_limit
 
     if not 1 <= args.node_token_ttl <= MAX_NODE_TTL:
         print(f"--node-token-ttl must be between 1 and {MAX_NODE_TTL}", file=sys.stderr)
+        return 2
+    if args.handshake_timeout <= 0 or args.max_connections < 1:
+        print("--handshake-timeout and --max-connections must be positive", file=sys.stderr)
         return 2
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
@@ -91,16 +96,29 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
+        handshake_timeout=args.handshake_timeout,
+        max_connections=args.max_connections,
     )
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # node and caller input never forges a log line
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    limits = Limits(
+        frame_bytes=args.max_frame_bytes,
+        handshake_timeout=args.handshake_timeout,
+        max_connections=args.max_connections,
+    )
+    # Room for every allowed connection plus the server's own files, so the limit bites before EMFILE.
+    raise_fd_limit(args.max_connections + 1024)
+    http_protocol, ws_protocol = protocol_classes(limits)
     uv_config = uvicorn.Config(
         build_app(config),
         host=args.host,
         port=args.port,
-        ws=QueuedReadWebSocketProtocol,  # websockets-sansio, without a read pause per message
+        http=http_protocol,  # h11 with a request deadline and a connection cap (server.limits)
+        ws=ws_protocol,  # websockets-sansio, without a read pause per message, with an upgrade deadline
         ws_max_size=args.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=None,
@@ -112,11 +130,16 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         ssl_ca_certs=str(args.client_ca) if args.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE,
         timeout_graceful_shutdown=3,
+        backlog=limits.accept_backlog,  # also the accept burst per loop turn (server.limits rule 4)
     )
     server = uvicorn.Server(uv_config)
     from server.demo import serve_with_extras
 
-    return asyncio.run(serve_with_extras(server, config, demo=args.demo))
+    async def run() -> int:
+        AcceptErrorLog(limits.accept_log_interval).install(asyncio.get_running_loop())
+        return await serve_with_extras(server, config, demo=args.demo)
+
+    return asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:

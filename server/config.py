@@ -24,6 +24,8 @@ class ServerConfig:
     tls_key: Path | None = None
     client_ca: Path | None = None
     public_url: str | None = None
+    handshake_timeout: float = 10.0
+    max_connections: int = 10_000
 
     @property
     def base_url(self) -> str:

@@ -27,6 +27,7 @@ __all__ = ["SUBPROTOCOL_TOKEN_PREFIX", "caller_from_token", "rpc_endpoint", "sub
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
+MAX_CLIENT_REQUESTS = 1024  # requests of one client link running at once; more are answered -32012
 
 
 def subprotocol_token(scope: Mapping[str, Any]) -> str | None:
@@ -84,6 +85,7 @@ class ClientSession:
                 }
             ),
             name=f"client:{caller.sub}",
+            max_incoming=MAX_CLIENT_REQUESTS,
         )
 
     async def _send(self, text: str) -> None:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.auth import AuthError
+from server.limits import cap_node_info
 from server.registry import NodeEntry
 from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcError
 from spec.session import CallContext, RpcSession, make_methods
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL = "cortex.v1"
 PROTOCOL_VERSION = "2025-11-25"
 HANDSHAKE_TIMEOUT = 10.0
+MAX_NODE_REQUESTS = 64  # a node's own requests (ping, auth/refresh, uploads) running here at once
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -94,11 +96,13 @@ class NodeSession:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._refetches: set[asyncio.Task[None]] = set()
+        self._tools_stale = False  # a list_changed came while a tools/list was in flight
         self.rpc = RpcSession(
             self._send,
             make_methods({"ping": self._ping, "auth/refresh": self._refresh}),
             on_notification=self._on_notification,
             name=f"node:{name}",
+            max_incoming=MAX_NODE_REQUESTS,
         )
 
     # -- NodeLink ---------------------------------------------------------------------------------
@@ -160,7 +164,12 @@ class NodeSession:
         await self.rpc.notify("notifications/initialized")
         tools = await self.rpc.request("tools/list")
         entry = NodeEntry(name=self.name, workspace=self.workspace)
-        entry.info = {**(init.get("node") or {}), "protocolVersion": init.get("protocolVersion")}
+        # Capped: the node's self-description is copied into every listing and SSE event.
+        protocol = init.get("protocolVersion")
+        entry.info = {
+            **cap_node_info(init.get("node")),
+            "protocolVersion": protocol[:64] if isinstance(protocol, str) else None,
+        }
         entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
         previous = self.state.registry.get(self.name)
         if previous is not None:
@@ -244,18 +253,27 @@ class NodeSession:
 
     async def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == "notifications/tools/list_changed":
-            # Fetch in a task: the reply arrives through the read loop that is running this callback.
+            # At most one tools/list in flight: notifications arriving meanwhile are coalesced into
+            # one more fetch after it. In a task: the reply arrives through the read loop running this.
+            if self._refetches:
+                self._tools_stale = True
+                return
             task = asyncio.create_task(self._refetch_tools())
             self._refetches.add(task)
             task.add_done_callback(self._refetches.discard)
         elif method == "notifications/message":
-            logger.info("node %s says: %s", self.name, params.get("data"))
+            # Cut to one bounded line; control characters are escaped by the log formatter (server.limits).
+            logger.info("node %s says: %.1000s", self.name, params.get("data"))
 
     async def _refetch_tools(self) -> None:
-        try:
-            tools = await self.rpc.request("tools/list")
-        except RpcError:
-            return
-        if self.entry is not None:
-            self.entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
-            self.state.registry.publish("node.updated", self.entry)
+        while True:
+            self._tools_stale = False
+            try:
+                tools = await self.rpc.request("tools/list")
+            except RpcError:
+                return
+            if self.entry is not None:
+                self.entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
+                self.state.registry.publish("node.updated", self.entry)
+            if not self._tools_stale:
+                return

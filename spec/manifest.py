@@ -10,6 +10,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from spec.schema_regex import LinearValidator
+
 __all__ = [
     "QuickCheck",
     "argument_problem",
@@ -38,8 +40,12 @@ def load_manifest(path: Path | None = None) -> list[dict[str, Any]]:
 
 
 def schema_validator(schema: dict[str, Any]) -> Draft202012Validator:
-    """A compiled validator for one tool's inputSchema; build it once per tool, not per call."""
-    return Draft202012Validator(schema)
+    """A compiled validator for one tool's inputSchema; build it once per tool, not per call.
+
+    Its regular expressions run in linear time (`spec.schema_regex`): schemas come from nodes.
+    """
+    validator: Draft202012Validator = LinearValidator(schema)
+    return validator
 
 
 def argument_problem(

@@ -8,7 +8,8 @@ are built with jsonrpcclient and responses parsed with it, so wire shapes are th
 Rules:
 1. One message per frame. A batch (JSON array) is answered with -32600: the protocol has no batches
    (as MCP since 2025-06-18).
-2. A frame that is not JSON gets a -32700 reply with id null; the link stays up.
+2. A frame that is not JSON gets a -32700 reply with id null, one nesting deeper than
+   `spec.json_limits.MAX_DEPTH` a -32600 reply with id null; the link stays up either way.
 3. A frame that is JSON but no valid request, notification or response gets -32600, with the request's
    id when one can be read.
 4. A response whose id matches no pending request of ours is a `ProtocolViolation`, never an exception:
@@ -23,6 +24,7 @@ from typing import Any
 
 from jsonrpcclient import Error, Ok, notification, parse, request
 
+from spec import json_limits
 from spec.errors import INVALID_REQUEST, PARSE_ERROR, RpcError
 from spec.messages import (
     Event,
@@ -91,8 +93,10 @@ class Peer:
     def receive(self, text: str | bytes) -> list[Event]:
         """Interpret one received frame."""
         try:
-            message = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+            message = json_limits.loads(text)
+        except json_limits.JsonDepthError:
+            return [Reply(_error_text(None, INVALID_REQUEST, "invalid request: nesting too deep"))]
+        except json_limits.JsonSyntaxError:
             return [Reply(_error_text(None, PARSE_ERROR, "parse error: frame is not valid JSON"))]
         if isinstance(message, list):
             return [Reply(_error_text(None, INVALID_REQUEST, "batches are not supported"))]

@@ -13,6 +13,9 @@ call back across the link without deadlock), dispatches requests through jsonrpc
 3. An incoming `notifications/cancelled` cancels that request's handler task; no response is sent for it
    (MCP: the receiver of a cancel does not answer the cancelled request).
 4. `close(exc)` fails every pending request with `exc` and cancels every handler task.
+5. With `max_incoming`, a request arriving while that many handlers of the other side's requests run
+   is answered -32012 (overloaded) at once, and one reusing an id still in flight -32600: the other
+   side cannot grow our task table without bound.
 
 Handlers are ``async def handler(ctx: CallContext, **params)``; whatever they return is the result, and
 any exception crosses the wire through `spec.errors.error_object` only.
@@ -35,7 +38,7 @@ from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable
 from jsonrpcserver.result import SuccessResult
 
-from spec.errors import CANCELLED, RpcError, error_object
+from spec.errors import CANCELLED, INVALID_REQUEST, OVERLOADED, RpcError, error_object
 from spec.messages import (
     IncomingNotification,
     IncomingRequest,
@@ -138,8 +141,10 @@ class RpcSession:
         *,
         on_notification: NotificationHandler | None = None,
         name: str = "link",
+        max_incoming: int | None = None,
     ) -> None:
         self.name = name
+        self._max_incoming = max_incoming
         self._send = send
         self._methods = methods
         self._shapes = {name: _ParamShape.of(method) for name, method in methods.items()}
@@ -222,6 +227,22 @@ class RpcSession:
                     else:
                         fut.set_result(event.result)
             elif isinstance(event, IncomingRequest):
+                if self._max_incoming is not None and event.id in self._handlers:
+                    # An id still in flight: a second handler would be untracked (and uncancellable).
+                    await self._send(
+                        self._peer.respond_error(
+                            event.id, {"code": INVALID_REQUEST, "message": "id already in flight"}
+                        )
+                    )
+                    continue
+                if self._max_incoming is not None and len(self._handlers) >= self._max_incoming:
+                    # The other side has too many requests running here already: refuse, do not queue.
+                    await self._send(
+                        self._peer.respond_error(
+                            event.id, {"code": OVERLOADED, "message": "too many requests in flight"}
+                        )
+                    )
+                    continue
                 # Unnamed: formatting a name for every request costs more than the debugging it helps.
                 task = asyncio.create_task(self._serve(event))
                 self._handlers[event.id] = task

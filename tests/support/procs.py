@@ -268,7 +268,9 @@ class AgentProc(_Child):
         return self
 
 
-async def raw_node_socket(server: ServerProc, name: str, workspace: str = "ws1") -> ClientConnection:
+async def raw_node_socket(
+    server: ServerProc, name: str, workspace: str = "ws1", *, ping_interval: float | None = 20.0
+) -> ClientConnection:
     """A tunnel socket for a freshly enrolled node, driven by hand (for protocol-level tests)."""
     credential = server.enroll(name, workspace)
     async with httpx2.AsyncClient() as http:
@@ -281,4 +283,5 @@ async def raw_node_socket(server: ServerProc, name: str, workspace: str = "ws1")
         additional_headers={"Authorization": f"Bearer {response.json()['access_token']}"},
         subprotocols=["cortex.v1"],  # type: ignore[list-item]
         max_size=None,
+        ping_interval=ping_interval,
     )
