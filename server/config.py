@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.backoff import ADDRESS_BACKOFF, CLIENT_BACKOFF, BackoffPolicy
+
 __all__ = ["ServerConfig"]
 
 
@@ -24,6 +26,8 @@ class ServerConfig:
     tls_key: Path | None = None
     client_ca: Path | None = None
     public_url: str | None = None
+    oauth_client_backoff: BackoffPolicy = CLIENT_BACKOFF
+    oauth_address_backoff: BackoffPolicy = ADDRESS_BACKOFF
 
     @property
     def base_url(self) -> str:
