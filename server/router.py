@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -42,6 +42,8 @@ class Caller:
     sub: str
     ws: str
     role: str = "member"
+    iat: int = field(default=0, compare=False)
+    """When the token behind this caller was issued (a user revocation covers tokens up to a time)."""
 
     @property
     def is_admin(self) -> bool:
