@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from server import api, artifacts, dashboard, oauth, planner
 from server import mcp as mcp_surface
+from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
 from server.config import ServerConfig
 from server.metrics import Metrics
@@ -103,6 +104,10 @@ def build_state(config: ServerConfig) -> ServerState:
     live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
     state = ServerState(config, store, authority, registry, router, metrics, revoked, live)
     state.extras["user_revocations"] = users
+    heads = AuditHeads(store, registry)
+    registry.decorate = heads.decorate
+    router.on_audit_head = heads.observe
+    state.extras["audit_heads"] = heads
     return state
 
 
