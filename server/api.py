@@ -21,8 +21,9 @@ from server import sse
 from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.router import Caller
-from server.rpc import caller_from_token
+from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
+from server.user_revocation import end_event_queue
 from spec import errors
 from spec.errors import RpcError
 
@@ -172,12 +173,17 @@ async def acknowledge_audit(request: Request, state: ServerState, caller: Caller
 
 async def events(request: Request, state: ServerState, caller: Caller) -> Response:
     async def stream() -> AsyncIterator[str]:
-        with state.registry.subscribe() as queue:
+        with (
+            state.registry.subscribe() as queue,
+            live_callers(state).track(caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)),
+        ):
             for entry in state.router.visible_nodes(caller):
                 yield sse.frame("node.updated", entry.to_json())
             async for item in sse.with_keepalive(queue):
                 if item is None:
                     yield sse.KEEPALIVE
+                elif not item[0]:
+                    return  # the user was revoked
                 elif caller.can_see(item[1]["workspace"]):
                     yield sse.frame(*item)
 

@@ -12,8 +12,9 @@ Rules:
    after the revocation is refused too: the error is on the safe side and lasts under a second.
 2. The in-memory view holds one time per (sub, workspace) — the newest — so memory grows with the
    number of revoked users, not with the number of revocations.
-3. Every live, long-running user link (an RPC socket, an MCP request or stream) is tracked while it
-   runs; a revocation covering it calls its close callback once, within the feed's poll interval.
+3. Every live, long-running user link (an RPC socket, an MCP request or stream, the node event stream,
+   a planner run's stream) is tracked while it runs; a revocation covering it calls its close callback
+   once, within the feed's poll interval. (A planner run whose stream ends is cancelled.)
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from server.store import ServerStore, UserRevocation
 
-__all__ = ["LiveCallers", "SQLiteUserRevocationFeed", "UserRevocations"]
+__all__ = ["LiveCallers", "SQLiteUserRevocationFeed", "UserRevocations", "end_event_queue"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ class UserRevocations:
             return False
         cutoff = max(self._at.get((sub, None), -1.0), self._at.get((sub, workspace), -1.0))
         return iat <= cutoff
+
+
+def end_event_queue(queue: asyncio.Queue[Any]) -> None:
+    """Close callback of an SSE stream fed by *queue*: an item with an empty event name ends it."""
+    if queue.full():
+        queue.get_nowait()  # the stream is ending: its oldest unsent event no longer matters
+    queue.put_nowait(("", {}))
 
 
 @dataclass(eq=False)
