@@ -10,7 +10,8 @@ Rules:
 
 1. A head from a node is hostile input: only ``{"seq": int >= 0, "hash": str <= 128 chars | null}``
    is looked at; anything else is ignored (and logged once per link), never stored.
-2. A head equal to the one already persisted costs no database write (the handshake is a hot path).
+2. A head equal to the one already persisted costs no database write (the handshake is a hot path),
+   nor does a first head at seq 0 (an empty log has nothing that could later go missing).
 3. ``rewound`` (seq went down, or the hash at the same seq changed) is sticky: a later, higher head
    does not clear it, neither does a server or node restart; only `AuditHeads.acknowledge` does.
 4. Every change of a node's ``audit`` is published as ``node.updated``.
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from server.registry import NodeEntry, NodeRegistry
-from server.store import AUDIT_OK, AuditHead, ServerStore
+from server.store import AUDIT_OK, AuditHead, ServerStore, StoreError
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -78,7 +80,16 @@ class AuditHeads:
         if known is not None and (known.seq, known.hash) == (seq, head_hash):
             self.decorate(entry)
             return
-        persisted = await asyncio.to_thread(self._store.observe_audit_head, entry.name, seq, head_hash)
+        if known is None and seq == 0:
+            entry.audit = {"seq": 0, "hash": head_hash, "status": AUDIT_OK}
+            return
+        try:
+            persisted = await asyncio.to_thread(self._store.observe_audit_head, entry.name, seq, head_hash)
+        except (sqlite3.Error, StoreError):
+            # A busy database must not cost the node its link; the next head is compared again.
+            logger.warning("could not persist the audit head of node %s", entry.name, exc_info=True)
+            self.decorate(entry)
+            return
         self._heads[entry.name] = persisted
         before = entry.audit
         self.decorate(entry)
