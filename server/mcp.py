@@ -291,8 +291,10 @@ class McpEndpoint:
             try:
                 await asyncio.shield(exchange)
             except asyncio.CancelledError:
-                if not revoked:  # the server or the client ended it: pass that on
+                if not revoked:  # the server is ending this request: end the exchange with it
                     exchange.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await exchange
                     raise
         if revoked:
             if not started:
