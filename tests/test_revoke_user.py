@@ -189,3 +189,16 @@ def test_revocation_covers_tokens_up_to_its_time() -> None:
     assert view.covers("erin", "ws1", 200) and not view.covers("erin", "ws2", 150)
     assert not view.covers("frank", "ws1", 1)
     assert view.last_seq == 2 and math.isfinite(view.last_seq)
+
+
+def test_cli_refuses_bad_names(tmp_path: Path) -> None:
+    from server.cli import main
+
+    data_dir = str(tmp_path / "srv")
+    assert main(["revoke-user", "bad\x1bname", "--data-dir", data_dir]) == 1
+    assert main(["revoke-user", "alice", "--workspace", "Not A Workspace", "--data-dir", data_dir]) == 1
+    assert main(["revoke-user", "alice", "--workspace", "ws1", "--data-dir", data_dir]) == 0
+    from server.store import ServerStore
+
+    with ServerStore(tmp_path / "srv") as store:
+        assert [(r.sub, r.workspace) for r in store.user_revocations_after(0)] == [("alice", "ws1")]
