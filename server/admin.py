@@ -1,4 +1,4 @@
-"""Operator commands behind ``cortex-server enroll-node | issue-token | revoke-node``.
+"""Operator commands behind ``cortex-server enroll-node | issue-token | revoke-node | revoke-user``.
 
 Where it sits: between `server.cli` (argument parsing, printing) and `server.store` / `server.auth`. Each
 function opens the data directory's `ServerStore`, does one thing and closes it, so it is safe to run
@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from server.auth import TokenAuthority
-from server.store import ServerStore
+from server.store import ServerStore, UserRevocation
 
-__all__ = ["default_data_dir", "enroll_node", "issue_token", "revoke_node"]
+__all__ = ["default_data_dir", "enroll_node", "issue_token", "revoke_node", "revoke_user"]
 
 
 def default_data_dir() -> Path:
@@ -53,5 +53,17 @@ def revoke_node(data_dir: Path, name: str) -> bool:
     store = ServerStore(data_dir)
     try:
         return store.revoke_node(name)
+    finally:
+        store.close()
+
+
+def revoke_user(data_dir: Path, name: str, workspace: str | None = None) -> UserRevocation:
+    """Kill every token of user *name* issued up to now (in *workspace*, or in all workspaces).
+
+    A running server sees it within its poll interval and closes the user's live RPC and MCP links.
+    """
+    store = ServerStore(data_dir)
+    try:
+        return store.revoke_user(name, workspace)
     finally:
         store.close()

@@ -18,10 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import sse
+from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.router import Caller
-from server.rpc import caller_from_token
+from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
+from server.user_revocation import end_event_queue
 from spec import errors
 from spec.errors import RpcError
 
@@ -145,17 +147,43 @@ async def node_audit(request: Request, state: ServerState, caller: Caller) -> Re
         limit = min(int(request.query_params.get("limit", 100)), 1000)
     except ValueError:
         raise ApiError(400, "bad_request", "after and limit must be integers") from None
-    return JSONResponse(await state.router.read_audit(caller, request.path_params["node"], after, limit))
+    if after < 0 or limit < 1:
+        raise ApiError(400, "bad_request", "after must be >= 0 and limit >= 1")
+    try:
+        result = await state.router.read_audit(caller, request.path_params["node"], after, limit)
+    except RpcError as exc:
+        if http_error(exc).status != 500:
+            raise
+        # The node could not read its own log (or answered nonsense): say so, never a bare 500.
+        raise ApiError(
+            502, "audit_read_failed", f"the node could not read its audit log: {exc.message}"[:500]
+        ) from None
+    return JSONResponse(result)
+
+
+async def acknowledge_audit(request: Request, state: ServerState, caller: Caller) -> Response:
+    """An admin clears a node's ``rewound`` audit status (it stays until then, across restarts)."""
+    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
+    if not caller.is_admin:
+        raise ApiError(403, "forbidden", "only an admin can acknowledge an audit rewind")
+    audit = await audit_heads_of(state).acknowledge(entry)
+    logger.info("%s/%s acknowledged the audit status of node %s", caller.ws, caller.sub, entry.name)
+    return JSONResponse({"name": entry.name, "audit": audit})
 
 
 async def events(request: Request, state: ServerState, caller: Caller) -> Response:
     async def stream() -> AsyncIterator[str]:
-        with state.registry.subscribe() as queue:
+        with (
+            state.registry.subscribe() as queue,
+            live_callers(state).track(caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)),
+        ):
             for entry in state.router.visible_nodes(caller):
                 yield sse.frame("node.updated", entry.to_json())
             async for item in sse.with_keepalive(queue):
                 if item is None:
                     yield sse.KEEPALIVE
+                elif not item[0]:
+                    return  # the user was revoked
                 elif caller.can_see(item[1]["workspace"]):
                     yield sse.frame(*item)
 
@@ -190,4 +218,5 @@ def routes() -> list[Route]:
         Route("/api/v1/nodes/{node}/tools", _endpoint(node_tools)),
         Route("/api/v1/nodes/{node}/tools/{tool}/call", _endpoint(call_tool), methods=["POST"]),
         Route("/api/v1/nodes/{node}/audit", _endpoint(node_audit)),
+        Route("/api/v1/nodes/{node}/audit/acknowledge", _endpoint(acknowledge_audit), methods=["POST"]),
     ]

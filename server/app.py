@@ -19,15 +19,18 @@ from starlette.routing import Route, WebSocketRoute
 
 from server import api, artifacts, dashboard, oauth, planner
 from server import mcp as mcp_surface
+from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
 from server.config import ServerConfig
 from server.limits import BodyLimits, Limits
 from server.metrics import Metrics
 from server.registry import LocalRegistry
 from server.router import CallRouter
+from server.rpc import live_callers as rpc_live_callers
 from server.rpc import rpc_endpoint
-from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed
+from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed, UserRevocation
 from server.tunnel import node_endpoint
+from server.user_revocation import SQLiteUserRevocationFeed, UserRevocations
 from spec.version import VERSION
 
 __all__ = ["VERSION", "ServerState", "build_app"]
@@ -74,16 +77,25 @@ class ServerState:
         self.registry.forget(name)
         logger.info("node %s revoked", name)
 
+    async def on_user_revoked(self, revocation: UserRevocation) -> None:
+        """``revoke-user`` ran (here or in another process): refuse the tokens, close the live links."""
+        users = self.extras["user_revocations"]
+        assert isinstance(users, UserRevocations)
+        users.apply(revocation)
+        await rpc_live_callers(self).revoke(revocation)
+
 
 def build_state(config: ServerConfig) -> ServerState:
     store = ServerStore(config.data_dir)
     enrolled = store.list_nodes()
     revoked = {n.name for n in enrolled if n.revoked_at is not None}
+    users = UserRevocations.load(store)
     authority = TokenAuthority(
         store.load_or_create_signing_key(),
         issuer=config.issuer,
         node_ttl=config.node_token_ttl,
         is_revoked=revoked.__contains__,
+        is_user_revoked=users.covers,
     )
     metrics = Metrics()
     registry = LocalRegistry(
@@ -91,7 +103,13 @@ def build_state(config: ServerConfig) -> ServerState:
     )
     router = CallRouter(registry, metrics, config.default_call_timeout)
     live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
-    return ServerState(config, store, authority, registry, router, metrics, revoked, live)
+    state = ServerState(config, store, authority, registry, router, metrics, revoked, live)
+    state.extras["user_revocations"] = users
+    heads = AuditHeads(store, registry)
+    registry.decorate = heads.decorate
+    router.on_audit_head = heads.observe
+    state.extras["audit_heads"] = heads
+    return state
 
 
 def build_app(config: ServerConfig) -> Starlette:
@@ -101,12 +119,17 @@ def build_app(config: ServerConfig) -> Starlette:
         app.state.cortex = state
         feed = SQLiteRevocationFeed(state.store, interval=config.revocation_poll_interval)
         watcher = asyncio.create_task(feed.watch(state.on_revoked), name="revocations")
+        user_feed = SQLiteUserRevocationFeed(
+            state.store, state.extras["user_revocations"].last_seq, config.revocation_poll_interval
+        )
+        user_watcher = asyncio.create_task(user_feed.watch(state.on_user_revoked), name="user-revocations")
         state.extras["planner"] = planner.PlannerService.from_env(state)
         try:
             async with mcp_surface.serving(state):
                 yield
         finally:
             watcher.cancel()
+            user_watcher.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
                 if link is not None:

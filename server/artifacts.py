@@ -9,6 +9,11 @@ Rules:
 1. An artifact lives `ttl_s` seconds, then it is gone (404).
 2. The store holds at most `max_bytes`; adding beyond that evicts the oldest artifacts first.
 3. Ids are random (128 bits): knowing one is not authorization, the bearer token still is.
+4. The node chose the bytes and their type, so neither is trusted: every answer carries
+   ``X-Content-Type-Options: nosniff`` and a sandboxing CSP, and only an allow-listed image type
+   (`INLINE_TYPES`) is served inline under its own type; anything else goes out as
+   ``application/octet-stream`` with ``Content-Disposition: attachment`` (a node's ``text/html`` never
+   renders in the server's origin).
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ if TYPE_CHECKING:
     from server.app import ServerState
     from server.router import Caller
 
-__all__ = ["Artifact", "ArtifactStore", "artifact_store", "routes"]
+__all__ = ["INLINE_TYPES", "Artifact", "ArtifactStore", "artifact_store", "response_headers", "routes"]
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Content types an artifact may be served inline with; every other one is an attachment."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +108,24 @@ async def get_artifact(request: Request) -> Response:
             raise ApiError(404, "artifact_not_found", "no such artifact (it may have expired)")
     except ApiError as exc:
         return exc.response()
-    return Response(
-        artifact.data,
-        media_type=artifact.mime_type,
-        headers={"Cache-Control": "private, max-age=60", "X-Cortex-Node": artifact.node},
-    )
+    media_type, headers = response_headers(artifact.mime_type, request.path_params["artifact_id"])
+    headers["X-Cortex-Node"] = artifact.node
+    return Response(artifact.data, media_type=media_type, headers=headers)
+
+
+def response_headers(mime_type: str, artifact_id: str) -> tuple[str, dict[str, str]]:
+    """The content type and headers to serve an artifact the node labelled *mime_type* with."""
+    declared = mime_type.split(";", 1)[0].strip().lower() if isinstance(mime_type, str) else ""
+    headers = {
+        "Cache-Control": "private, max-age=60",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if declared in INLINE_TYPES:
+        return declared, headers
+    # The id is [A-Za-z0-9_-] (token_urlsafe), safe inside the quoted filename.
+    headers["Content-Disposition"] = f'attachment; filename="artifact-{artifact_id[:32]}"'
+    return "application/octet-stream", headers
 
 
 def routes() -> list[Route]:

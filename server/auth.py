@@ -43,7 +43,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from joserfc import jws, jwt
@@ -79,10 +79,11 @@ USER_AUDIENCE = "cortex-api"
 MAX_NODE_TTL = 900
 """Hard ceiling of a node token's lifetime (CONTRACT §3); ``max_ttl`` may lower it, never raise it."""
 
-MAX_USER_TTL = 30 * 24 * 3600
+MAX_USER_TTL = 7 * 24 * 3600
 """Ceiling of a user token's lifetime. User tokens are issued by an operator (``issue-token``) and pasted
 into a dashboard or script, so they are allowed to live longer than node tokens, which are re-minted
-automatically from the node credential; 30 days bounds the damage of a leaked one."""
+automatically from the node credential; a week bounds the damage of a leaked one, and
+``cortex-server revoke-user`` ends it at once."""
 
 MAX_LEEWAY = 5
 MAX_TOKEN_BYTES = 8 * 1024
@@ -133,6 +134,8 @@ class UserClaims:
     role: Literal["member", "admin"]
     exp: int
     jti: str
+    iat: int = field(default=0, compare=False)
+    """When it was issued (``cortex-server revoke-user`` kills tokens issued up to a time)."""
 
 
 def _b64decode(segment: str) -> bytes:
@@ -188,7 +191,8 @@ class TokenAuthority:
     *key* is the private `OKPKey` from `ServerStore.load_or_create_signing_key`. *node_ttl* is the
     default node token lifetime, *max_ttl* the longest accepted (≤ 900), *leeway* the clock skew
     tolerated (≤ 5 s). *clock* returns Unix seconds (tests pass a fixed one). *is_revoked*, if given, is
-    asked about every node token's ``sub`` after all other checks (keep it fast: an in-memory set).
+    asked about every node token's ``sub`` after all other checks (keep it fast: an in-memory set);
+    *is_user_revoked(sub, ws, iat)* likewise about every user token (``cortex-server revoke-user``).
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class TokenAuthority:
         *,
         clock: Callable[[], float] = time.time,
         is_revoked: Callable[[str], bool] | None = None,
+        is_user_revoked: Callable[[str, str, int], bool] | None = None,
     ) -> None:
         if not isinstance(key, OKPKey) or key.curve_name != "Ed25519" or not key.is_private:
             raise ValueError("the signing key must be a private Ed25519 OKPKey")
@@ -220,6 +225,7 @@ class TokenAuthority:
         self._leeway = leeway
         self._clock = clock
         self._is_revoked = is_revoked
+        self._is_user_revoked = is_user_revoked
         self._header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": self._kid}
 
     @property
@@ -315,7 +321,18 @@ class TokenAuthority:
             raise self._refuse("missing_claim", "user", claims["sub"], claims["jti"])
         if role not in _ROLES:
             raise self._refuse("bad_claim", "user", claims["sub"], claims["jti"])
-        return UserClaims(sub=claims["sub"], ws=claims["ws"], role=role, exp=claims["exp"], jti=claims["jti"])
+        if self._is_user_revoked is not None and self._is_user_revoked(
+            claims["sub"], claims["ws"], claims["iat"]
+        ):
+            raise self._refuse("revoked", "user", claims["sub"], claims["jti"])
+        return UserClaims(
+            sub=claims["sub"],
+            ws=claims["ws"],
+            role=role,
+            exp=claims["exp"],
+            jti=claims["jti"],
+            iat=claims["iat"],
+        )
 
     def _refuse(self, reason: str, kind: str, sub: str | None = None, jti: str | None = None) -> AuthError:
         status = 403 if reason == "wrong_audience" else 401

@@ -1,4 +1,4 @@
-"""`cortex-server`: serve, enroll-node, issue-token, revoke-node, certs."""
+"""`cortex-server`: serve, enroll-node, issue-token, revoke-node, revoke-user, certs."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke-node", help="revoke a node's credential and close its connection")
     revoke.add_argument("name")
     data_dir(revoke)
+
+    revoke_user = sub.add_parser("revoke-user", help="refuse every token of a user issued until now")
+    revoke_user.add_argument("name")
+    revoke_user.add_argument("--workspace", default=None, help="only this workspace's tokens (default: all)")
+    data_dir(revoke_user)
 
     certs = sub.add_parser("certs", help="development CA and certificates for mTLS")
     certs.add_argument("action", choices=["init", "client"])
@@ -159,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no node named {args.name!r}", file=sys.stderr)
                 return 1
             print(f"node {args.name} revoked", file=sys.stderr)
+            return 0
+        if args.command == "revoke-user":
+            admin.revoke_user(data_dir, args.name, args.workspace)
+            where = f"in workspace {args.workspace}" if args.workspace else "in every workspace"
+            print(f"user {args.name} revoked {where}: tokens issued until now are refused", file=sys.stderr)
             return 0
         if args.command == "certs":
             from server.certs import CertError, run_certs_command

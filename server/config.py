@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.backoff import ADDRESS_BACKOFF, CLIENT_BACKOFF, BackoffPolicy
+
 __all__ = ["ServerConfig"]
 
 
@@ -26,6 +28,8 @@ class ServerConfig:
     public_url: str | None = None
     handshake_timeout: float = 10.0
     max_connections: int = 10_000
+    oauth_client_backoff: BackoffPolicy = CLIENT_BACKOFF
+    oauth_address_backoff: BackoffPolicy = ADDRESS_BACKOFF
 
     @property
     def base_url(self) -> str:

@@ -4,14 +4,30 @@ The demo enrolls `local` in workspace `local` once (its credential kept 0600 in 
 data dir), starts `cortex-agent run` as a child process (credential in its home, never on the command
 line), writes an admin token to `<data dir>/demo-token` (0600; the `cortex` command falls back to it)
 and prints the dashboard link that signs in with that token.
+
+The demo node must not be a way into the server (spec/security.md "Demo"):
+
+1. Its only allowed root is its own demo root, ``<data dir>-demo-root`` beside the data dir — never the
+   data dir or an ancestor of it. (Not inside the data dir either: the whole data dir is protected.)
+2. Its agent.toml names the server's data dir in ``protected_paths``: the agent refuses that tree to
+   every tool (the browser's ``file://`` included) even if an owner later widens ``allowed_roots``.
+   An existing agent.toml is kept as the owner left it, except that ``protected_paths`` is put back.
+3. ``shell_exec`` and ``process_start`` are off: a shell is not confined by roots and would read the
+   signing key (it sits in the SQLite database and its WAL) as easily as ``cat``. The owner may turn
+   them on in agent.toml — then the demo node should run as another OS user.
+4. The agent dies with the server: uvicorn re-raises SIGTERM/SIGINT after its shutdown, which ends the
+   process before any ``finally`` could stop the child, so on Linux the child asks the kernel for
+   SIGTERM when its parent goes (``PR_SET_PDEATHSIG``) — a killed server leaves no orphan node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 import uvicorn
@@ -20,7 +36,7 @@ from desktop_agent.credentials import Credentials, load_credentials, save_creden
 from server import admin
 from server.config import ServerConfig
 
-__all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "serve_with_extras"]
+__all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "demo_root", "serve_with_extras", "write_demo_policy"]
 
 DEMO_NODE = "local"
 DEMO_TOKEN_FILE = "demo-token"
@@ -33,9 +49,72 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+_UNCONFINED_TOOLS = frozenset({"shell_exec", "process_start"})
+_MANIFEST = Path(__file__).resolve().parent.parent / "tools_manifest.json"
+
+
+def _die_with_parent() -> None:
+    """preexec_fn of the demo agent (rule 4): SIGTERM when the server process is gone."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the server already died between fork and prctl
+        os._exit(0)
+
+
+def demo_root(data_dir: Path) -> Path:
+    """The demo node's only allowed root: beside the data dir, neither inside it nor above it (rule 1)."""
+    data_dir = Path(os.path.realpath(data_dir))
+    return data_dir.with_name(data_dir.name + "-demo-root")
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_demo_policy(home: Path, data_dir: Path) -> Path:
+    """Write (or repair) the demo node's agent.toml (rules 1-3); returns the demo root."""
+    root = demo_root(data_dir)
+    root.mkdir(mode=0o700, exist_ok=True)
+    protected = os.path.realpath(data_dir)
+    path = home / "agent.toml"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    protected_line = f"protected_paths = [{_toml_str(protected)}]\n"
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        try:
+            current = tomllib.loads(text).get("protected_paths")
+        except tomllib.TOMLDecodeError:
+            current = None  # the agent will report the file; still put the protection first
+        if isinstance(current, list) and protected in current:
+            return root
+        # Top-level keys must come before any [table]: put it first, and drop an older value.
+        kept = [line for line in text.splitlines(keepends=True) if not line.startswith("protected_paths")]
+        _write_private(path, protected_line + "".join(kept))
+        return root
+    tools = [t["name"] for t in json.loads(_MANIFEST.read_text(encoding="utf-8"))["tools"]]
+    enabled = ", ".join(_toml_str(t) for t in tools if t not in _UNCONFINED_TOOLS)
+    _write_private(
+        path,
+        "# Written by `cortex-server serve --demo` (see server/demo.py for why each line is here).\n"
+        + f"allowed_roots = [{_toml_str(str(root))}]\n"
+        + "# The server's data dir holds its signing key: refused to every tool, whatever the roots say.\n"
+        + protected_line
+        + "\n[tools]\n"
+        + "# No shell_exec / process_start: a shell is not confined and could read the signing key.\n"
+        + f"enabled = [{enabled}]\n"
+        + "\n[shell]\nenabled = false\n",
+    )
+    return root
+
+
 def prepare_demo(config: ServerConfig, base_url: str) -> tuple[Path, str]:
     """Enroll the demo node if needed; returns (agent home, admin token)."""
     home = config.data_dir / "demo-agent"
+    write_demo_policy(home, config.data_dir)
     creds = load_credentials(home)
     if creds is None:
         credential = admin.enroll_node(config.data_dir, DEMO_NODE, DEMO_NODE)
@@ -75,6 +154,7 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
             "--name",
             DEMO_NODE,
             env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         print(f"demo node '{DEMO_NODE}' starting (agent home {home})", flush=True)
         print(f"dashboard: {base_url}/#token={token}", flush=True)

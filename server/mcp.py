@@ -24,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -52,7 +53,7 @@ from server.artifacts import artifact_store
 from server.auth import AuthError
 from server.registry import NodeEntry
 from server.router import Caller
-from server.rpc import caller_from_token
+from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
 from spec import errors
 from spec.errors import RpcError
@@ -260,7 +261,49 @@ class McpEndpoint:
                 token="", client_id=f"{caller.ws}/{caller.sub}", scopes=[caller.role], subject=caller.sub
             )
         )
-        await self.manager.handle_request(scope, receive, send)
+        await self._revocable(caller, scope, receive, send)
+
+    async def _revocable(self, caller: Caller, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run one MCP HTTP exchange so that revoking its user (revoke-user) ends it at once.
+
+        A POST answered as an SSE stream or the standalone GET stream can last for hours; on revocation
+        the exchange is cancelled and its response finished (or, if none was started, answered 401).
+        """
+        started = finished = False
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        exchange = asyncio.ensure_future(self.manager.handle_request(scope, receive, tracked_send))
+        revoked = False
+
+        def close() -> None:
+            nonlocal revoked
+            revoked = True
+            exchange.cancel()
+
+        with live_callers(self.state).track(caller.sub, caller.ws, caller.iat, close):
+            try:
+                await asyncio.shield(exchange)
+            except asyncio.CancelledError:
+                if not revoked:  # the server is ending this request: end the exchange with it
+                    exchange.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await exchange
+                    raise
+        if revoked:
+            if not started:
+                await _unauthorized("user revoked", 'Bearer realm="cortex", error="invalid_token"')(
+                    scope, receive, send
+                )
+            elif not finished:
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- MCP handlers ---------------------------------------------------------------------------------
     async def _list_tools(

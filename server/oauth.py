@@ -2,6 +2,8 @@
 
 Errors use RFC 6749 §5.2 bodies: ``invalid_request`` (400), ``unsupported_grant_type`` (400),
 ``invalid_client`` (401). The credential is checked against its hash in the store; it is never logged.
+Failed attempts back off per ``client_id`` and per remote address (`server.backoff`): a blocked one is
+answered 429 ``too_many_requests`` with ``Retry-After`` before any credential is checked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from server.backoff import FailureBackoff
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -32,6 +36,30 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Basic realm="cortex"'
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+class OAuthBackoff:
+    """The two failure tables of one app (kept in ``ServerState.extras``)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.clients = FailureBackoff(state.config.oauth_client_backoff)
+        self.addresses = FailureBackoff(state.config.oauth_address_backoff)
+
+
+def oauth_backoff(state: ServerState) -> OAuthBackoff:
+    backoff = state.extras.get("oauth_backoff")
+    if not isinstance(backoff, OAuthBackoff):
+        backoff = state.extras["oauth_backoff"] = OAuthBackoff(state)
+    return backoff
+
+
+def _slow_down(seconds: float) -> JSONResponse:
+    headers = {**_NO_STORE, "Retry-After": FailureBackoff.header_value(seconds)}
+    return JSONResponse(
+        {"error": "too_many_requests", "error_description": "too many failed attempts; retry later"},
+        status_code=429,
+        headers=headers,
     )
 
 
@@ -61,13 +89,24 @@ async def token_endpoint(request: Request) -> Response:
         return _oauth_error(400, "unsupported_grant_type", "only client_credentials is supported")
     client = _basic_auth(request.headers.get("authorization", ""))
     client_id, secret = client if client else (form.get("client_id", ""), form.get("client_secret", ""))
+    backoff = oauth_backoff(state)
+    address = request.client.host if request.client is not None else "unknown"
+    client_key = client_id[:128]  # bounded: the table must not hold megabyte keys
+    wait = max(backoff.addresses.retry_after(address), backoff.clients.retry_after(client_key))
+    if wait > 0:
+        state.metrics.refused("backoff")
+        return _slow_down(wait)
     if not client_id or not secret:
+        backoff.addresses.failed(address)
         return _oauth_error(401, "invalid_client", "client authentication failed")
     record = await asyncio.to_thread(state.store.verify_credential, client_id, secret)
     if record is None:
+        backoff.addresses.failed(address)
+        backoff.clients.failed(client_key)
         state.metrics.refused("invalid_client")
         logger.info("token request refused for client %r", client_id[:64])
         return _oauth_error(401, "invalid_client", "client authentication failed")
+    backoff.clients.succeeded(client_key)
     token, expires_in = state.authority.mint_node_token(record.name, record.workspace)
     return JSONResponse(
         {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}, headers=_NO_STORE

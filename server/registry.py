@@ -63,6 +63,8 @@ class NodeEntry:
     tools: list[dict[str, Any]] = field(default_factory=list)
     audit_head: dict[str, Any] | None = None
     audit_warning: str | None = None
+    audit: dict[str, Any] | None = None
+    """The server's persisted view of the node's audit head, ``{seq, hash, status}`` (server.audit_heads)."""
     validators: dict[str, Draft202012Validator] = field(default_factory=dict, repr=False)
 
     def set_tools(self, tools: list[dict[str, Any]], catalog: ToolCatalog | None = None) -> None:
@@ -106,6 +108,7 @@ class NodeEntry:
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "info": info,
             "tools": [t["name"] for t in self.tools],
+            "audit": self.audit or {"seq": None, "hash": None, "status": "ok"},
         }
 
 
@@ -156,7 +159,10 @@ class LocalRegistry:
     """In-process registry (the embedded default). Enrolled-but-never-seen nodes come from `known`."""
 
     def __init__(
-        self, known: Callable[[], list[tuple[str, str]]] | None = None, known_refresh_s: float = 2.0
+        self,
+        known: Callable[[], list[tuple[str, str]]] | None = None,
+        known_refresh_s: float = 2.0,
+        decorate: Callable[[NodeEntry], None] | None = None,
     ) -> None:
         self._entries: dict[str, NodeEntry] = {}
         self._links: dict[str, NodeLink] = {}
@@ -164,6 +170,8 @@ class LocalRegistry:
         self._known = known
         self._known_refresh_s = known_refresh_s
         self._known_at = -known_refresh_s
+        self.decorate = decorate
+        """Called on every entry made from `known` (the app gives it the node's persisted audit head)."""
         self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
         self.catalog = ToolCatalog()
         self._pending: set[asyncio.Future[None]] = set()
@@ -176,7 +184,10 @@ class LocalRegistry:
             return
         self._known_at = now
         for name, workspace in self._known():
-            self._entries.setdefault(name, NodeEntry(name=name, workspace=workspace))
+            if name not in self._entries:
+                entry = self._entries[name] = NodeEntry(name=name, workspace=workspace)
+                if self.decorate is not None:
+                    self.decorate(entry)
 
     def get(self, name: str) -> NodeEntry | None:
         entry = self._entries.get(name)

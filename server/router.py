@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -26,7 +27,7 @@ from jsonschema import Draft202012Validator
 from server.metrics import Metrics
 from server.progress import ProgressPump
 from server.registry import NodeEntry, NodeLink, NodeRegistry
-from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
+from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
 from spec.manifest import QuickCheck, argument_problem, quick_check
 from spec.session import ProgressCallback
 
@@ -42,6 +43,8 @@ class Caller:
     sub: str
     ws: str
     role: str = "member"
+    iat: int = field(default=0, compare=False)
+    """When the token behind this caller was issued (a user revocation covers tokens up to a time)."""
 
     @property
     def is_admin(self) -> bool:
@@ -63,6 +66,8 @@ class CallRouter:
         # fast check for arguments that fit. Keyed by identity; the validator is kept so the id stays
         # its own. Bounded: emptied when full (it refills from the live nodes' validators).
         self._quick: dict[int, tuple[Draft202012Validator, QuickCheck | None]] = {}
+        self.on_audit_head: Callable[[NodeEntry, Any], Awaitable[None]] | None = None
+        """Told every head an ``audit/read`` answer carries (the app persists it: server.audit_heads)."""
 
     def _quick_check(self, validator: Draft202012Validator) -> QuickCheck | None:
         known = self._quick.get(id(validator))
@@ -153,7 +158,13 @@ class CallRouter:
                 )
         except TimeoutError:
             raise RpcError(TIMEOUT, f"audit/read on {node} did not answer within {timeout_s:g} s") from None
+        if not isinstance(result, dict) or not isinstance(result.get("records"), list):
+            raise RpcError(
+                INTERNAL_ERROR, f"node {node!r} answered audit/read with something else than records"
+            )
         entry.observe_audit_head(result.get("head"))
+        if self.on_audit_head is not None:
+            await self.on_audit_head(entry, result.get("head"))
         if entry.audit_warning:
             result = {**result, "warning": entry.audit_warning}
         return result

@@ -7,6 +7,7 @@ dropped connection — cancels the call end to end), `audit/read {node, after_se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,20 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server.auth import AuthError
 from server.router import Caller
 from server.tunnel import SUBPROTOCOL, _denial, bearer_token
+from server.user_revocation import LiveCallers
 from spec.errors import CANCELLED, RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
     from server.app import ServerState
 
-__all__ = ["SUBPROTOCOL_TOKEN_PREFIX", "caller_from_token", "rpc_endpoint", "subprotocol_token"]
+__all__ = [
+    "SUBPROTOCOL_TOKEN_PREFIX",
+    "caller_from_token",
+    "live_callers",
+    "rpc_endpoint",
+    "subprotocol_token",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +50,17 @@ def subprotocol_token(scope: Mapping[str, Any]) -> str | None:
     return None
 
 
+def live_callers(state: ServerState) -> LiveCallers:
+    """The tracked live user links of this app (kept in ``ServerState.extras``)."""
+    live = state.extras.get("live_callers")
+    if not isinstance(live, LiveCallers):
+        live = state.extras["live_callers"] = LiveCallers()
+    return live
+
+
 def caller_from_token(state: ServerState, token: str) -> Caller:
     claims = state.authority.verify_user_token(token)
-    return Caller(sub=claims.sub, ws=claims.ws, role=claims.role)
+    return Caller(sub=claims.sub, ws=claims.ws, role=claims.role, iat=claims.iat)
 
 
 async def rpc_endpoint(websocket: WebSocket) -> None:
@@ -65,7 +81,9 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid user token"))
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
-    await ClientSession(websocket, state, caller).run()
+    session = ClientSession(websocket, state, caller)
+    with live_callers(state).track(caller.sub, caller.ws, caller.iat, session.revoked):
+        await session.run()
 
 
 class ClientSession:
@@ -90,6 +108,12 @@ class ClientSession:
 
     async def _send(self, text: str) -> None:
         await self.ws.send_text(text)
+
+    async def revoked(self) -> None:
+        """The user was revoked (``cortex-server revoke-user``): close with 4403, like a revoked node."""
+        self.rpc.close(RpcError(CANCELLED, "user revoked"))
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=4403, reason="user revoked")
 
     async def run(self) -> None:
         try:

@@ -14,6 +14,12 @@ Invariants:
    the table with `ServerStore.revocations_after` (that is how `SQLiteRevocationFeed` sees a
    ``cortex-server revoke-node`` run in another process).
 4. The data directory is mode 0700 and the database (with its WAL/SHM side files) mode 0600.
+5. The schema is versioned and only migrated forward (`server.schema`).
+6. ``revoke_user`` appends to ``user_revocations`` the same way (its own ``seq``): every token of that
+   user issued at or before ``revoked_at`` is dead, in one workspace or (workspace NULL) in all.
+7. Each node's last audit head is kept with a status: `observe_audit_head` compares and updates it in
+   one transaction; a head that went backwards (lower ``seq``) or changed its hash at the same ``seq``
+   sets ``rewound``, which only `acknowledge_audit` clears.
 
 Calls are short and synchronous; the server runs them through `asyncio.to_thread` where they could block.
 
@@ -45,9 +51,14 @@ from typing import Protocol
 
 from joserfc.jwk import OKPKey
 
+from server.schema import SchemaTooNew, migrate
+
 __all__ = [
+    "AUDIT_OK",
+    "AUDIT_REWOUND",
     "CREDENTIAL_PREFIX",
     "NAME_PATTERN",
+    "AuditHead",
     "InvalidName",
     "NodeExists",
     "NodeRecord",
@@ -55,6 +66,7 @@ __all__ = [
     "SQLiteRevocationFeed",
     "ServerStore",
     "StoreError",
+    "UserRevocation",
     "validate_name",
 ]
 
@@ -68,26 +80,6 @@ CREDENTIAL_PREFIX = "cnc_"
 
 _MAX_CREDENTIAL_LEN = 256
 _DB_NAME = "cortex.db"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    name            TEXT PRIMARY KEY,
-    workspace       TEXT NOT NULL,
-    credential_hash TEXT NOT NULL,
-    created_at      REAL NOT NULL,
-    revoked_at      REAL NULL
-);
-CREATE TABLE IF NOT EXISTS revocations (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    node       TEXT NOT NULL,
-    revoked_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS signing_keys (
-    kid        TEXT PRIMARY KEY,
-    jwk        TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-"""
 
 
 class StoreError(Exception):
@@ -114,6 +106,35 @@ class NodeRecord:
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+AUDIT_OK = "ok"
+AUDIT_REWOUND = "rewound"
+_MAX_HASH_LEN = 128
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The server's persisted view of one node's audit chain head."""
+
+    node: str
+    seq: int
+    hash: str | None
+    status: str
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "hash": self.hash, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class UserRevocation:
+    """Tokens of ``sub`` issued at or before ``revoked_at`` are dead (in ``workspace``, or all if None)."""
+
+    seq: int
+    sub: str
+    workspace: str | None
+    revoked_at: float
 
 
 def validate_name(value: str, what: str = "name") -> str:
@@ -176,7 +197,11 @@ class ServerStore:
             # FULL: a revocation that the CLI reported done must survive a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            try:
+                migrate(self._db)
+            except SchemaTooNew as exc:
+                self._db.close()
+                raise StoreError(str(exc)) from None
         for suffix in ("-wal", "-shm"):
             side = self.data_dir / (_DB_NAME + suffix)
             if side.exists():
@@ -280,6 +305,96 @@ class ServerStore:
         with self._lock:
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone()
         return int(row[0])
+
+    # -- users -------------------------------------------------------------------------------------
+
+    def revoke_user(self, sub: str, workspace: str | None = None) -> UserRevocation:
+        """Kill every token of *sub* issued up to now (in *workspace*, or in every workspace)."""
+        if not isinstance(sub, str) or not sub or len(sub) > 128 or not sub.isprintable():
+            raise StoreError(f"invalid user name {sub!r}")
+        if workspace is not None:
+            validate_name(workspace, "workspace")
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO user_revocations (sub, workspace, revoked_at) VALUES (?, ?, ?)",
+                (sub, workspace, now),
+            )
+            seq = int(cur.lastrowid or 0)
+        logger.info("revoked user %r (workspace %s)", sub, workspace or "*")
+        return UserRevocation(seq, sub, workspace, now)
+
+    def user_revocations_after(self, seq: int) -> list[UserRevocation]:
+        """User revocations with a sequence number above *seq*, oldest first (0: all of them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, sub, workspace, revoked_at FROM user_revocations WHERE seq > ? ORDER BY seq",
+                (int(seq),),
+            ).fetchall()
+        return [UserRevocation(int(r[0]), str(r[1]), r[2], float(r[3])) for r in rows]
+
+    # -- audit heads ---------------------------------------------------------------------------------
+
+    def audit_heads(self) -> dict[str, AuditHead]:
+        """Every node's persisted audit head, by node name."""
+        with self._lock:
+            rows = self._db.execute("SELECT node, seq, hash, status, reason FROM audit_heads").fetchall()
+        return {r[0]: AuditHead(r[0], int(r[1]), r[2], r[3], r[4]) for r in rows}
+
+    def get_audit_head(self, node: str) -> AuditHead | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT node, seq, hash, status, reason FROM audit_heads WHERE node = ?", (node,)
+            ).fetchone()
+        return AuditHead(row[0], int(row[1]), row[2], row[3], row[4]) if row else None
+
+    def observe_audit_head(self, node: str, seq: int, head_hash: str | None) -> AuditHead:
+        """Record that *node* reported head (*seq*, *head_hash*); returns the persisted view (rule 7)."""
+        if type(seq) is not int or seq < 0:
+            raise StoreError("audit head seq must be a non-negative integer")
+        if head_hash is not None and (not isinstance(head_hash, str) or len(head_hash) > _MAX_HASH_LEN):
+            raise StoreError("audit head hash must be a short string")
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT seq, hash, status, reason FROM audit_heads WHERE node = ?", (node,)
+                ).fetchone()
+                status, reason = AUDIT_OK, None
+                if row is not None:
+                    status, reason = row[2], row[3]
+                    if seq < int(row[0]):
+                        status = AUDIT_REWOUND
+                        reason = f"head went back from seq {int(row[0])} to {seq}"
+                    elif seq == int(row[0]) and head_hash != row[1]:
+                        status = AUDIT_REWOUND
+                        reason = f"record {seq} changed its hash"
+                changed = row is None or (seq, head_hash, status) != (int(row[0]), row[1], row[2])
+                if changed:
+                    self._db.execute(
+                        "INSERT INTO audit_heads (node, seq, hash, status, reason, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET seq = excluded.seq,"
+                        " hash = excluded.hash, status = excluded.status, reason = excluded.reason,"
+                        " updated_at = excluded.updated_at",
+                        (node, seq, head_hash, status, reason, now),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if row is not None and status == AUDIT_REWOUND and row[2] != AUDIT_REWOUND:
+            logger.warning("node %r audit log rewound: %s", node, reason)
+        return AuditHead(node, seq, head_hash, status, reason)
+
+    def acknowledge_audit(self, node: str) -> AuditHead | None:
+        """An admin saw the rewind: status back to ``ok`` at the current head. None if no head is known."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE audit_heads SET status = ?, reason = NULL, updated_at = ? WHERE node = ?",
+                (AUDIT_OK, time.time(), node),
+            )
+        return self.get_audit_head(node)
 
     # -- signing key ---------------------------------------------------------------------------------
 

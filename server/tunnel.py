@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.limits import cap_node_info
 from server.registry import NodeEntry
@@ -175,6 +176,9 @@ class NodeSession:
         if previous is not None:
             entry.audit_head, entry.audit_warning = previous.audit_head, previous.audit_warning
         entry.observe_audit_head(init.get("audit_head"))
+        heads = audit_heads_of(self.state)
+        heads.decorate(entry)
+        await heads.observe(entry, init.get("audit_head"), publish=False)  # node.connected carries it
         self.entry = entry
         old = self.state.registry.attach(entry, self)
         self.state.metrics.node_connected()

@@ -29,6 +29,8 @@ from server.api import ApiError, authenticate, http_error, state_of
 from server.planner.loop import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, PlannerRun
 from server.planner.providers import UNCONFIGURED_MESSAGE, LlmConfig
 from server.router import Caller
+from server.rpc import live_callers
+from server.user_revocation import end_event_queue
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
@@ -157,15 +159,19 @@ async def create_run(request: Request) -> Response:
     task = service.runs[run.run_id][1]
 
     async def stream() -> AsyncIterator[str]:
+        revocable = live_callers(state).track(
+            caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)
+        )
         try:
-            async for item in sse.with_keepalive(queue):
-                if item is None:
-                    yield sse.KEEPALIVE
-                    continue
-                event, data = item
-                if not event:
-                    return
-                yield sse.frame(event, data)
+            with revocable:
+                async for item in sse.with_keepalive(queue):
+                    if item is None:
+                        yield sse.KEEPALIVE
+                        continue
+                    event, data = item
+                    if not event:
+                        return
+                    yield sse.frame(event, data)
         finally:
             # The client went away (or the stream ended): a run nobody watches is cancelled.
             if not task.done():

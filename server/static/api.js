@@ -96,6 +96,11 @@ export class Api {
     return this.jsonWithText(`/api/v1/nodes/${encodeURIComponent(node)}/audit?${q}`, { signal });
   }
 
+  /** Clear a node's "rewound" audit status (admins only). */
+  acknowledgeAudit(node) {
+    return this.json("POST", `/api/v1/nodes/${encodeURIComponent(node)}/audit/acknowledge`);
+  }
+
   /** An artifact (GET /api/v1/artifacts/{id}) as an object URL, fetched with the token. */
   async artifactUrl(url) {
     const path = url.startsWith(this.base) ? url.slice(this.base.length) : url;

@@ -9,6 +9,8 @@
 //     every view renders from the same `nodes` map, so status changes appear without reload.
 //  3. A view's work (timers, fetches, running calls) is tied to an AbortController that is aborted
 //     when the view is left.
+//  4. A `#token=` link for another identity (sub, workspace or role) than the one signed in in this tab
+//     is not taken silently: the page asks first; until then the new token is held in memory only.
 
 import { Api, ApiError, CANCELLED, RpcError, RpcLink } from "./api.js";
 import { ChainVerifier, parseLossless } from "./audit.js";
@@ -32,6 +34,56 @@ function decodeClaims(token) {
   } catch {
     return {};
   }
+}
+
+/** The red "audit rewound" badge (Node.audit.status), or null while the chain head is fine. */
+function auditBadge(audit) {
+  if (!audit || audit.status !== "rewound") return null;
+  return h(
+    "span",
+    { class: "badge badge-rewound", "data-audit": "rewound", title: "The node's audit log went backwards or was rewritten: records were deleted or changed." },
+    h("span", { "aria-hidden": "true" }, "⚠ "),
+    "audit rewound",
+  );
+}
+
+function identityText(claims) {
+  return `${claims.sub || "?"} · ${claims.ws || "?"}${claims.role === "admin" ? " · admin" : ""}`;
+}
+
+function sameIdentity(a, b) {
+  return a.sub === b.sub && a.ws === b.ws && a.role === b.role;
+}
+
+/** Rule 4: a modal question; resolves true when the user chose to switch identities. */
+function confirmIdentitySwitch(current, next) {
+  return new Promise((resolve) => {
+    const titleId = uid("switch");
+    const dialog = h(
+      "dialog",
+      { class: "card confirm-switch", "aria-labelledby": titleId },
+      h("h2", { id: titleId }, "Switch identity?"),
+      h("p", {}, "You are signed in as ", h("strong", {}, identityText(current)), "."),
+      h("p", {}, "The link you opened signs in as ", h("strong", {}, identityText(next)), "."),
+    );
+    const finish = (answer) => {
+      dialog.close();
+      dialog.remove();
+      resolve(answer);
+    };
+    const stay = h("button", { type: "button", class: "primary" }, `Stay ${current.sub || "signed in"}`);
+    const change = h("button", { type: "button" }, `Switch to ${next.sub || "the new identity"}`);
+    stay.addEventListener("click", () => finish(false));
+    change.addEventListener("click", () => finish(true));
+    dialog.addEventListener("cancel", (e) => {
+      e.preventDefault();
+      finish(false);
+    });
+    dialog.append(h("div", { class: "actions" }, stay, change));
+    document.body.append(dialog);
+    dialog.showModal();
+    stay.focus();
+  });
 }
 
 function statusBadge(status) {
@@ -84,9 +136,26 @@ class Dashboard {
     if (!match) return false;
     history.replaceState(null, "", `${location.pathname}${location.search}#/nodes`);
     const token = decodeURIComponent(match[1]);
+    const current = this.api?.token || sessionStorage.getItem(TOKEN_KEY);
+    if (current && current !== token && !sameIdentity(decodeClaims(current), decodeClaims(token))) {
+      this.askToSwitch(current, token);
+      return true; // the current session goes on until the user answers
+    }
     if (this.api && this.api.token !== token) this.signOut("");
     sessionStorage.setItem(TOKEN_KEY, token);
     return true;
+  }
+
+  /** Rule 4: the link's token replaces the signed-in one only if the user says so. */
+  async askToSwitch(current, token) {
+    const switchTo = await confirmIdentitySwitch(decodeClaims(current), decodeClaims(token));
+    if (!switchTo) {
+      this.announce(`Still signed in as ${decodeClaims(current).sub || "before"}.`);
+      return;
+    }
+    this.signOut("");
+    sessionStorage.setItem(TOKEN_KEY, token);
+    this.signIn(token);
   }
 
   announce(text) {
@@ -318,7 +387,7 @@ class Dashboard {
                 h("span", { class: "muted small" }, ` ${n.workspace}`),
               ),
             ),
-            h("td", { "data-label": "Status" }, statusBadge(n.status)),
+            h("td", { "data-label": "Status" }, statusBadge(n.status), " ", auditBadge(n.audit)),
             h("td", { "data-label": "Last seen" }, timeElement(n.last_seen)),
             h("td", { "data-label": "Round trip" }, n.rtt_ms == null ? "—" : `${n.rtt_ms.toFixed(1)} ms`),
             h("td", { "data-label": "OS" }, [n.info?.os, n.info?.arch].filter(Boolean).join(" / ") || "—"),
@@ -343,6 +412,28 @@ class Dashboard {
     signal.addEventListener("abort", () => clearInterval(timer), { once: true });
   }
 
+  /** The rewound badge, and for admins the button that acknowledges it (POST .../audit/acknowledge). */
+  auditAlert(n) {
+    const badge = auditBadge(n.audit);
+    if (!badge) return null;
+    const claims = decodeClaims(this.api?.token || "");
+    if (claims.role !== "admin") return h("span", {}, " ", badge);
+    const button = h("button", { type: "button", class: "small" }, "Acknowledge");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const done = await this.api.acknowledgeAudit(n.name);
+        n.audit = done.audit;
+        this.announce(`Audit status of ${n.name} acknowledged.`);
+        for (const listener of this.nodeListeners) listener(n);
+      } catch (e) {
+        button.disabled = false;
+        this.announce(`Could not acknowledge: ${errorText(e)}`);
+      }
+    });
+    return h("span", { class: "audit-alert" }, " ", badge, " ", button);
+  }
+
   // ---- node view: tools ----------------------------------------------------------------------
 
   nodeHeader(name, signal, section) {
@@ -350,7 +441,7 @@ class Dashboard {
     const badge = h("span");
     const render = () => {
       const n = this.nodes.get(name);
-      clear(badge, n ? statusBadge(n.status) : statusBadge("disconnected"));
+      clear(badge, n ? statusBadge(n.status) : statusBadge("disconnected"), n ? this.auditAlert(n) : null);
       if (!n) return;
       const facts = [
         ["Host", n.info?.hostname],
