@@ -421,7 +421,7 @@ class FsTools:
         return lock
 
     def _confinement(self, ctx: ToolContext) -> Confinement:
-        protected = tuple(getattr(ctx.policy, "protected_paths", ()))
+        protected = tuple(ctx.policy.protected_paths)
         return Confinement(ctx.policy.allowed_roots, Guard(ctx.home, protected), self._opener)
 
     def _lock_key(self, raw: str, ctx: ToolContext) -> str:
