@@ -370,13 +370,18 @@ def locate(raw: str, roots: tuple[str, ...]) -> tuple[str, str]:
         raise ToolFailure("path contains a NUL character")
     expanded = os.path.expanduser(raw)
     absolute = expanded if os.path.isabs(expanded) else os.path.join(roots[0], expanded)
-    for candidate in (absolute, os.path.realpath(absolute)):
+    for attempt in range(2):
+        if attempt:
+            try:
+                absolute = os.path.realpath(absolute)
+            except OSError:  # a concurrent change caught realpath mid-way: outside, as far as we know
+                break
         for root in roots:
-            if _inside(candidate, root):
-                rel = candidate[len(root) :].lstrip("/")
+            if _inside(absolute, root):
+                rel = absolute[len(root) :].lstrip("/")
                 norm = os.path.normpath(rel) if rel else "."
                 if norm == ".." or norm.startswith("../"):
-                    break
+                    raise _outside(raw, roots)
                 return root, rel or "."
     raise _outside(raw, roots)
 

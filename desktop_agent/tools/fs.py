@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import re2
 
-from desktop_agent.confine import HOME_FILES, Confinement, Guard, Openat2, Opened, locate, scan_dir
+from desktop_agent.confine import HOME_FILES, Confinement, Guard, Openat2, Opened, scan_dir
 from desktop_agent.tools.base import ToolContext, ToolFailure, ToolFunc, ToolResult
 
 __all__ = ["PROTECTED_FILES", "FsTools"]
@@ -425,8 +425,9 @@ class FsTools:
         return Confinement(ctx.policy.allowed_roots, Guard(ctx.home, protected), self._opener)
 
     def _lock_key(self, raw: str, ctx: ToolContext) -> str:
-        root, rel = locate(raw, tuple(str(r) for r in ctx.policy.allowed_roots))
-        return os.path.normpath(os.path.join(root, rel))
+        """The per-path lock's key: textual (no I/O on the event loop); the open decides the rest."""
+        expanded = os.path.expanduser(raw)
+        return os.path.normpath(os.path.join(ctx.policy.allowed_roots[0], expanded))
 
     async def _in_thread(self, raw: str, ctx: ToolContext, func: Callable[..., T], *args: Any) -> T:
         """Run blocking `func(stop, confinement, *args)` in the pool (rule 4), OSError -> ToolFailure."""
