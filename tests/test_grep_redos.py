@@ -58,13 +58,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _cpu_settles(pid: int, within: float, window: float = 0.5, most: float = 0.15) -> bool:
-    """True once `pid` uses less than `most` CPU seconds in a `window` (time is the observation here)."""
+async def _cpu_settles(pid: int, within: float, window: float = 0.5, most: float = 0.04) -> bool:
+    """True once `pid` uses less than `most` CPU seconds in each of two `window`s in a row (time is the
+    observation here; two quiet windows, because a busy shared machine can starve a busy process once)."""
     deadline = time.monotonic() + within
+    quiet = 0
     while time.monotonic() < deadline:
         before = _cpu_seconds(pid)
         await asyncio.sleep(window)
-        if _cpu_seconds(pid) - before < most:
+        quiet = quiet + 1 if _cpu_seconds(pid) - before < most else 0
+        if quiet == 2:
             return True
     return False
 
@@ -126,7 +129,7 @@ async def test_blocked_file_calls_never_starve_the_node(tmp_path: Path) -> None:
         for i, p in enumerate(pipes)
     ]
     try:
-        assert await _until(lambda: _threads_in(fs_module._read_stream.__code__) >= min(n, 32), 10)
+        assert await _until(lambda: _threads_in(fs_module._read_stream.__code__) >= n - 2, 10)
         async with asyncio.timeout(5):
             echoed = await engine.call("echo", {"text": "alive"}, request_id="e", caller=caller)
         assert echoed["content"][0]["text"] == "alive"
@@ -170,4 +173,4 @@ async def test_the_call_timeout_stops_the_work_on_the_node(
             await client.call("laptop", "fs_grep", {"pattern": "needle", "path": str(root)}, timeout=1)
         assert (await client.call("laptop", "echo", {"text": "ok"})).text == "ok"
         # the node stopped searching: its CPU time stands nearly still once the cancel has landed
-        assert await _cpu_settles(agent.pid, within=5.0)
+        assert await _cpu_settles(agent.pid, within=8.0)
