@@ -49,9 +49,10 @@ _SWAPPER = textwrap.dedent(
         else:  # no renameat2: the slower two-step swap
             os.rename(a, a + ".tmp"); os.rename(b, a); os.rename(a + ".tmp", b)
         n += 1
-        if n % 1000 == 0:
-            with open(ready, "w") as f:
+        if n % 100 == 0:  # published atomically: a reader never sees a half-written count
+            with open(ready + ".tmp", "w") as f:
                 f.write(str(n))
+            os.replace(ready + ".tmp", ready)
     """
 )
 
@@ -93,8 +94,8 @@ class _Scene:
         sw, link = str(self.root / "sw"), str(self.root / "sw.link")
         cmd = [sys.executable, "-c", _SWAPPER, sw, link, str(self.ready)]
         self.proc = subprocess.Popen(cmd)
-        deadline = time.monotonic() + 10
-        while not self.ready.exists() and time.monotonic() < deadline:  # bounded start-up wait
+        deadline = time.monotonic() + 15
+        while self.swaps() < 100 and time.monotonic() < deadline:  # bounded: the swapper is racing
             time.sleep(0.01)
         return self
 

@@ -68,7 +68,7 @@ def test_openat2_is_used_where_the_kernel_has_it_and_can_be_forced_off() -> None
 @pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
 async def test_swap_race_never_escapes(tmp_path: Path, openat2: bool) -> None:
     result = await race(tmp_path, 60, 60, openat2=openat2)
-    assert result.swaps >= 1000  # the swapper really raced the calls
+    assert result.swaps >= 200  # the swapper really raced the calls
     assert result.reads_ok > 0  # and the tools kept working inside the root meanwhile
     assert (result.read_escapes, result.write_escapes) == (0, 0)
 
