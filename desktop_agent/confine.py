@@ -46,6 +46,7 @@ __all__ = [
     "access_refusal",
     "locate",
     "scan_dir",
+    "stat_refusal",
 ]
 
 HOME_FILES = ("agent.toml", "credentials.json", "audit.log")
@@ -427,3 +428,15 @@ def access_refusal(
             return f"{os.fspath(path)}: {exc.strerror or exc}"
         os.close(opened.fd)
         return None
+
+
+def stat_refusal(
+    st: os.stat_result, where: str, home: Path, protected_paths: tuple[Path, ...] = ()
+) -> str | None:
+    """Why a file already opened (its `fstat` and its path `where`) is off limits under rule 3, or None.
+
+    For a caller that holds the file itself (e.g. the browser intercepting a `file://` subresource it has
+    opened): judged by identity, so a hard link or a symlink under another name is caught. Says nothing
+    about the roots; `access_refusal` does both.
+    """
+    return Guard(home, protected_paths).problem(st, where)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.race_bench import race
-from desktop_agent.confine import Openat2, access_refusal
+from desktop_agent.confine import Openat2, access_refusal, stat_refusal
 from desktop_agent.policy import Policy, load_config
 from desktop_agent.tools.base import ToolContext, ToolFailure, ToolResult
 from desktop_agent.tools.fs import FsTools
@@ -230,4 +230,7 @@ def test_access_refusal_answers_for_the_browser(tmp_path: Path, openat2: bool) -
         assert "agent's own files" in (ask(bad) or "")
     assert "outside" in (ask(n.outside / "secret.txt") or "")
     assert "protected" in (ask(n.root / "vault", (n.root / "vault",)) or "")
+    hard = n.root / "hard.html"
+    assert "agent's own files" in (stat_refusal(os.stat(hard), str(hard), n.home) or "")
+    assert stat_refusal(os.stat(n.root / "page.html"), str(n.root / "page.html"), n.home) is None
     n.fs.close()
