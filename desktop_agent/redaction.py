@@ -26,6 +26,12 @@ Rules (CONTRACT §8's list, and what "secret-looking" means here):
    `fs_write` costs the event loop no more than a short one, and a secret straddling the cut is still
    caught (a private key block running past the window is redacted to the window's end).
 4. Nesting deeper than `MAX_DEPTH` is replaced by a marker (no recursion blow-up on hostile input).
+5. At most `MAX_VALUES` values (keys, strings, numbers ...) of one argument object are looked at; the
+   rest of a list or mapping is replaced by one marker saying how many entries were not recorded; and
+   at most `MAX_SEARCHED_CHARS` characters are searched: a string past that budget is recorded only as
+   its length and SHA-256 (never unsearched text). The
+   audit log redacts on the event loop, and a 16 MiB frame of short strings would otherwise cost it
+   seconds; with the cap one record costs well under 0.5 s, whatever the caller sends.
 """
 
 from __future__ import annotations
@@ -35,11 +41,22 @@ from typing import Any
 
 import re2
 
-__all__ = ["MAX_AUDIT_STRING", "MAX_DEPTH", "REDACTED", "is_secret_key", "redact", "redact_text"]
+__all__ = [
+    "MAX_AUDIT_STRING",
+    "MAX_DEPTH",
+    "MAX_VALUES",
+    "REDACTED",
+    "is_secret_key",
+    "redact",
+    "redact_text",
+]
 
 REDACTED = "[REDACTED]"
 MAX_AUDIT_STRING = 4096
 MAX_DEPTH = 64
+MAX_VALUES = 2000
+MAX_SEARCHED_CHARS = 64 * 1024
+CUT_KEY = "[cut]"
 _WINDOW_EXTRA = 512  # rule 3: searched past the cut so a secret across it is still whole
 
 _KEY_ANYWHERE = (
@@ -112,8 +129,19 @@ _USER_OPTION = _rx(r"(^|\s)(-u|-U|--user|--proxy-user)(\s*|=)(['\"]?)([^\s:'\"]*
 _MYSQL = _rx(r"(?i)\b(mysql|mysqldump|mysqladmin|mysqlimport|mysqlsh|mariadb[a-z-]*)\b")
 _MYSQL_P = _rx(r"(^|\s)(-p)([^\s]+)")
 _SSHPASS = _rx(r"(\bsshpass\s+(?:-\w+\s+)*-p\s*)(\S+)")
-_OPTION = _rx(r"(^|[\s'\"])(--?[A-Za-z][A-Za-z0-9_-]*)(=|\s+)(\"[^\"]*\"|'[^']*'|[^\s\"'-][^\s\"']*)")
-_ASSIGN = _rx(r"(\"?)\b([A-Za-z_][A-Za-z0-9_.-]*)(\"?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s\"',;&|]+)")
+# Candidates only where the name holds a marker (the callback then applies rule 1 exactly): a string dense
+# with ordinary `a=b` pairs costs no Python callback per pair.
+_MARKERS = r"(?i:TOKEN|SECRET|PASS|PWD|CREDENTIAL|PRIVATE|SESSION|COOKIE|AUTH|KEY|PAT|PIN|OTP|MFA|JWT|BEARER)"
+_OPTION = _rx(
+    r"(^|[\s'\"])(--?[A-Za-z0-9_-]*"
+    + _MARKERS
+    + r"[A-Za-z0-9_-]*)(=|\s+)(\"[^\"]*\"|'[^']*'|[^\s\"'-][^\s\"']*)"
+)
+_ASSIGN = _rx(
+    r"(\"?)\b([A-Za-z0-9_.-]*"
+    + _MARKERS
+    + r"[A-Za-z0-9_.-]*)(\"?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s\"',;&|]+)"
+)
 
 
 def _keep_name(name_group: int, value_group: int) -> Any:
@@ -152,19 +180,41 @@ def redact_text(text: str) -> str:
     return f"{head}...[cut: {len(text)} chars, sha256 {digest}]"
 
 
-def redact(value: Any, _depth: int = 0) -> Any:
-    """A copy of `value` with secret-looking values replaced by "[REDACTED]" (rules 1-4)."""
-    if _depth > MAX_DEPTH:
+def redact(value: Any) -> Any:
+    """A copy of `value` with secret-looking values replaced by "[REDACTED]" (rules 1-5)."""
+    return _redact(value, 0, [MAX_VALUES, MAX_SEARCHED_CHARS])
+
+
+def _redact(value: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if depth > MAX_DEPTH:
         return f"{REDACTED} (nested deeper than {MAX_DEPTH})"
     if isinstance(value, dict):
-        return {
-            redact_text(str(k)): (
-                REDACTED if v is not None and is_secret_key(str(k)) else redact(v, _depth + 1)
-            )
-            for k, v in value.items()
-        }
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if budget[0] <= 0:
+                out[CUT_KEY] = f"{len(value) - i} more entries not recorded"
+                break
+            budget[0] -= 1
+            key = _redact_str(str(k), budget)
+            out[key] = REDACTED if v is not None and is_secret_key(str(k)) else _redact(v, depth + 1, budget)
+        return out
     if isinstance(value, list | tuple):
-        return [redact(v, _depth + 1) for v in value]
+        items: list[Any] = []
+        for i, v in enumerate(value):
+            if budget[0] <= 0:
+                items.append(f"{CUT_KEY} {len(value) - i} more entries not recorded")
+                break
+            items.append(_redact(v, depth + 1, budget))
+        return items
     if isinstance(value, str):
-        return redact_text(value)
+        return _redact_str(value, budget)
     return value
+
+
+def _redact_str(text: str, budget: list[int]) -> str:
+    if budget[1] <= 0:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{REDACTED} (not searched: {len(text)} chars, sha256 {digest})"
+    budget[1] -= min(len(text), MAX_AUDIT_STRING + _WINDOW_EXTRA)
+    return redact_text(text)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from desktop_agent.redaction import MAX_AUDIT_STRING, REDACTED, is_secret_key, redact, redact_text
+from desktop_agent.redaction import MAX_AUDIT_STRING, MAX_VALUES, REDACTED, is_secret_key, redact, redact_text
 from sdk import AsyncClient
 from tests.support.procs import AgentProc, ServerProc
 
@@ -115,6 +115,25 @@ def test_hostile_inputs_cost_linear_time_and_no_recursion() -> None:
     for _ in range(10_000):
         deep = [deep]
     redact(deep)  # no RecursionError
+
+
+def test_one_record_costs_bounded_time_however_many_values_it_has() -> None:
+    many = {
+        "paths": ["PASSWORD=early-secret"] + [f"file{i}.txt" for i in range(200_000)] + ["ghp_" + "Q" * 36]
+    }
+    started = time.monotonic()
+    out = redact(many)
+    assert time.monotonic() - started < 1.0  # without the cap: ~13 s, on the audit log's event loop
+    text = json.dumps(out)
+    assert "early-secret" not in text and "Q" * 36 not in text and "more entries not recorded" in text
+    wide = redact({f"K{i}": "v" for i in range(100_000)})
+    assert len(wide) <= MAX_VALUES + 1 and "[cut]" in wide
+    for pair in ("a=b ", "PASSWORD=b ", "--token b "):  # a candidate match every few characters
+        dense = [pair * (4000 // len(pair)) + "TOKEN=dense-secret"] * 1500
+        started = time.monotonic()
+        text = json.dumps(redact({"lines": dense}))
+        assert time.monotonic() - started < 1.0, pair
+        assert "dense-secret" not in text and "not searched" in text
 
 
 async def test_no_secret_of_the_list_reaches_audit_log_through_a_real_agent(
