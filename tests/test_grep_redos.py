@@ -79,10 +79,10 @@ def _ctx(root: Path) -> ToolContext:
 async def test_unsupported_patterns_are_a_clear_error(tmp_path: Path) -> None:
     tools = FsTools()
     try:
-        for pattern in (r"(a)\1", "(?=x)y", "(?<!a)b", "("):
+        for pattern in (r"(a)\1", "(?=x)y", "(?<!a)b", "(", "a{1000}{1000}", "(a|b)" * 100_000):
             with pytest.raises(ToolFailure) as info:
                 await tools.fs_grep({"pattern": pattern, "path": "."}, _ctx(tmp_path))
-            assert "regular expression" in str(info.value) and "RE2" in str(info.value)
+            assert "regular expression" in str(info.value)
     finally:
         tools.close()
 

@@ -52,6 +52,7 @@ PROTECTED_FILES = HOME_FILES
 DEFAULT_READ_LIMIT = 1 << 20
 GREP_LINE_CAP = 1 << 20
 GREP_TEXT_CHARS = 500
+MAX_PATTERN_CHARS = 64 * 1024
 BINARY_SNIFF = 8192
 MAX_WALK_DEPTH = 256  # deeper directories are not entered (each level holds one fd)
 IO_THREADS = 32  # above the largest sensible max_concurrency: one per running file call
@@ -149,7 +150,13 @@ def _decode_text(data: bytes, at_eof: bool) -> str | None:
 
 
 def compile_pattern(pattern: str, ignore_case: bool) -> Any:
-    """An RE2 regex (rule 6): linear-time matching, so no pattern can stall the node."""
+    """An RE2 regex (rule 6): linear-time matching, so no pattern can stall the node.
+
+    Compiled in the worker thread (a large pattern takes RE2 a noticeable time to refuse), and refused
+    outright above `MAX_PATTERN_CHARS`.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ToolFailure(f"invalid regular expression: longer than {MAX_PATTERN_CHARS} characters")
     options = re2.Options()
     options.log_errors = False
     options.case_sensitive = not ignore_case
@@ -351,8 +358,15 @@ def _grep_file(
 
 
 def _grep(
-    stop: threading.Event, conf: Confinement, raw: str, rx: Any, glob: str | None, max_matches: int
+    stop: threading.Event,
+    conf: Confinement,
+    raw: str,
+    pattern: str,
+    ignore_case: bool,
+    glob: str | None,
+    max_matches: int,
 ) -> tuple[list[dict[str, Any]], bool, int]:
+    rx = compile_pattern(pattern, ignore_case)
     opened = conf.open(raw, _READ_FLAGS)  # refuses a protected file or tree (rule 2)
     matches: list[dict[str, Any]] = []
     searched = 0
@@ -559,10 +573,10 @@ class FsTools:
 
     async def fs_grep(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw = arguments["path"]
-        rx = compile_pattern(arguments["pattern"], bool(arguments.get("ignore_case")))
+        pattern, ignore_case = arguments["pattern"], bool(arguments.get("ignore_case"))
         most = arguments.get("max_matches", 100)
         matches, truncated, searched = await self._in_thread(
-            raw, ctx, _grep, raw, rx, arguments.get("glob"), most
+            raw, ctx, _grep, raw, pattern, ignore_case, arguments.get("glob"), most
         )
         lines = [f"{m['path']}:{m['line']}:{m['text']}" for m in matches]
         if truncated:
