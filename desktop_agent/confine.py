@@ -57,6 +57,8 @@ SYS_OPENAT2 = 437  # the same number on every Linux architecture (unified syscal
 MAX_SYMLINKS = 40
 MAX_TREE_SCAN = 100_000  # files of protected trees looked at when a hard-linked file turns up
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# Linux opens "just a handle" with O_PATH; elsewhere a non-blocking read-only open (no FIFO hang).
+O_HANDLE = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
 
 
 class _OpenHow(ctypes.Structure):
@@ -75,7 +77,7 @@ class Openat2:
             libc = ctypes.CDLL(None, use_errno=True)
             self._syscall = libc.syscall
             self._syscall.restype = ctypes.c_long
-            fd = self.open(os.open("/", os.O_PATH | os.O_CLOEXEC), ".", os.O_PATH, 0, close_dir=True)
+            fd = self.open(os.open("/", O_HANDLE | os.O_CLOEXEC), ".", O_HANDLE, 0, close_dir=True)
             os.close(fd)
             self.available = True
 
@@ -157,8 +159,8 @@ class Guard:
         if self._tree_files is None:
             self._tree_files = set()
             for top, _ in self._trees:
-                for n, (dirpath, _dirs, files) in enumerate(os.walk(top)):
-                    if n > MAX_TREE_SCAN:
+                for dirpath, _dirs, files in os.walk(top):
+                    if len(self._tree_files) > MAX_TREE_SCAN:
                         break
                     for name in files:
                         with contextlib.suppress(OSError):
@@ -227,7 +229,7 @@ class Confinement:
     def _root_fd(self, root: str) -> int:
         fd = self._root_fds.get(root)
         if fd is None:
-            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(root, O_HANDLE | os.O_DIRECTORY | os.O_CLOEXEC)
             self._root_fds[root] = fd
         return fd
 
@@ -302,7 +304,7 @@ class Confinement:
                     continue
                 if last:
                     return os.open(name, flags | _NOFOLLOW, mode, dir_fd=cur)
-                stack.append(os.open(name, os.O_PATH | os.O_DIRECTORY | _NOFOLLOW, dir_fd=cur))
+                stack.append(os.open(name, O_HANDLE | os.O_DIRECTORY | _NOFOLLOW, dir_fd=cur))
         finally:
             for fd in stack:
                 os.close(fd)
@@ -319,7 +321,7 @@ class Confinement:
             if name in ("", ".", ".."):
                 raise ToolFailure(f"{raw}: is a directory")
             try:
-                parent = self._open_beneath(raw, root, parent_rel or ".", os.O_PATH | os.O_DIRECTORY, 0)
+                parent = self._open_beneath(raw, root, parent_rel or ".", O_HANDLE | os.O_DIRECTORY, 0)
             except (FileNotFoundError, NotADirectoryError):
                 raise ToolFailure(f"{raw}: parent directory does not exist") from None
             try:
@@ -419,7 +421,7 @@ def access_refusal(
     """
     with Confinement(roots, Guard(home, protected_paths), opener or Openat2()) as conf:
         try:
-            opened = conf.open(os.fspath(path), os.O_PATH)
+            opened = conf.open(os.fspath(path), O_HANDLE)
         except ToolFailure as exc:
             return str(exc)
         except FileNotFoundError:
