@@ -234,3 +234,12 @@ def test_access_refusal_answers_for_the_browser(tmp_path: Path, openat2: bool) -
     assert "agent's own files" in (stat_refusal(os.stat(hard), str(hard), n.home) or "")
     assert stat_refusal(os.stat(n.root / "page.html"), str(n.root / "page.html"), n.home) is None
     n.fs.close()
+
+
+async def test_a_path_naming_the_root_through_an_outside_symlink_works(node: Node) -> None:
+    (node.root / "doc.txt").write_text("in the root")
+    (node.outside / "to-root").symlink_to(node.root)
+    assert (await node("fs_read", path=str(node.outside / "to-root" / "doc.txt"))).content[0][
+        "text"
+    ] == "in the root"
+    assert "outside" in await node.refused("fs_read", path=str(node.outside / "secret.txt"))
