@@ -26,8 +26,19 @@ from bench.harness import Row, raise_fd_limit
 
 __all__ = ["EXTRA_MODULES", "collect_extra", "format_table", "main"]
 
-EXTRA_MODULES = ("handshake_bench", "auth_bench", "audit_bench", "browser_bench", "mcp_bench", "cancel_bench",
-                 "hostile_bench")  # fmt: skip
+EXTRA_MODULES = (
+    "handshake_bench",
+    "auth_bench",
+    "audit_bench",
+    "browser_bench",
+    "mcp_bench",
+    "cancel_bench",
+    "hostile_bench",
+    "race_bench",
+    "redos_bench",
+    "results_bench",
+    "process_bench",
+)
 
 
 def _row_from_dict(d: dict[str, Any]) -> Row:

@@ -32,12 +32,13 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from desktop_agent.redaction import redact
 
 __all__ = [
     "AUDIT_FILE",
@@ -55,14 +56,7 @@ __all__ = [
 AUDIT_FILE = "audit.log"
 GENESIS = "0" * 64
 RECORD_VERSION = 1
-REDACTED = "[REDACTED]"
-MAX_AUDIT_STRING = 4096
 MAX_READ_LIMIT = 1000
-_SECRET_KEY = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
-_SECRET_ASSIGN = re.compile(
-    r"(?i)\b([A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)[A-Z0-9_]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _TAIL_BLOCK = 1 << 16
 
 
@@ -75,29 +69,6 @@ def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(data).hexdigest()
-
-
-def _redact_string(text: str) -> str:
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    text = _SECRET_ASSIGN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    if len(text) > MAX_AUDIT_STRING:
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        text = f"{text[:MAX_AUDIT_STRING]}...[cut: {len(text)} chars, sha256 {digest}]"
-    return text
-
-
-def redact(value: Any) -> Any:
-    """A copy of `value` with secret-looking values replaced by "[REDACTED]" (rule 2)."""
-    if isinstance(value, dict):
-        return {
-            str(k): (REDACTED if _SECRET_KEY.search(str(k)) and v is not None else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return _redact_string(value)
-    return value
 
 
 def _now() -> str:

@@ -125,7 +125,8 @@ class ToolEngine:
         self._browser: Any = None
         self._logged_browser_reason: str | None = None
         funcs: dict[str, ToolFunc] = {"echo": echo, "system_info": system_info, "shell_exec": shell_exec}
-        funcs.update(FsTools().tools())
+        self._fs = FsTools()
+        funcs.update(self._fs.tools())
         funcs.update(self._load_browser())
         self._tools: dict[str, _Tool] = {
             spec["name"]: _Tool(spec, funcs[spec["name"]], schema_validator(spec["inputSchema"]))
@@ -231,6 +232,7 @@ class ToolEngine:
                 await self._browser.aclose()
             except Exception:
                 logger.exception("closing the browser failed")
+        self._fs.close()
         await self._audit.aclose()
 
     def on_tools_changed(self, callback: Callable[[], None]) -> None:

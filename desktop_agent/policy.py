@@ -9,6 +9,7 @@ agent.toml (every key optional)::
     server = "https://cortex.example:8765"
     name = "laptop"
     allowed_roots = ["~/projects", "/srv/data"]   # default: the user's home directory
+    protected_paths = ["~/.cortex-server"]        # whole trees refused to every tool (default: none)
     max_concurrency = 16
 
     [tls]
@@ -74,6 +75,7 @@ _TOP_KEYS = {
     "server",
     "name",
     "allowed_roots",
+    "protected_paths",
     "max_concurrency",
     "tls",
     "tools",
@@ -125,6 +127,7 @@ class Policy:
     browser_executable: Path | None = field(default_factory=default_browser_executable)
     browser_idle_timeout_s: float = 300.0
     browser_allowed_schemes: tuple[str, ...] = ("http", "https", "file")
+    protected_paths: tuple[Path, ...] = ()  # trees no tool may touch (desktop_agent.confine rule 3)
 
     def tool_enabled(self, name: str) -> bool:
         """The owner's switches for one tool (availability of the browser itself is the engine's business)."""
@@ -230,6 +233,8 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
     if roots_raw is not None and not roots_raw:
         raise ConfigError(f"{where}: allowed_roots is empty (remove the key for the default)")
     roots = tuple(_resolve_root(r, where) for r in roots_raw) if roots_raw else defaults.allowed_roots
+    protected_raw = _str_list(data, "protected_paths", where) or []
+    protected = tuple(_resolve_root(r, where) for r in protected_raw)
     enabled = _str_list(tools_t, "enabled", where)
     limits = Limits(
         **{
@@ -256,6 +261,7 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
         browser_allowed_schemes=tuple(s.lower() for s in schemes)
         if schemes is not None
         else (defaults.browser_allowed_schemes),
+        protected_paths=protected,
     )
     return AgentConfig(
         home=home,

@@ -20,7 +20,7 @@ PNG = base64.b64decode(
 
 
 class Fs:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, openat2: bool = True) -> None:
         self.tmp = tmp
         self.root = tmp / "a"  # `ab` next to it shares the prefix but is outside
         self.sibling = tmp / "ab"
@@ -29,7 +29,7 @@ class Fs:
             d.mkdir(parents=True)
         (self.sibling / "secret.txt").write_text("sibling secret")
         self.policy = Policy(allowed_roots=(self.root.resolve(),), limits=Limits(max_read_bytes=4 << 20))
-        self.tools = FsTools().tools()
+        self.tools = FsTools(openat2=openat2).tools()
 
     async def __call__(self, name: str, **arguments: Any) -> ToolResult:
         ctx = ToolContext(request_id=1, caller={}, home=self.home, policy=self.policy)
@@ -41,9 +41,9 @@ class Fs:
         return str(info.value)
 
 
-@pytest.fixture
-def fs(tmp_path: Path) -> Fs:
-    return Fs(tmp_path)
+@pytest.fixture(params=[True, False], ids=["openat2", "walk"])
+def fs(tmp_path: Path, request: pytest.FixtureRequest) -> Fs:
+    return Fs(tmp_path, openat2=request.param)  # "walk": confinement's fallback without openat2
 
 
 def text_of(result: ToolResult) -> str:
@@ -98,7 +98,7 @@ async def test_agent_files_cannot_be_written_or_credentials_read(fs: Fs) -> None
     assert "cannot be" in await fs.refused("fs_read", path=".cortex/credentials.json")
     grep = await fs("fs_grep", pattern="original", path=".")
     assert grep.structured and all("credentials" not in m["path"] for m in grep.structured["matches"])
-    assert text_of(await fs("fs_read", path=".cortex/agent.toml")) == "original"
+    assert "cannot be" in await fs.refused("fs_read", path=".cortex/agent.toml")
 
 
 # -- fs_write ----------------------------------------------------------------------------------------

@@ -1,18 +1,24 @@
 """The file tools: `fs_read`, `fs_write`, `fs_edit`, `fs_list`, `fs_grep`, confined to the allowed roots.
 
 Sits under the engine, which has validated the arguments against the manifest and checked the owner's
-policy; the engine builds one `FsTools` per agent and takes its functions from `tools()`.
+policy; the engine builds one `FsTools` per agent and takes its functions from `tools()`. All opening goes
+through `desktop_agent.confine` (race-proof confinement and the protected files, its rules 1-4).
 
 Rules:
-1. Every path is confined: `~` expanded, a relative path joined to the first allowed root, then
-   `os.path.realpath` (symlinks resolved) must lie inside a root by `os.path.commonpath` (so `/home/ab`
-   is not inside `/home/a`). Anything else is a `ToolFailure` (an isError result), never touched.
-2. No tool can change the node's policy: writes to the agent's own `agent.toml`, `credentials.json` and
-   `audit.log` (or a hard link to them) are refused, and `credentials.json` is never read or searched.
+1. Every path is confined: `~` expanded, a relative path joined to the first allowed root, then opened
+   beneath its root's fd so that no symlink or concurrent swap leads out (confine rules 1-2). Anything
+   else is a `ToolFailure` (an isError result), never touched.
+2. No tool can change the node's policy or read its secrets: the agent's own files and the policy's
+   `protected_paths` are refused to every file tool by identity, through hard links too (confine rule 3);
+   a walk (`fs_list`, `fs_grep`) skips them. Writes never go through a file with several hard links.
 3. Writes to one path are serialised by a per-path asyncio lock, so concurrent writes never interleave;
-   an overwrite is atomic (temporary file in the same directory, fsync, `os.replace`).
-4. Blocking file I/O runs in threads; a cancelled call tells its thread to stop at the next step.
+   an overwrite is atomic (temporary file in the same directory fd, fsync, rename within that fd).
+4. Blocking file I/O runs in the tools' own thread pool (so a slow file or a FIFO never starves the audit
+   log's threads); a cancelled call (the caller's timeout ends as a cancel) tells its thread to stop at
+   the next line or directory entry.
 5. Directory walks never follow symlinks (no escapes, no loops) and skip `.git` when searching.
+6. `fs_grep` patterns are RE2 (linear time whatever the pattern and the text); a pattern RE2 does not
+   support (backreferences, lookaround) is a clear isError.
 """
 
 from __future__ import annotations
@@ -20,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import fnmatch
 import mimetypes
 import os
-import re
+import secrets
 import select
 import stat
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -35,16 +41,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import re2
+
+from desktop_agent.confine import HOME_FILES, Confinement, Guard, Openat2, Opened, scan_dir
 from desktop_agent.tools.base import ToolContext, ToolFailure, ToolFunc, ToolResult
 
-__all__ = ["PROTECTED_FILES", "FsTools", "resolve_in_roots"]
+__all__ = ["PROTECTED_FILES", "FsTools"]
 
-PROTECTED_FILES = ("agent.toml", "credentials.json", "audit.log")
-SECRET_FILES = ("credentials.json",)
+PROTECTED_FILES = HOME_FILES
 DEFAULT_READ_LIMIT = 1 << 20
 GREP_LINE_CAP = 1 << 20
 GREP_TEXT_CHARS = 500
+MAX_PATTERN_CHARS = 64 * 1024
 BINARY_SNIFF = 8192
+MAX_WALK_DEPTH = 256  # deeper directories are not entered (each level holds one fd)
+IO_THREADS = 32  # above the largest sensible max_concurrency: one per running file call
 SKIP_DIRS = frozenset({".git"})
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -54,36 +65,8 @@ _MAGIC = (
     (b"PK\x03\x04", "application/zip"),
     (b"\x7fELF", "application/x-executable"),
 )
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY  # O_NONBLOCK: a FIFO must not hang us
 T = TypeVar("T")
-
-
-def resolve_in_roots(raw: str, roots: tuple[Path, ...]) -> Path:
-    """The real path of `raw` if it lies inside one of `roots` (rule 1), else ToolFailure."""
-    if "\x00" in raw:
-        raise ToolFailure("path contains a NUL character")
-    expanded = os.path.expanduser(raw)
-    joined = expanded if os.path.isabs(expanded) else os.path.join(roots[0], expanded)
-    real = os.path.realpath(joined)
-    for root in roots:
-        root_s = str(root)
-        if os.path.commonpath([real, root_s]) == root_s:
-            return Path(real)
-    allowed = ", ".join(str(r) for r in roots)
-    raise ToolFailure(f"{raw}: outside the allowed roots ({allowed}); refused")
-
-
-def _protected(home: Path, names: tuple[str, ...]) -> list[Path]:
-    return [Path(os.path.realpath(home / name)) for name in names]
-
-
-def _check_not_protected(real: Path, home: Path, names: tuple[str, ...], raw: str, verb: str) -> None:
-    for guarded in _protected(home, names):
-        same = real == guarded
-        if not same and real.exists() and guarded.exists():
-            with contextlib.suppress(OSError):
-                same = os.path.samefile(real, guarded)
-        if same:
-            raise ToolFailure(f"{raw}: the agent's own {guarded.name} cannot be {verb} by a tool")
 
 
 def _failure(raw: str, exc: OSError) -> ToolFailure:
@@ -96,18 +79,6 @@ def _failure(raw: str, exc: OSError) -> ToolFailure:
     if isinstance(exc, PermissionError):
         return ToolFailure(f"{raw}: permission denied")
     return ToolFailure(f"{raw}: {exc.strerror or exc}")
-
-
-async def _in_thread(raw: str, func: Callable[..., T], *args: Any) -> T:
-    """Run blocking `func(stop, *args)` in a thread (rule 4), mapping OSError to ToolFailure."""
-    stop = threading.Event()
-    try:
-        return await asyncio.to_thread(func, stop, *args)
-    except asyncio.CancelledError:
-        stop.set()
-        raise
-    except OSError as exc:
-        raise _failure(raw, exc) from exc
 
 
 def _rfc3339(ts: float) -> str:
@@ -129,77 +100,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _check_writable(real: Path, raw: str) -> os.stat_result | None:
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        if not real.parent.is_dir():
-            raise ToolFailure(f"{raw}: parent directory does not exist") from None
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        raise ToolFailure(f"{raw}: is a directory")
-    # Mode bits too: root passes os.access on a 0444 file, yet the owner marked it read-only.
-    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o222 == 0 or not os.access(real, os.W_OK):
-        raise ToolFailure(f"{raw}: file is read-only (or not a regular file); not written")
-    return st
-
-
-def _atomic_replace(real: Path, data: bytes, st: os.stat_result | None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".cortex-tmp")
-    try:
-        _write_all(fd, data)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o666 & ~_umask())
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, real)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_file(stop: threading.Event, real: Path, raw: str, data: bytes, mode: str) -> int:
-    st = _check_writable(real, raw)
-    if mode == "overwrite":
-        _atomic_replace(real, data, st)
-        return len(data)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    flags |= os.O_APPEND if mode == "append" else os.O_EXCL
-    try:
-        fd = os.open(real, flags, 0o666)
-    except FileExistsError:
-        raise ToolFailure(f"{raw}: already exists (mode create)") from None
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return len(data)
-
-
 def _sniff_mime(real: Path, data: bytes) -> str:
     for magic, mime in _MAGIC:
         if data.startswith(magic):
             return mime
     return mimetypes.guess_type(real.name)[0] or "application/octet-stream"
-
-
-def _read_slice(stop: threading.Event, real: Path, raw: str, offset: int, limit: int) -> tuple[bytes, int]:
-    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO must not hang us
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ToolFailure(f"{raw}: is a directory (use fs_list)")
-        if stat.S_ISFIFO(st.st_mode):
-            return _read_stream(stop, fd, offset, limit)
-        if not stat.S_ISREG(st.st_mode):
-            raise ToolFailure(f"{raw}: not a regular file")
-        return os.pread(fd, min(limit, max(0, st.st_size - offset)), offset), st.st_size
-    finally:
-        os.close(fd)
 
 
 def _read_stream(stop: threading.Event, fd: int, offset: int, limit: int) -> tuple[bytes, int]:
@@ -244,109 +149,274 @@ def _decode_text(data: bytes, at_eof: bool) -> str | None:
         return None
 
 
+def compile_pattern(pattern: str, ignore_case: bool) -> Any:
+    """An RE2 regex (rule 6): linear-time matching, so no pattern can stall the node.
+
+    Compiled in the worker thread (a large pattern takes RE2 a noticeable time to refuse), and refused
+    outright above `MAX_PATTERN_CHARS`.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise ToolFailure(f"invalid regular expression: longer than {MAX_PATTERN_CHARS} characters")
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        why = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ToolFailure(
+            f"invalid regular expression: {why} (fs_grep uses RE2 syntax: no backreferences or lookaround)"
+        ) from None
+
+
+def _check_writable(raw: str, parent: Opened, name: str, conf: Confinement) -> os.stat_result | None:
+    """The existing file `name` in `parent` may be replaced or written (rule 2); None when absent."""
+    try:
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        raise ToolFailure(f"{raw}: is a directory")
+    conf.check(raw, st, os.path.join(parent.path, name))
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        raise ToolFailure(f"{raw}: has {st.st_nlink} hard links; never written through (confinement)")
+    # Mode bits too: root passes os.access on a 0444 file, yet the owner marked it read-only.
+    if (
+        not stat.S_ISREG(st.st_mode)
+        or st.st_mode & 0o222 == 0
+        or not os.access(name, os.W_OK, dir_fd=parent.fd, follow_symlinks=False)
+    ):
+        raise ToolFailure(f"{raw}: file is read-only (or not a regular file); not written")
+    return st
+
+
+def _atomic_replace(parent: Opened, name: str, data: bytes, st: os.stat_result | None) -> None:
+    """Rule 3 / confine rule 4: a new inode in the same directory fd, renamed over `name` within it."""
+    tmp = f".{name[:200]}.{secrets.token_hex(6)}.cortex-tmp"
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent.fd
+    )
+    try:
+        _write_all(fd, data)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o666 & ~_umask())
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=parent.fd)
+        raise
+
+
+def _write_file(
+    stop: threading.Event, conf: Confinement, raw: str, data: bytes, mode: str
+) -> tuple[int, str]:
+    parent, name = conf.open_parent(raw)
+    try:
+        st = _check_writable(raw, parent, name, conf)
+        where = os.path.join(parent.path, name)
+        if mode == "overwrite":
+            _atomic_replace(parent, name, data, st)
+            return len(data), where
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        flags |= os.O_APPEND if mode == "append" else os.O_EXCL
+        try:
+            fd = os.open(name, flags, 0o666, dir_fd=parent.fd)
+        except FileExistsError:
+            raise ToolFailure(f"{raw}: already exists (mode create)") from None
+        try:
+            fst = os.fstat(fd)  # what was really opened, whatever was swapped in since the check
+            if not stat.S_ISREG(fst.st_mode) or fst.st_nlink > 1:
+                raise ToolFailure(f"{raw}: not a regular file with a single link; not written")
+            conf.check(raw, fst, where)
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return len(data), where
+    finally:
+        os.close(parent.fd)
+
+
+def _read_slice(
+    stop: threading.Event, conf: Confinement, raw: str, offset: int, limit: int
+) -> tuple[bytes, int, str]:
+    opened = conf.open(raw, _READ_FLAGS)
+    fd, st = opened.fd, opened.st
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            raise ToolFailure(f"{raw}: is a directory (use fs_list)")
+        if stat.S_ISFIFO(st.st_mode):
+            data, size = _read_stream(stop, fd, offset, limit)
+            return data, size, opened.path
+        if not stat.S_ISREG(st.st_mode):
+            raise ToolFailure(f"{raw}: not a regular file")
+        return os.pread(fd, min(limit, max(0, st.st_size - offset)), offset), st.st_size, opened.path
+    finally:
+        os.close(fd)
+
+
 def _entries(
-    stop: threading.Event, top: Path, recursive: bool, skip_dirs: frozenset[str]
-) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """(relative name, entry) depth first, sorted by name, never following symlinks (rule 5)."""
+    stop: threading.Event, conf: Confinement, top_fd: int, recursive: bool, skip_dirs: frozenset[str]
+) -> Iterator[tuple[str, os.DirEntry[str], int]]:
+    """(relative name, entry, fd of its directory) depth first, sorted by name (rule 5).
 
-    def listing(path: Path | str, rel: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        try:
-            with os.scandir(path) as it:
-                found = sorted(it, key=lambda e: e.name)
-        except OSError:
-            if rel == "":
-                raise
-            return iter(())
-        return iter([(f"{rel}{e.name}", e) for e in found])
-
-    stack = [listing(top, "")]
-    while stack and not stop.is_set():
-        try:
-            rel, entry = next(stack[-1])
-        except StopIteration:
-            stack.pop()
-            continue
-        yield rel, entry
-        if recursive and entry.is_dir(follow_symlinks=False) and entry.name not in skip_dirs:
-            stack.append(listing(entry.path, rel + "/"))
+    Subdirectories are opened from their parent's fd with O_NOFOLLOW, so a directory swapped for a symlink
+    mid-walk is skipped, never followed; protected trees are not entered (rule 2).
+    """
+    stack: list[tuple[Iterator[os.DirEntry[str]], int, str]] = [(scan_dir(top_fd), top_fd, "")]
+    try:
+        while stack and not stop.is_set():
+            it, fd, rel = stack[-1]
+            entry = next(it, None)
+            if entry is None:
+                stack.pop()
+                if fd != top_fd:
+                    os.close(fd)
+                continue
+            yield f"{rel}{entry.name}", entry, fd
+            if (
+                not recursive
+                or entry.name in skip_dirs
+                or len(stack) > MAX_WALK_DEPTH
+                or not entry.is_dir(follow_symlinks=False)
+            ):
+                continue
+            try:
+                sub = os.open(
+                    entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError:
+                continue
+            try:
+                if conf.guard.skip_dir(os.fstat(sub)):
+                    os.close(sub)
+                    continue
+                listing = scan_dir(sub)
+            except OSError:
+                os.close(sub)
+                continue
+            stack.append((listing, sub, f"{rel}{entry.name}/"))
+    finally:
+        for _, fd, _ in stack:
+            if fd != top_fd:
+                os.close(fd)
 
 
 def _list_dir(
-    stop: threading.Event, real: Path, recursive: bool, max_entries: int
-) -> tuple[list[dict[str, Any]], bool]:
-    if not real.is_dir():
-        raise NotADirectoryError(str(real))
-    out: list[dict[str, Any]] = []
-    for rel, entry in _entries(stop, real, recursive, frozenset()):
-        if len(out) >= max_entries:
-            return out, True
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        kind = (
-            "symlink" if stat.S_ISLNK(st.st_mode)
-            else "directory" if stat.S_ISDIR(st.st_mode)
-            else "file" if stat.S_ISREG(st.st_mode)
-            else "other"
-        )  # fmt: skip
-        out.append({"name": rel, "type": kind, "size": st.st_size, "mtime": _rfc3339(st.st_mtime)})
-    return out, False
+    stop: threading.Event, conf: Confinement, raw: str, recursive: bool, max_entries: int
+) -> tuple[list[dict[str, Any]], bool, str]:
+    opened = conf.open(raw, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISDIR(opened.st.st_mode):
+            raise NotADirectoryError(raw)
+        out: list[dict[str, Any]] = []
+        for rel, entry, _fd in _entries(stop, conf, opened.fd, recursive, frozenset()):
+            if len(out) >= max_entries:
+                return out, True, opened.path
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            kind = (
+                "symlink" if stat.S_ISLNK(st.st_mode)
+                else "directory" if stat.S_ISDIR(st.st_mode)
+                else "file" if stat.S_ISREG(st.st_mode)
+                else "other"
+            )  # fmt: skip
+            out.append({"name": rel, "type": kind, "size": st.st_size, "mtime": _rfc3339(st.st_mtime)})
+        return out, False, opened.path
+    finally:
+        os.close(opened.fd)
+
+
+def _grep_file(
+    stop: threading.Event, fd: int, path: str, rx: Any, matches: list[dict[str, Any]], max_matches: int
+) -> bool:
+    """Search one open file; True when `max_matches` was reached. Stops at the next line on `stop`."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        if b"\x00" in f.read(BINARY_SNIFF):
+            return False
+        f.seek(0)
+        lineno = 1
+        while not stop.is_set():
+            piece = f.readline(GREP_LINE_CAP)
+            if not piece:
+                break
+            text = piece.decode("utf-8", "replace").rstrip("\r\n")
+            seen = matches and matches[-1]["path"] == path and matches[-1]["line"] == lineno
+            if not seen and rx.search(text):
+                if len(matches) >= max_matches:
+                    return True
+                matches.append({"path": path, "line": lineno, "text": text[:GREP_TEXT_CHARS]})
+            if piece.endswith(b"\n"):
+                lineno += 1
+    return False
 
 
 def _grep(
     stop: threading.Event,
-    real: Path,
-    rx: re.Pattern[str],
+    conf: Confinement,
+    raw: str,
+    pattern: str,
+    ignore_case: bool,
     glob: str | None,
     max_matches: int,
-    hidden: list[Path],
 ) -> tuple[list[dict[str, Any]], bool, int]:
-    if real.is_file():
-        files: Iterator[tuple[str, str]] = iter([(real.name, str(real))])
-    else:
-        files = (
-            (rel, entry.path)
-            for rel, entry in _entries(stop, real, True, SKIP_DIRS)
-            if entry.is_file(follow_symlinks=False)
-        )
+    rx = compile_pattern(pattern, ignore_case)
+    opened = conf.open(raw, _READ_FLAGS)  # refuses a protected file or tree (rule 2)
     matches: list[dict[str, Any]] = []
     searched = 0
-    for rel, path in files:
-        if glob and not (fnmatch.fnmatch(os.path.basename(rel), glob) or fnmatch.fnmatch(rel, glob)):
-            continue
-        if Path(path) in hidden:
-            continue
-        try:
-            f = open(path, "rb")
-        except OSError:
-            continue
-        with f:
-            if b"\x00" in f.read(BINARY_SNIFF):
+    try:
+        if stat.S_ISREG(opened.st.st_mode):
+            return matches, _grep_file(stop, opened.fd, opened.path, rx, matches, max_matches), 1
+        if not stat.S_ISDIR(opened.st.st_mode):
+            raise ToolFailure(f"{raw}: not a regular file or directory")
+        for rel, entry, dir_fd in _entries(stop, conf, opened.fd, True, SKIP_DIRS):
+            if not entry.is_file(follow_symlinks=False):
                 continue
-            f.seek(0)
-            searched += 1
-            lineno = 1
-            while not stop.is_set():
-                piece = f.readline(GREP_LINE_CAP)
-                if not piece:
-                    break
-                text = piece.decode("utf-8", "replace").rstrip("\r\n")
-                seen = matches and matches[-1]["path"] == path and matches[-1]["line"] == lineno
-                if not seen and rx.search(text):
-                    if len(matches) >= max_matches:
-                        return matches, True, searched
-                    matches.append({"path": path, "line": lineno, "text": text[:GREP_TEXT_CHARS]})
-                if piece.endswith(b"\n"):
-                    lineno += 1
-    return matches, False, searched
+            if glob and not (fnmatch.fnmatch(entry.name, glob) or fnmatch.fnmatch(rel, glob)):
+                continue
+            try:
+                fd = os.open(entry.name, _READ_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                path = os.path.join(opened.path, rel)
+                if not stat.S_ISREG(st.st_mode) or conf.guard.problem(st, path) is not None:
+                    continue
+                searched += 1
+                if _grep_file(stop, fd, path, rx, matches, max_matches):
+                    return matches, True, searched
+            finally:
+                os.close(fd)
+        return matches, False, searched
+    finally:
+        os.close(opened.fd)
 
 
 class FsTools:
-    """The five file tools with their per-path write locks (rule 3)."""
+    """The five file tools with their per-path write locks (rule 3) and their thread pool (rule 4).
 
-    def __init__(self) -> None:
+    `openat2=False` forces confinement's component walk (as on kernels without openat2), for tests.
+    """
+
+    def __init__(self, *, openat2: bool = True, io_threads: int = IO_THREADS) -> None:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._opener = Openat2(enabled=openat2)
+        self._pool = concurrent.futures.ThreadPoolExecutor(io_threads, thread_name_prefix="cortex-fs")
+
+    @property
+    def uses_openat2(self) -> bool:
+        return self._opener.available
+
+    def close(self) -> None:
+        """Let the pool's threads go once their (stopped or finished) work is done."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def tools(self) -> dict[str, ToolFunc]:
         return {
@@ -357,12 +427,37 @@ class FsTools:
             "fs_grep": self.fs_grep,
         }
 
-    def _lock(self, real: Path) -> asyncio.Lock:
-        lock = self._locks.get(str(real))
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
         if lock is None:
             lock = asyncio.Lock()
-            self._locks[str(real)] = lock
+            self._locks[key] = lock
         return lock
+
+    def _confinement(self, ctx: ToolContext) -> Confinement:
+        protected = tuple(ctx.policy.protected_paths)
+        return Confinement(ctx.policy.allowed_roots, Guard(ctx.home, protected), self._opener)
+
+    def _lock_key(self, raw: str, ctx: ToolContext) -> str:
+        """The per-path lock's key: textual (no I/O on the event loop); the open decides the rest."""
+        expanded = os.path.expanduser(raw)
+        return os.path.normpath(os.path.join(ctx.policy.allowed_roots[0], expanded))
+
+    async def _in_thread(self, raw: str, ctx: ToolContext, func: Callable[..., T], *args: Any) -> T:
+        """Run blocking `func(stop, confinement, *args)` in the pool (rule 4), OSError -> ToolFailure."""
+        stop = threading.Event()
+
+        def work() -> T:
+            with self._confinement(ctx) as conf:
+                return func(stop, conf, *args)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except OSError as exc:
+            raise _failure(raw, exc) from exc
 
     async def fs_read(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw, offset = arguments["path"], arguments.get("offset", 0)
@@ -372,21 +467,22 @@ class FsTools:
             raise ToolFailure(
                 f"limit {limit} is above this node's read limit of {most} bytes; read in slices"
             )
-        real = resolve_in_roots(raw, ctx.policy.allowed_roots)
-        _check_not_protected(real, ctx.home, SECRET_FILES, raw, "read")
-        data, size = await _in_thread(raw, _read_slice, real, raw, offset, limit)
+        data, size, where = await self._in_thread(raw, ctx, _read_slice, raw, offset, limit)
         end = offset + len(data)
         text = _decode_text(data, at_eof=end >= size)
         if text is not None:
             end = offset + len(text.encode("utf-8"))
             result = ToolResult.text(text)
         else:
-            mime = _sniff_mime(real, data)
+            mime = _sniff_mime(Path(where), data)
             b64 = base64.b64encode(data).decode("ascii")
             if mime.startswith("image/"):
                 item: dict[str, Any] = {"type": "image", "data": b64, "mimeType": mime}
             else:
-                item = {"type": "resource", "resource": {"uri": real.as_uri(), "mimeType": mime, "blob": b64}}
+                item = {
+                    "type": "resource",
+                    "resource": {"uri": Path(where).as_uri(), "mimeType": mime, "blob": b64},
+                }
             result = ToolResult(content=[item])
         if offset >= size and size > 0:
             result.content.append(
@@ -412,52 +508,59 @@ class FsTools:
             raise ToolFailure(
                 f"content of {len(data)} bytes is above this node's write limit of {most} bytes"
             )
-        real = resolve_in_roots(raw, ctx.policy.allowed_roots)
-        _check_not_protected(real, ctx.home, PROTECTED_FILES, raw, "written")
-        async with self._lock(real):
-            written = await _in_thread(raw, _write_file, real, raw, data, mode)
-        structured = {"path": str(real), "bytes_written": written}
-        return ToolResult.text(f"wrote {written} bytes to {real} ({mode})", structured=structured)
+        async with self._lock(self._lock_key(raw, ctx)):
+            written, where = await self._in_thread(raw, ctx, _write_file, raw, data, mode)
+        structured = {"path": where, "bytes_written": written}
+        return ToolResult.text(f"wrote {written} bytes to {where} ({mode})", structured=structured)
 
     async def fs_edit(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw, old, new = arguments["path"], arguments["old_text"], arguments["new_text"]
         expected = arguments.get("expected_replacements", 1)
-        real = resolve_in_roots(raw, ctx.policy.allowed_roots)
-        _check_not_protected(real, ctx.home, PROTECTED_FILES, raw, "edited")
         most = ctx.policy.limits.max_write_bytes
 
-        def edit(stop: threading.Event) -> int:
-            st = _check_writable(real, raw)
-            if st is None:
-                raise FileNotFoundError(str(real))
-            if st.st_size > most:
-                raise ToolFailure(
-                    f"{raw}: {st.st_size} bytes is above this node's write limit of {most} bytes"
-                )
+        def edit(stop: threading.Event, conf: Confinement) -> tuple[int, str]:
+            parent, name = conf.open_parent(raw)
             try:
-                text = real.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                raise ToolFailure(f"{raw}: not a UTF-8 text file; not edited") from None
-            found = text.count(old)
-            if found != expected:
-                raise ToolFailure(
-                    f"{raw}: old_text found {found} time(s), expected {expected}; nothing changed"
-                    + (" (add surrounding lines to make it unique)" if found > expected else "")
-                )
-            _atomic_replace(real, text.replace(old, new).encode("utf-8", "surrogatepass"), st)
-            return found
+                st = _check_writable(raw, parent, name, conf)
+                if st is None:
+                    raise FileNotFoundError(raw)
+                if st.st_size > most:
+                    raise ToolFailure(
+                        f"{raw}: {st.st_size} bytes is above this node's write limit of {most} bytes"
+                    )
+                fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+                try:
+                    fst = os.fstat(fd)
+                    if not stat.S_ISREG(fst.st_mode) or fst.st_nlink > 1:
+                        raise ToolFailure(f"{raw}: not a regular file with a single link; not edited")
+                    blob = os.pread(fd, most + 1, 0)
+                finally:
+                    os.close(fd)
+                try:
+                    text = blob.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ToolFailure(f"{raw}: not a UTF-8 text file; not edited") from None
+                found = text.count(old)
+                if found != expected:
+                    raise ToolFailure(
+                        f"{raw}: old_text found {found} time(s), expected {expected}; nothing changed"
+                        + (" (add surrounding lines to make it unique)" if found > expected else "")
+                    )
+                _atomic_replace(parent, name, text.replace(old, new).encode("utf-8", "surrogatepass"), fst)
+                return found, os.path.join(parent.path, name)
+            finally:
+                os.close(parent.fd)
 
-        async with self._lock(real):
-            count = await _in_thread(raw, edit)
+        async with self._lock(self._lock_key(raw, ctx)):
+            count, where = await self._in_thread(raw, ctx, edit)
         return ToolResult.text(
-            f"replaced {count} occurrence(s) in {real}", structured={"path": str(real), "replacements": count}
+            f"replaced {count} occurrence(s) in {where}", structured={"path": where, "replacements": count}
         )
 
     async def fs_list(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw = arguments["path"]
-        real = resolve_in_roots(raw, ctx.policy.allowed_roots)
         recursive, most = arguments.get("recursive", False), arguments.get("max_entries", 1000)
-        entries, truncated = await _in_thread(raw, _list_dir, real, recursive, most)
+        entries, truncated, where = await self._in_thread(raw, ctx, _list_dir, raw, recursive, most)
         lines = [
             f"{e['name']}{'/' if e['type'] == 'directory' else ''}\t{e['size']}\t{e['mtime']}"
             for e in entries
@@ -465,24 +568,15 @@ class FsTools:
         if truncated:
             lines.append(f"[stopped after {most} entries]")
         text = "\n".join(lines) if lines else "[empty directory]"
-        structured = {"path": str(real), "entries": entries, "truncated": truncated}
+        structured = {"path": where, "entries": entries, "truncated": truncated}
         return ToolResult.text(text, structured=structured)
 
     async def fs_grep(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw = arguments["path"]
-        try:
-            rx = re.compile(arguments["pattern"], re.IGNORECASE if arguments.get("ignore_case") else 0)
-        except re.error as exc:
-            raise ToolFailure(f"invalid regular expression: {exc}") from exc
-        real = resolve_in_roots(raw, ctx.policy.allowed_roots)
-        hidden = _protected(ctx.home, SECRET_FILES)
-        if real in hidden:
-            raise ToolFailure(f"{raw}: the agent's own credentials cannot be searched by a tool")
-        if not real.exists():
-            raise ToolFailure(f"{raw}: no such file or directory")
+        pattern, ignore_case = arguments["pattern"], bool(arguments.get("ignore_case"))
         most = arguments.get("max_matches", 100)
-        matches, truncated, searched = await _in_thread(
-            raw, _grep, real, rx, arguments.get("glob"), most, hidden
+        matches, truncated, searched = await self._in_thread(
+            raw, ctx, _grep, raw, pattern, ignore_case, arguments.get("glob"), most
         )
         lines = [f"{m['path']}:{m['line']}:{m['text']}" for m in matches]
         if truncated:
