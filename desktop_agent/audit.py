@@ -15,7 +15,10 @@ Rules:
    variable). Each time it wakes, the writer takes *every* record waiting at that moment, chains them in
    queue order (seq, prev, hash), writes them with one ``write`` and one ``fsync``, and releases each
    caller (one ``call_soon_threadsafe`` per batch) only once *its* record is durable. The event loop never
-   blocks on the disk. An append, once called, completes even if its caller is cancelled (the record is
+   blocks on the disk. Where a write + fsync costs less than the hop (tmpfs: the writer keeps a moving
+   average of what it costs), the batch gathered during one event-loop iteration is committed on the
+   loop instead, under the same lock and in the same order; one slow commit sends batches back to the
+   thread. An append, once called, completes even if its caller is cancelled (the record is
    on disk when `append` returns *or* raises CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
 2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
@@ -54,6 +57,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +84,9 @@ logger = logging.getLogger(__name__)
 AUDIT_FILE = "audit.log"
 STATE_FILE = "audit.head"  # the last durable head, for rule 6 (a cut tail is visible to `verify`)
 _STATE_BYTES = 128
+# A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs and far more when the
+# cores are busy; a write + fsync cheaper than this is done on the loop itself.
+INLINE_COMMIT_BELOW_S = 50e-6
 GENESIS = "0" * 64
 RECORD_VERSION = 1
 REDACTED = "[REDACTED]"
@@ -194,6 +201,10 @@ class AuditLog:
         self._queue: list[_Pending] = []
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
+        self._commit_cost: float | None = None  # moving average of write + fsync, seconds
+        self._inline = False
+        self._inline_scheduled = False
 
     # -- the caller's side (event loop) ---------------------------------------------------------
     @property
@@ -261,9 +272,22 @@ class AuditLog:
             self._thread.start()
         with self._cond:
             self._queue.append(_Pending(event, fields, future))
-            if len(self._queue) == 1:  # the writer sleeps only on an empty queue
+            if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
+                if not self._inline_scheduled:
+                    self._inline_scheduled = True
+                    future.get_loop().call_soon(self._commit_inline)
+            elif len(self._queue) == 1:  # the writer sleeps only on an empty queue
                 self._cond.notify()
         return future
+
+    def _commit_inline(self) -> None:
+        """The batch of this loop iteration, committed on the loop (storage whose fsync is nearly free)."""
+        with self._commit_lock:
+            with self._cond:
+                self._inline_scheduled = False
+                batch, self._queue = self._queue, []
+            if batch:
+                _settle(self._commit(batch))
 
     # -- the writer thread ----------------------------------------------------------------------
     def _writer(self) -> None:
@@ -272,10 +296,14 @@ class AuditLog:
                 with self._cond:
                     while not self._queue and not self._closing:
                         self._cond.wait()
-                    batch, self._queue = self._queue, []
-                if not batch:
-                    return  # closing, and nothing left to write
-                outcomes = self._commit(batch)
+                with self._commit_lock:  # held from taking the batch to its end: batches stay in order
+                    with self._cond:
+                        batch, self._queue = self._queue, []
+                        if not batch and self._closing:
+                            return  # nothing left to write
+                    if not batch:
+                        continue  # an inline commit took it
+                    outcomes = self._commit(batch)
                 loop = batch[0].future.get_loop()
                 try:
                     loop.call_soon_threadsafe(_settle, outcomes)
@@ -321,7 +349,9 @@ class AuditLog:
         if chunks:
             data = b"".join(chunks)
             try:
+                started = time.perf_counter()
                 self._write_all(data)
+                self._learn_cost(time.perf_counter() - started)
                 self._check_identity()  # the file we made durable is still the one at the path
             except OSError as exc:
                 if not isinstance(exc, AuditSilenced):
@@ -334,6 +364,13 @@ class AuditLog:
         head = self.head()
         outcomes += [(future, head, None) for future in barriers]
         return outcomes
+
+    def _learn_cost(self, seconds: float) -> None:
+        """Rule 1: commit on the loop while write + fsync costs less than a thread hop (e.g. tmpfs)."""
+        cost = self._commit_cost
+        cost = seconds if cost is None else cost * 0.8 + seconds * 0.2
+        self._commit_cost = cost
+        self._inline = cost < INLINE_COMMIT_BELOW_S
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
