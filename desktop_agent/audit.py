@@ -58,6 +58,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +88,7 @@ _STATE_BYTES = 128
 # A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs and far more when the
 # cores are busy; a write + fsync cheaper than this is done on the loop itself.
 INLINE_COMMIT_BELOW_S = 50e-6
+COST_WINDOW = 9
 GENESIS = "0" * 64
 RECORD_VERSION = 1
 REDACTED = "[REDACTED]"
@@ -202,7 +204,7 @@ class AuditLog:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
-        self._commit_cost: float | None = None  # moving average of write + fsync, seconds
+        self._commit_costs: deque[float] = deque(maxlen=COST_WINDOW)  # recent write + fsync, seconds
         self._inline = False
         self._inline_scheduled = False
 
@@ -331,6 +333,7 @@ class AuditLog:
                 (p.future, head if p.event is None else None, None if p.event is None else exc) for p in batch
             ]
         seq, prev = self._head
+        ts = _now()  # one clock reading per batch: its records become durable together
         chunks: list[bytes] = []
         built: list[tuple[asyncio.Future[Any], dict[str, Any]]] = []
         barriers: list[asyncio.Future[Any]] = []
@@ -339,7 +342,7 @@ class AuditLog:
                 barriers.append(pending.future)
                 continue
             try:
-                record, line = _build(pending.event, pending.fields, seq + 1, prev)
+                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts)
             except Exception as exc:  # a bad field fails its own append only; the chain is untouched
                 outcomes.append((pending.future, None, exc))
                 continue
@@ -366,11 +369,14 @@ class AuditLog:
         return outcomes
 
     def _learn_cost(self, seconds: float) -> None:
-        """Rule 1: commit on the loop while write + fsync costs less than a thread hop (e.g. tmpfs)."""
-        cost = self._commit_cost
-        cost = seconds if cost is None else cost * 0.8 + seconds * 0.2
-        self._commit_cost = cost
-        self._inline = cost < INLINE_COMMIT_BELOW_S
+        """Rule 1: commit on the loop while write + fsync costs less than a thread hop (e.g. tmpfs).
+
+        The median of the last few commits decides: a commit stretched by the scheduler (busy cores)
+        does not flip the mode, a disk that really got slow does within a few commits.
+        """
+        costs = self._commit_costs
+        costs.append(seconds)
+        self._inline = sorted(costs)[len(costs) // 2] < INLINE_COMMIT_BELOW_S
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
@@ -386,7 +392,7 @@ class AuditLog:
     def _append_now(self, event: str, fields: dict[str, Any]) -> None:
         """One record written at once from the writer thread (recovery records while opening)."""
         seq, prev = self._head
-        record, line = _build(event, fields, seq + 1, prev)
+        record, line = _build(event, fields, seq + 1, prev, _now())
         self._write_all(line)
         self._head = (record["seq"], record["hash"])
 
@@ -483,12 +489,12 @@ class AuditLog:
             logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
 
 
-def _build(event: str, fields: dict[str, Any], seq: int, prev: str) -> tuple[dict[str, Any], bytes]:
+def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> tuple[dict[str, Any], bytes]:
     """The record at `seq` after `prev`, and its line: the canonical body with ``hash`` added last."""
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
         "seq": seq,
-        "ts": _now(),
+        "ts": ts,
         "event": event,
         "request_id": None,
         "tool": None,
