@@ -44,6 +44,8 @@ Rules:
    ``found_head``, and the chain continues from what the log holds: from its last good record, or a
    fresh chain from seq 1 when the file is gone. `verify` reads the saved head first and reports a log
    that ends before it (``cut tail``, the first missing seq) or holds another record at its seq.
+   When rule 5 fired, the reason is saved there too, and the restarted agent's ``audit.recovered``
+   record names it (so even a replacement by an identical copy leaves a trace in the chain).
 7. `verify` reports the first record whose ``seq``, ``prev`` or ``hash`` does not check, by its ``seq``.
 """
 
@@ -84,7 +86,8 @@ logger = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
 STATE_FILE = "audit.head"  # the last durable head, for rule 6 (a cut tail is visible to `verify`)
-_STATE_BYTES = 128
+_STATE_BYTES = 1024
+_MAX_FAILURE_CHARS = 800
 # A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs and far more when the
 # cores are busy; a write + fsync cheaper than this is done on the loop itself.
 INLINE_COMMIT_BELOW_S = 50e-6
@@ -418,6 +421,7 @@ class AuditLog:
             f"the audit log {self.path} was {problem}; every tool is refused until the agent is restarted"
         )
         logger.error("%s", self._failure)
+        self._save_state()  # a restarted agent records what this one found
         raise AuditSilenced(self._failure)
 
     # -- opening and recovery (writer thread) ---------------------------------------------------
@@ -433,6 +437,7 @@ class AuditLog:
             if self._identity is not None and self._identity != (own.st_dev, own.st_ino):
                 # Reopening after a failed write must not adopt a file someone put in its place.
                 self._failure = f"the audit log {self.path} was replaced by another file"
+                self._save_state()
                 raise AuditSilenced(self._failure)
             last_good, torn, ends_with_newline = _scan_tail(fd)
             self._head = (last_good["seq"], last_good["hash"]) if last_good else (0, GENESIS)
@@ -458,19 +463,23 @@ class AuditLog:
 
     def _check_saved_head(self) -> None:
         """Rule 6: the log must still hold the head this agent last wrote, or it says what was lost."""
-        saved = read_saved_head(self.state_path)
-        if saved is None or saved == self._head:
+        state = _read_state(self.state_path)
+        if state is None:
             return
-        seq, digest = saved
+        seq, digest, failure = state
+        intact = (seq, digest) == self._head
         if seq < self._head[0]:  # the head file lagged (lost in a power cut): fine if the record matches
             found = read_records(self.path, seq - 1, 1) if seq > 0 else []
-            if seq == 0 or (found and found[0]["seq"] == seq and found[0]["hash"] == digest):
-                return
+            intact = seq == 0 or bool(found and found[0]["seq"] == seq and found[0]["hash"] == digest)
+        if intact and failure is None:
+            return
+        reasons = [] if intact else ["the log no longer holds the head this agent last wrote"]
+        if failure is not None:
+            reasons.append(f"the previous run refused every tool: {failure}")
         self._append_now(
             "audit.recovered",
             {
-                "reason": "the log no longer holds the head this agent last wrote "
-                "(deleted, moved, replaced or cut)",
+                "reason": "; ".join(reasons),
                 "expected_head": {"seq": seq, "hash": digest},
                 "found_head": {"seq": self._head[0], "hash": self._head[1]},
             },
@@ -479,7 +488,10 @@ class AuditLog:
     def _save_state(self) -> None:
         """The durable head, rewritten in place in `audit.head` (0600) after each group commit."""
         seq, digest = self._head
-        data = json.dumps({"seq": seq, "hash": digest}).encode("ascii").ljust(_STATE_BYTES - 1) + b"\n"
+        state: dict[str, Any] = {"seq": seq, "hash": digest}
+        if self._failure is not None:
+            state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
+        data = json.dumps(state).encode("ascii").ljust(_STATE_BYTES - 1) + b"\n"
         try:
             if self._state_fd is None:
                 self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -514,16 +526,22 @@ def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> 
 
 def read_saved_head(path: Path) -> tuple[int, str] | None:
     """(seq, hash) from an `audit.head` file, or None when it is missing or unreadable."""
+    state = _read_state(path)
+    return None if state is None else (state[0], state[1])
+
+
+def _read_state(path: Path) -> tuple[int, str, str | None] | None:
+    """(seq, hash, failure or None) from an `audit.head` file (rule 6)."""
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    seq, digest = data.get("seq"), data.get("hash")
+    seq, digest, failure = data.get("seq"), data.get("hash"), data.get("failure")
     if type(seq) is not int or seq < 0 or not isinstance(digest, str) or len(digest) != 64:
         return None
-    return seq, digest
+    return seq, digest, failure if isinstance(failure, str) else None
 
 
 def _scan_tail(fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool]:
