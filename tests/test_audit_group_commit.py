@@ -1,4 +1,4 @@
-"""Group commit and the audit log that cannot be silenced, at the engine level (desktop_agent.audit 1, 2, 5, 6)."""
+"""Group commit and the audit log that cannot be silenced, engine level (desktop_agent.audit 1, 2, 5, 6)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,12 @@ def _truncate(log: Path) -> None:
     os.truncate(log, log.stat().st_size // 2)
 
 
-SILENCERS: dict[str, Callable[[Path], None]] = {"rm": _rm, "mv": _mv, "replace": _replace, "truncate": _truncate}
+SILENCERS: dict[str, Callable[[Path], None]] = {
+    "rm": _rm,
+    "mv": _mv,
+    "replace": _replace,
+    "truncate": _truncate,
+}
 
 
 @pytest.fixture
@@ -163,3 +169,32 @@ async def test_a_tail_cut_while_the_agent_was_stopped_is_reported(tmp_path: Path
     assert last["event"] == "audit.recovered" and last["seq"] == 7
     assert last["expected_head"]["seq"] == 10 and last["found_head"]["seq"] == 6
     assert verify(path).ok
+
+
+async def test_no_tool_answers_before_its_request_is_durable(
+    engine: ToolEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk: each fsync takes 0.2 s; an echo must not answer before the fsync of its record."""
+    import desktop_agent.audit as audit_module
+
+    synced: list[float] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.2)  # the disk being slow is the point of this test
+        real_fsync(fd)
+        synced.append(time.monotonic())
+
+    monkeypatch.setattr(audit_module.os, "fsync", slow_fsync)
+    answered: list[float] = []
+
+    async def one(i: int) -> None:
+        result = await engine.call(
+            "echo", {"text": f"t{i}"}, request_id=i, caller=CALLER, durable_finish=False
+        )
+        assert not result["isError"]
+        answered.append(time.monotonic())
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(one(i) for i in range(8)))
+    assert synced and min(answered) >= min(synced)  # the first answer came after the first fsync
