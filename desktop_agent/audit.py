@@ -15,11 +15,11 @@ Rules:
    variable). Each time it wakes, the writer takes *every* record waiting at that moment, chains them in
    queue order (seq, prev, hash), writes them with one ``write`` and one ``fsync``, and releases each
    caller (one ``call_soon_threadsafe`` per batch) only once *its* record is durable. The event loop never
-   blocks on the disk. Where a write + fsync costs less than the hop (tmpfs: the writer keeps a moving
-   average of what it costs), the batch gathered during one event-loop iteration is committed on the
-   loop instead, under the same lock and in the same order; one slow commit sends batches back to the
-   thread. An append, once called, completes even if its caller is cancelled (the record is
-   on disk when `append` returns *or* raises CancelledError). A write that fails fails every record of
+   blocks on the disk. Where a write + fsync costs less than the hop (the log on tmpfs or ramfs, read
+   from /proc/self/mountinfo on open), the batch gathered during one event-loop iteration is committed
+   on the loop instead, under the same lock and in the same order. An append, once called, completes
+   even if its caller is cancelled (the record is on disk when `append` returns *or* raises
+   CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
 2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
    that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path); it is
@@ -59,8 +59,6 @@ import os
 import re
 import sys
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,10 +86,11 @@ AUDIT_FILE = "audit.log"
 STATE_FILE = "audit.head"  # the last durable head, for rule 6 (a cut tail is visible to `verify`)
 _STATE_BYTES = 1024
 _MAX_FAILURE_CHARS = 800
-# A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs and far more when the
-# cores are busy; a write + fsync cheaper than this is done on the loop itself.
-INLINE_COMMIT_BELOW_S = 50e-6
-COST_WINDOW = 9
+# A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs, far more when the
+# cores are busy; on a file system in memory a write + fsync costs a few µs, so it is done on the loop.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+# CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 GENESIS = "0" * 64
 RECORD_VERSION = 1
 REDACTED = "[REDACTED]"
@@ -207,8 +206,7 @@ class AuditLog:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
-        self._commit_costs: deque[float] = deque(maxlen=COST_WINDOW)  # recent write + fsync, seconds
-        self._inline = False
+        self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
         self._inline_scheduled = False
 
     # -- the caller's side (event loop) ---------------------------------------------------------
@@ -355,9 +353,7 @@ class AuditLog:
         if chunks:
             data = b"".join(chunks)
             try:
-                started = time.perf_counter()
                 self._write_all(data)
-                self._learn_cost(time.perf_counter() - started)
                 self._check_identity()  # the file we made durable is still the one at the path
             except OSError as exc:
                 if not isinstance(exc, AuditSilenced):
@@ -370,16 +366,6 @@ class AuditLog:
         head = self.head()
         outcomes += [(future, head, None) for future in barriers]
         return outcomes
-
-    def _learn_cost(self, seconds: float) -> None:
-        """Rule 1: commit on the loop while write + fsync costs less than a thread hop (e.g. tmpfs).
-
-        The median of the last few commits decides: a commit stretched by the scheduler (busy cores)
-        does not flip the mode, a disk that really got slow does within a few commits.
-        """
-        costs = self._commit_costs
-        costs.append(seconds)
-        self._inline = sorted(costs)[len(costs) // 2] < INLINE_COMMIT_BELOW_S
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
@@ -442,6 +428,7 @@ class AuditLog:
             last_good, torn, ends_with_newline = _scan_tail(fd)
             self._head = (last_good["seq"], last_good["hash"]) if last_good else (0, GENESIS)
             self._fd, self._identity, self._size = fd, (own.st_dev, own.st_ino), own.st_size
+            self._inline = filesystem_type(self.path) in MEMORY_FILESYSTEMS
             if not ends_with_newline:
                 self._write_all(b"\n")
             if torn is not None:
@@ -518,10 +505,31 @@ def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> 
             raise ValueError(f"audit field {key!r} is set by the log itself")
         record[key] = redact(value) if key == "arguments" else value
     record["prev"] = prev
-    body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = _CANONICAL.encode(record).encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding *path* (the longest matching mount point), or None."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    best, fstype = -1, None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or not tail:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:
+            best, fstype = len(mount), tail[0]
+    return fstype
 
 
 def read_saved_head(path: Path) -> tuple[int, str] | None:

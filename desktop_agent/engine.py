@@ -110,10 +110,11 @@ class _Admission:
                 waiter.set_result(None)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # built once
+
+
 def _content_digest(result: ToolResult) -> tuple[str, int]:
-    data = json.dumps(result.content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    data = _CANONICAL.encode(result.content).encode("utf-8")
     return hashlib.sha256(data).hexdigest(), len(data)
 
 

@@ -198,3 +198,19 @@ async def test_no_tool_answers_before_its_request_is_durable(
     async with asyncio.timeout(20):
         await asyncio.gather(*(one(i) for i in range(8)))
     assert synced and min(answered) >= min(synced)  # the first answer came after the first fsync
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no tmpfs at /dev/shm")
+async def test_on_tmpfs_batches_commit_on_the_loop_in_order() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        path = Path(tmp) / "audit.log"
+        log = AuditLog(path)
+        await log.open()
+        assert log._inline  # a hop would cost more than the write
+        got = await asyncio.gather(*(log.append("tool.requested", request_id=i) for i in range(200)))
+        log.enqueue("tool.finished", request_id=0)
+        await log.aclose()
+        assert [r["seq"] for r in got] == list(range(1, 201))
+        assert verify(path).count == 201
