@@ -84,9 +84,17 @@ async def _wait_connected(client: AsyncClient, names: set[str], timeout: float) 
     raise TimeoutError(f"agents {sorted(names)} did not connect within {timeout} s")
 
 
-async def run(quick: bool, workdir: Path, *, trials: int | None = None) -> tuple[list[Row], list[str]]:
+async def run(
+    quick: bool,
+    workdir: Path,
+    *,
+    trials: int | None = None,
+    seq_calls: int | None = None,
+    load_calls: int | None = None,
+) -> tuple[list[Row], list[str]]:
     """(rows, header lines). Each figure is the best of *trials* interleaved trials, ours and the relay's."""
-    seq_n, load_n = (300, 2000) if quick else (1000, 6000)
+    seq_n = seq_calls or (300 if quick else 1000)
+    load_n = load_calls or (2000 if quick else 6000)
     trials = trials or (1 if quick else 2)
     disk_dir, fsync_us, homes = await asyncio.to_thread(_prepare, workdir)
     header = [
@@ -123,7 +131,7 @@ async def run(quick: bool, workdir: Path, *, trials: int | None = None) -> tuple
                     best[key] = [value]
 
             for _trial in range(trials):
-                ref_seq = await sequential(lambda: ref.call(0, PAYLOAD), seq_n, 50)
+                ref_seq = await sequential(lambda: ref.call(0, PAYLOAD), seq_n, min(50, seq_n))
                 keep("ref.seq", percentile(ref_seq, 50) * 1e6, True)
                 cpu0 = cpu_seconds(worker_pid)
                 ref_rate, ref_lat = await in_flight(lambda i: ref.call(0, PAYLOAD), load_n)
@@ -138,7 +146,7 @@ async def run(quick: bool, workdir: Path, *, trials: int | None = None) -> tuple
                         if result.is_error:
                             raise RuntimeError(f"echo failed: {result.text[:200]}")
 
-                    ours_seq = await sequential(one, seq_n, 50)
+                    ours_seq = await sequential(one, seq_n, min(50, seq_n))
                     keep(f"{kind}.seq", percentile(ours_seq, 50) * 1e6, True)
                     assert agent.proc is not None
                     cpu0 = cpu_seconds(agent.proc.pid)
