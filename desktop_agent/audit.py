@@ -216,8 +216,15 @@ class AuditLog:
         return self._failure
 
     async def open(self) -> None:
-        """Create or reopen the log, find the head, recover a torn line or a cut tail (rules 3, 6)."""
-        await self._wait(self._submit(None, {}))
+        """Create or reopen the log, find the head, recover a torn line or a cut tail (rules 4, 6).
+
+        Raises what opening raised (an unwritable home, a log that is not ours...).
+        """
+        await asyncio.to_thread(self._open_locked)
+
+    def _open_locked(self) -> None:
+        with self._commit_lock:  # no batch runs while the file is (re)opened
+            self._open_sync()
 
     async def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record (fsync'd with whatever else is waiting) and return it; see rule 1."""

@@ -266,8 +266,15 @@ class ToolEngine:
         return {"records": records, "head": self._audit.head()}
 
     async def record(self, event: str, **fields: Any) -> None:
-        """Append a non-tool audit record (node.connected, node.disconnected)."""
-        await self._audit.append(event, **fields)
+        """Append a non-tool audit record (node.connected, node.disconnected).
+
+        A silenced log (rule 3) is not an error here: the node stays connected, so that every tool call
+        gets its isError answer instead of the node vanishing into reconnect attempts.
+        """
+        try:
+            await self._audit.append(event, **fields)
+        except AuditSilenced:
+            logger.warning("not audited (%s): %s", event, self._audit.failure)
 
     @property
     def audit_failure(self) -> str | None:

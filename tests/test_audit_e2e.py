@@ -131,6 +131,15 @@ async def test_silenced_log_refuses_tools_until_restart(
         assert refused_echo.is_error and "audit log" in refused_echo.text
     if how != "replace":  # the log at the path no longer reaches what the agent wrote
         assert audit_verify(agent.home).returncode == 1
+    if how == "rm":  # a new link (server restart) does not bring the node back to running tools
+        server_proc.stop()
+        with server_proc.start().events() as stream:
+            for event, data in stream.items(deadline=time.monotonic() + 30):
+                if event == "node.connected" and data["name"] == "laptop":
+                    break
+        async with AsyncClient(server_proc.url, token=server_proc.token()) as client:
+            refused = await client.call("laptop", "shell_exec", {"command": f"touch {marker}"})
+            assert refused.is_error and "audit log" in refused.text and not marker.exists()
 
     agent.stop()
     again = restart(agent, server_proc)

@@ -119,8 +119,7 @@ async def test_a_silenced_log_refuses_every_tool(engine: ToolEngine, tmp_path: P
         assert refused["isError"] and "audit log" in refused["content"][0]["text"]
         assert not marker.exists()  # the tool never ran
     assert engine.audit_failure is not None
-    with pytest.raises(AuditSilenced):
-        await engine.record("node.disconnected", server="x")
+    await engine.record("node.connected", server="x")  # no error: the node stays reachable
 
 
 @pytest.mark.parametrize("how", sorted(SILENCERS))
@@ -214,3 +213,10 @@ async def test_on_tmpfs_batches_commit_on_the_loop_in_order() -> None:
         await log.aclose()
         assert [r["seq"] for r in got] == list(range(1, 201))
         assert verify(path).count == 201
+
+
+async def test_open_reports_an_unwritable_log(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("x")
+    log = AuditLog(tmp_path / "not-a-dir" / "audit.log")
+    with pytest.raises(OSError):
+        await log.open()
