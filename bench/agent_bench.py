@@ -4,7 +4,9 @@ Where it sits: outside the product (bench/ only); ``python3 -m bench`` runs it f
 header (the data dir filesystem's measured fsync cost) above the table; ``python3 -m bench.agent_bench
 [--quick]`` runs it alone. Ours is SDK `AsyncClient` → `cortex-server` → a real `cortex-agent run`
 answering `echo` (every call audited: `tool.requested` fsync'd before the tool runs); the reference is
-`bench.relay` (caller → relay → worker, raw `websockets`), measured in the same run, interleaved.
+`bench.relay` (caller → relay → worker, raw `websockets`), measured in the same run, interleaved in
+slices (relay, tmpfs agent, disk agent, relay, ...) so that each ratio compares figures taken under the
+same machine load.
 
 Two agents: state (home, audit log) on tmpfs (/dev/shm, fsync costs nothing) and on the data dir's real
 filesystem (the bench work dir unless ``CORTEX_BENCH_DISK_DIR`` names another), whose fsync cost is
@@ -22,7 +24,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bench.harness import AgentProcess, Row, ServerProcess, cpu_seconds, percentile, raise_fd_limit
 from bench.relay import RelayCaller, RelayProcesses
@@ -32,6 +36,7 @@ from sdk import AsyncClient
 __all__ = ["fsync_cost_us", "run"]
 
 WORKSPACE = "bench"
+SLICES = 4
 TMPFS = Path("/dev/shm")
 
 
@@ -130,30 +135,41 @@ async def run(
                 if old is None or (value < old[0] if lower_is_better else value > old[0]):
                     best[key] = [value]
 
+            async def ref_one() -> None:
+                await ref.call(0, PAYLOAD)
+
+            subjects: dict[str, tuple[Callable[[], Awaitable[Any]], int]] = {"ref": (ref_one, worker_pid)}
+            for kind, agent in agents.items():
+
+                async def one(node: str = f"agent-{kind}") -> None:
+                    result = await client.call(node, "echo", args)
+                    if result.is_error:
+                        raise RuntimeError(f"echo failed: {result.text[:200]}")
+
+                assert agent.proc is not None
+                subjects[kind] = (one, agent.proc.pid)
             for _trial in range(trials):
-                ref_seq = await sequential(lambda: ref.call(0, PAYLOAD), seq_n, min(50, seq_n))
-                keep("ref.seq", percentile(ref_seq, 50) * 1e6, True)
-                cpu0 = cpu_seconds(worker_pid)
-                ref_rate, ref_lat = await in_flight(lambda i: ref.call(0, PAYLOAD), load_n)
-                keep("ref.cpu", (cpu_seconds(worker_pid) - cpu0) / (load_n + 64) * 1e6, True)
-                keep("ref.rate", ref_rate, False)
-                keep("ref.p50", percentile(ref_lat, 50) * 1e6, True)
-                for kind, agent in agents.items():
-                    node = f"agent-{kind}"
-
-                    async def one(node: str = node) -> None:
-                        result = await client.call(node, "echo", args)
-                        if result.is_error:
-                            raise RuntimeError(f"echo failed: {result.text[:200]}")
-
-                    ours_seq = await sequential(one, seq_n, min(50, seq_n))
-                    keep(f"{kind}.seq", percentile(ours_seq, 50) * 1e6, True)
-                    assert agent.proc is not None
-                    cpu0 = cpu_seconds(agent.proc.pid)
-                    rate, lat = await in_flight(lambda i, node=node: client.call(node, "echo", args), load_n)
-                    keep(f"{kind}.cpu", (cpu_seconds(agent.proc.pid) - cpu0) / (load_n + 64) * 1e6, True)
-                    keep(f"{kind}.rate", rate, False)
-                    keep(f"{kind}.p50", percentile(lat, 50) * 1e6, True)
+                # Slices taken in turn (relay, tmpfs agent, disk agent, relay, ...): on a shared machine
+                # the load drifts within seconds, and each ratio should compare like with like.
+                seq: dict[str, list[float]] = {k: [] for k in subjects}
+                lat: dict[str, list[float]] = {k: [] for k in subjects}
+                busy: dict[str, float] = dict.fromkeys(subjects, 0.0)
+                cpu: dict[str, float] = dict.fromkeys(subjects, 0.0)
+                for _slice in range(SLICES):
+                    for key, (call, _pid) in subjects.items():
+                        seq[key] += await sequential(call, max(1, seq_n // SLICES), min(20, seq_n))
+                for _slice in range(SLICES):
+                    for key, (call, pid) in subjects.items():
+                        cpu0 = cpu_seconds(pid)  # the slice's 64 warm-up calls count here, not in its rate
+                        rate, got = await in_flight(lambda i, call=call: call(), max(64, load_n // SLICES))
+                        cpu[key] += cpu_seconds(pid) - cpu0
+                        busy[key] += len(got) / rate
+                        lat[key] += got
+                for key in subjects:
+                    keep(f"{key}.seq", percentile(seq[key], 50) * 1e6, True)
+                    keep(f"{key}.p50", percentile(lat[key], 50) * 1e6, True)
+                    keep(f"{key}.rate", len(lat[key]) / busy[key], False)
+                    keep(f"{key}.cpu", cpu[key] / (len(lat[key]) + 64 * SLICES) * 1e6, True)
         header.append(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         b = {k: v[0] for k, v in best.items()}
         for kind in homes:
