@@ -1,6 +1,8 @@
 """The one entry point of the benchmark suite: ``python3 -m bench [--quick] [--json FILE]``.
 
-Where it sits: outside the product; ``make bench`` / ``make bench-quick`` run it. It runs
+Where it sits: outside the product; ``make bench`` / ``make bench-quick`` run it. It runs first
+`bench.agent_bench` (the headline rows: the real `cortex-agent` with its state on tmpfs and on the data
+dir's real file system, whose measured fsync cost heads the table, beside the relay), then
 `bench.roundtrip` (echo, fs_read, screenshot), `bench.scale` (connection storm, idle nodes held) and
 every other ``bench/*_bench.py`` module that exposes ``main(quick) -> list[dict]`` (rows with
 ``scenario, ours, reference, unit``), then prints one table: our figure, the reference measured in the
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import roundtrip, scale
+from bench import agent_bench, roundtrip, scale
 from bench.harness import Row, raise_fd_limit
 
 __all__ = ["EXTRA_MODULES", "collect_extra", "format_table", "main"]
@@ -142,16 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a run of about a minute, smaller N")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument(
-        "--only", choices=["roundtrip", "scale", "extra"], action="append", help="run only these parts"
+        "--only",
+        choices=["agent", "roundtrip", "scale", "extra"],
+        action="append",
+        help="run only these parts",
     )
     args = parser.parse_args(argv)
-    parts = set(args.only or ["roundtrip", "scale", "extra"])
+    parts = set(args.only or ["agent", "roundtrip", "scale", "extra"])
     raise_fd_limit()
     started = time.monotonic()
     rows: list[Row] = []
     notes: list[str] = []
+    header: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cortex-bench-") as tmp:
         workdir = Path(tmp)
+        if "agent" in parts:  # the headline rows, while the machine is as quiet as it will be
+            agent_rows, header = asyncio.run(agent_bench.run(args.quick, workdir))
+            rows += agent_rows
         if "roundtrip" in parts:
             rows += asyncio.run(roundtrip.run(args.quick, workdir))
         extra_rows: list[Row] = []
@@ -163,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += asyncio.run(scale.run(args.quick, workdir, storm="handshake_bench" not in ran))
         rows += extra_rows
     print(f"\nCortex benchmarks ({'quick' if args.quick else 'full'}, {os.cpu_count()} cores, "
-          f"{time.monotonic() - started:.0f} s); ratio = ours / reference\n")  # fmt: skip
+          f"{time.monotonic() - started:.0f} s); ratio = ours / reference")  # fmt: skip
+    for line in header:
+        print(f"  {line}")
+    print()
     print(format_table(rows))
     for note in notes:
         print(f"  note: {note}")

@@ -144,7 +144,7 @@ async def run(
                     rate,
                     ref_rate,
                     "calls/s",
-                    note="agent fsyncs 2 audit records per call",
+                    note="agent: group-committed audit, one fsync per call on its path",
                 )
             )
             for nodes in (1, 10, 100):

@@ -11,19 +11,42 @@ Record: ``v`` (1), ``seq`` (1, 2, 3 ... no gaps), ``ts`` (RFC 3339 UTC), ``event
 ``json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")``.
 
 Rules:
-1. One writer: appends are serialised by an asyncio lock; the write and its fsync run in a thread, so the
-   event loop never blocks. An append, once called, completes even if its caller is cancelled (the
-   record is on disk when `append` returns *or* raises CancelledError).
-2. Arguments are stored with secret-looking values redacted (keys matching TOKEN, SECRET, PASSWORD,
-   PASSWD, KEY, CREDENTIAL, AUTH, at any depth, e.g. inside ``env``; ``NAME=value`` and ``Bearer x``
-   inside strings) and strings longer than 4096 characters cut, keeping their length and SHA-256.
-3. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
+1. Group commit, one writer: appends go in one hop to a single writer thread (a queue and a condition
+   variable). Each time it wakes, the writer takes *every* record waiting at that moment, chains them in
+   queue order (seq, prev, hash), writes them with one ``write`` and one ``fsync``, and releases each
+   caller (one ``call_soon_threadsafe`` per batch) only once *its* record is durable. The event loop never
+   blocks on the disk. Where a write + fsync costs less than the hop (the log on tmpfs or ramfs, read
+   from /proc/self/mountinfo on open), the batch gathered during one event-loop iteration is committed
+   on the loop instead, under the same lock and in the same order. An append, once called, completes
+   even if its caller is cancelled (the record is on disk when `append` returns *or* raises
+   CancelledError). A write that fails fails every record of
+   its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
+2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
+   that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path); it is
+   written in the very next batch. `read` and `aclose` first wait for everything queued.
+3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
+   their length and SHA-256.
+4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
    it is kept as is, ended with a newline, and followed by an ``audit.recovered`` record carrying
    ``torn_line_sha256`` (SHA-256 of the torn line's bytes, without the newline) and ``torn_line_bytes``;
    the chain continues from the last good record. `verify` accepts an unparseable line only when the
    very next line is such an ``audit.recovered`` record naming its hash, and only then skips it.
    An unparseable *last* line (crash not yet recovered) is reported ok with a note.
-4. `verify` reports the first record whose ``seq``, ``prev`` or ``hash`` does not check, by its ``seq``.
+5. The log cannot be silenced (CONTRACT §8): before and after each batch's write the writer checks, with
+   one ``stat`` of the path and one ``fstat`` of its descriptor, that `<home>/audit.log` is still the file
+   it holds (same device and inode, not shorter than what it wrote). If it was deleted, moved, replaced or
+   cut, the log fails for good: that batch and every later append raise `AuditSilenced` (the engine then
+   refuses every tool with an isError result naming the problem) until the agent is restarted.
+6. Saved head: after each batch the durable head ``{seq, hash}`` is rewritten in place in
+   ``<home>/audit.head`` (0600, a small fixed-size file, no fsync: it only ever lags the log). On open, a
+   log that does not hold that head (deleted, moved, replaced or cut while the agent was stopped, or the
+   cause of a refusal before a restart) gets an ``audit.recovered`` record with ``expected_head`` and
+   ``found_head``, and the chain continues from what the log holds: from its last good record, or a
+   fresh chain from seq 1 when the file is gone. `verify` reads the saved head first and reports a log
+   that ends before it (``cut tail``, the first missing seq) or holds another record at its seq.
+   When rule 5 fired, the reason is saved there too, and the restarted agent's ``audit.recovered``
+   record names it (so even a replacement by an identical copy leaves a trace in the chain).
+7. `verify` reports the first record whose ``seq``, ``prev`` or ``hash`` does not check, by its ``seq``.
 """
 
 from __future__ import annotations
@@ -31,8 +54,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,17 +68,30 @@ from desktop_agent.redaction import redact
 __all__ = [
     "AUDIT_FILE",
     "GENESIS",
+    "STATE_FILE",
     "AuditError",
     "AuditLog",
+    "AuditSilenced",
     "VerifyReport",
     "cli_show",
     "cli_verify",
+    "read_saved_head",
     "record_hash",
     "redact",
     "verify",
 ]
 
+logger = logging.getLogger(__name__)
+
 AUDIT_FILE = "audit.log"
+STATE_FILE = "audit.head"  # the last durable head, for rule 6 (a cut tail is visible to `verify`)
+_STATE_BYTES = 1024
+_MAX_FAILURE_CHARS = 800
+# A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs, far more when the
+# cores are busy; on a file system in memory a write + fsync costs a few µs, so it is done on the loop.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+# CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 GENESIS = "0" * 64
 RECORD_VERSION = 1
 MAX_READ_LIMIT = 1000
@@ -93,23 +131,264 @@ class VerifyReport:
     reason: str | None = None
 
 
+class AuditSilenced(AuditError):
+    """`<home>/audit.log` is no longer the file this agent holds open (rule 5): every append refuses."""
+
+
+@dataclass
+class _Pending:
+    """One queued append; `event` None is a barrier (resolves with the head once everything before it ran)."""
+
+    event: str | None
+    fields: dict[str, Any]
+    future: asyncio.Future[Any]
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, exc in outcomes:
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+
+
+def _log_lost(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("a queued audit record could not be written: %s", future.exception())
+
+
 class AuditLog:
-    """The append-only hash chain at `path` (rules 1-3)."""
+    """The append-only hash chain at `path`, written by one group-committing thread (rules 1, 3, 5, 6)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, state_path: Path | None = None) -> None:
         self.path = path
-        self._seq = 0
-        self._hash = GENESIS
+        self.state_path = state_path if state_path is not None else path.with_name(STATE_FILE)
+        self._head: tuple[int, str] = (0, GENESIS)  # durable head; replaced whole, so readers see a pair
         self._fd: int | None = None
-        self._lock = asyncio.Lock()
+        self._state_fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we hold
+        self._size = 0  # bytes the file holds at least: what we found on open plus what we wrote
+        self._failure: str | None = None  # rule 5: set once, cleared only by a new process
         self._needs_open = True
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
+        self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
+        self._inline_scheduled = False
 
-    # -- opening and recovery -------------------------------------------------------------------
+    # -- the caller's side (event loop) ---------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        """Why the log refuses every append (rule 5), or None while it is healthy."""
+        return self._failure
+
     async def open(self) -> None:
-        """Create or reopen the log, find the head of the chain, recover a torn last line (rule 3)."""
-        async with self._lock:
-            await asyncio.to_thread(self._open_sync)
+        """Create or reopen the log, find the head, recover a torn line or a cut tail (rules 4, 6).
 
+        Raises what opening raised (an unwritable home, a log that is not ours...).
+        """
+        await asyncio.to_thread(self._open_locked)
+
+    def _open_locked(self) -> None:
+        with self._commit_lock:  # no batch runs while the file is (re)opened
+            self._open_sync()
+
+    async def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one record (fsync'd with whatever else is waiting) and return it; see rule 1."""
+        record: dict[str, Any] = await self._wait(self._submit(event, fields))
+        return record
+
+    def enqueue(self, event: str, **fields: Any) -> None:
+        """Queue a record for the next group commit without waiting for it (rule 2)."""
+        self._submit(event, fields).add_done_callback(_log_lost)
+
+    async def flush(self) -> None:
+        """Return once every record queued before this call has been written (or has failed)."""
+        await self._wait(self._submit(None, {}))
+
+    def head(self) -> dict[str, Any]:
+        seq, digest = self._head
+        return {"seq": seq, "hash": digest}
+
+    async def read(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Records with seq > after_seq, oldest first, at most `limit` (capped at 1000)."""
+        if self._thread is not None:
+            await self.flush()  # read-your-writes: queued records first
+        return await asyncio.to_thread(read_records, self.path, after_seq, limit)
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop the writer and close the file."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        self._closing = False
+
+    async def _wait(self, future: asyncio.Future[Any]) -> Any:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():  # rule 1: the record lands whole before the cancellation goes on
+                await asyncio.wait([future])
+            raise
+
+    def _submit(self, event: str | None, fields: dict[str, Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._failure is not None and event is not None:
+            future.set_exception(AuditSilenced(self._failure))
+            return future
+        if self._closing:
+            future.set_exception(AuditError(f"{self.path} is being closed"))
+            return future
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer, name="cortex-audit-writer", daemon=True)
+            self._thread.start()
+        with self._cond:
+            self._queue.append(_Pending(event, fields, future))
+            if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
+                if not self._inline_scheduled:
+                    self._inline_scheduled = True
+                    future.get_loop().call_soon(self._commit_inline)
+            elif len(self._queue) == 1:  # the writer sleeps only on an empty queue
+                self._cond.notify()
+        return future
+
+    def _commit_inline(self) -> None:
+        """The batch of this loop iteration, committed on the loop (storage whose fsync is nearly free)."""
+        with self._commit_lock:
+            with self._cond:
+                self._inline_scheduled = False
+                batch, self._queue = self._queue, []
+            if batch:
+                _settle(self._commit(batch))
+
+    # -- the writer thread ----------------------------------------------------------------------
+    def _writer(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                with self._commit_lock:  # held from taking the batch to its end: batches stay in order
+                    with self._cond:
+                        batch, self._queue = self._queue, []
+                        if not batch and self._closing:
+                            return  # nothing left to write
+                    if not batch:
+                        continue  # an inline commit took it
+                    outcomes = self._commit(batch)
+                loop = batch[0].future.get_loop()
+                try:
+                    loop.call_soon_threadsafe(_settle, outcomes)
+                except RuntimeError:  # the loop is gone: nobody waits for these any more
+                    pass
+        finally:
+            for fd in (self._fd, self._state_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._state_fd = None
+            self._needs_open = True
+
+    def _commit(self, batch: list[_Pending]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Rule 1: build every waiting record on the chain, one write, one fsync, then the identity check."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            if self._failure is not None:
+                raise AuditSilenced(self._failure)
+            if self._needs_open:
+                self._open_sync()
+            self._check_identity()
+        except Exception as exc:
+            head = self.head()
+            return [
+                (p.future, head if p.event is None else None, None if p.event is None else exc) for p in batch
+            ]
+        seq, prev = self._head
+        ts = _now()  # one clock reading per batch: its records become durable together
+        chunks: list[bytes] = []
+        built: list[tuple[asyncio.Future[Any], dict[str, Any]]] = []
+        barriers: list[asyncio.Future[Any]] = []
+        for pending in batch:
+            if pending.event is None:
+                barriers.append(pending.future)
+                continue
+            try:
+                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts)
+            except Exception as exc:  # a bad field fails its own append only; the chain is untouched
+                outcomes.append((pending.future, None, exc))
+                continue
+            seq, prev = record["seq"], record["hash"]
+            chunks.append(line)
+            built.append((pending.future, record))
+        if chunks:
+            data = b"".join(chunks)
+            try:
+                self._write_all(data)
+                self._check_identity()  # the file we made durable is still the one at the path
+            except OSError as exc:
+                if not isinstance(exc, AuditSilenced):
+                    self._needs_open = True  # the next batch re-scans and recovers a torn line
+                outcomes += [(future, None, exc) for future, _record in built]
+            else:
+                self._head = (seq, prev)
+                self._save_state()
+                outcomes += [(future, record, None) for future, record in built]
+        head = self.head()
+        outcomes += [(future, head, None) for future in barriers]
+        return outcomes
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            if written <= 0:
+                raise AuditError(f"short write to {self.path}")
+            self._size += written
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def _append_now(self, event: str, fields: dict[str, Any]) -> None:
+        """One record written at once from the writer thread (recovery records while opening)."""
+        seq, prev = self._head
+        record, line = _build(event, fields, seq + 1, prev, _now())
+        self._write_all(line)
+        self._head = (record["seq"], record["hash"])
+
+    def _check_identity(self) -> None:
+        """Rule 5: one stat of the path and one fstat of our fd."""
+        if self._fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            problem = "deleted or moved away"
+        except OSError as exc:
+            problem = f"not checkable ({exc.strerror})"
+        else:
+            own = os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+                problem = "replaced by another file"
+            elif own.st_size < self._size:
+                problem = f"cut ({own.st_size} bytes left of {self._size} written)"
+            else:
+                return
+        self._failure = (
+            f"the audit log {self.path} was {problem}; every tool is refused until the agent is restarted"
+        )
+        logger.error("%s", self._failure)
+        self._save_state()  # a restarted agent records what this one found
+        raise AuditSilenced(self._failure)
+
+    # -- opening and recovery (writer thread) ---------------------------------------------------
     def _open_sync(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -118,92 +397,137 @@ class AuditLog:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
+            own = os.fstat(fd)
+            if self._identity is not None and self._identity != (own.st_dev, own.st_ino):
+                # Reopening after a failed write must not adopt a file someone put in its place.
+                self._failure = f"the audit log {self.path} was replaced by another file"
+                self._save_state()
+                raise AuditSilenced(self._failure)
             last_good, torn, ends_with_newline = _scan_tail(fd)
-            self._seq, self._hash = (last_good["seq"], last_good["hash"]) if last_good else (0, GENESIS)
-            self._fd = fd
+            self._head = (last_good["seq"], last_good["hash"]) if last_good else (0, GENESIS)
+            self._fd, self._identity, self._size = fd, (own.st_dev, own.st_ino), own.st_size
+            self._inline = filesystem_type(self.path) in MEMORY_FILESYSTEMS
             if not ends_with_newline:
-                os.write(fd, b"\n")
+                self._write_all(b"\n")
             if torn is not None:
-                self._write_sync(
-                    self._build(
-                        "audit.recovered",
-                        {
-                            "reason": "torn last line (interrupted write)",
-                            "torn_line_sha256": hashlib.sha256(torn).hexdigest(),
-                            "torn_line_bytes": len(torn),
-                        },
-                    )
+                self._append_now(
+                    "audit.recovered",
+                    {
+                        "reason": "torn last line (interrupted write)",
+                        "torn_line_sha256": hashlib.sha256(torn).hexdigest(),
+                        "torn_line_bytes": len(torn),
+                    },
                 )
+            self._check_saved_head()
+            self._save_state()
         except BaseException:
             os.close(fd)
             self._fd = None
             raise
         self._needs_open = False
 
-    # -- appending ------------------------------------------------------------------------------
-    def _build(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "v": RECORD_VERSION,
-            "seq": self._seq + 1,
-            "ts": _now(),
-            "event": event,
-            "request_id": None,
-            "tool": None,
-            "arguments": None,
-            "caller": None,
-        }
-        for key, value in fields.items():
-            if key in ("v", "seq", "ts", "event", "prev", "hash"):
-                raise ValueError(f"audit field {key!r} is set by the log itself")
-            record[key] = redact(value) if key == "arguments" else value
-        record["prev"] = self._hash
-        record["hash"] = record_hash(record)
-        return record
+    def _check_saved_head(self) -> None:
+        """Rule 6: the log must still hold the head this agent last wrote, or it says what was lost."""
+        state = _read_state(self.state_path)
+        if state is None:
+            return
+        seq, digest, failure = state
+        intact = (seq, digest) == self._head
+        if seq < self._head[0]:  # the head file lagged (lost in a power cut): fine if the record matches
+            found = read_records(self.path, seq - 1, 1) if seq > 0 else []
+            intact = seq == 0 or bool(found and found[0]["seq"] == seq and found[0]["hash"] == digest)
+        if intact and failure is None:
+            return
+        reasons = [] if intact else ["the log no longer holds the head this agent last wrote"]
+        if failure is not None:
+            reasons.append(f"the previous run refused every tool: {failure}")
+        self._append_now(
+            "audit.recovered",
+            {
+                "reason": "; ".join(reasons),
+                "expected_head": {"seq": seq, "hash": digest},
+                "found_head": {"seq": self._head[0], "hash": self._head[1]},
+            },
+        )
 
-    def _write_sync(self, record: dict[str, Any]) -> None:
-        assert self._fd is not None
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    def _save_state(self) -> None:
+        """The durable head, rewritten in place in `audit.head` (0600) after each group commit."""
+        seq, digest = self._head
+        state: dict[str, Any] = {"seq": seq, "hash": digest}
+        if self._failure is not None:
+            state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
+        data = json.dumps(state).encode("ascii").ljust(_STATE_BYTES - 1) + b"\n"
         try:
-            written = os.write(self._fd, line)
-            if written != len(line):
-                raise AuditError(f"short write to {self.path}")
-            os.fsync(self._fd)
-        except OSError:
-            self._needs_open = True  # the next append re-scans and recovers a torn line
-            raise
-        self._seq, self._hash = record["seq"], record["hash"]
+            if self._state_fd is None:
+                self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.fchmod(self._state_fd, 0o600)
+            os.pwrite(self._state_fd, data, 0)
+        except OSError as exc:  # the log itself is durable; the head file only helps `verify`
+            logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
 
-    async def _append_locked(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
-        async with self._lock:
-            if self._needs_open:
-                await asyncio.to_thread(self._open_sync)
-            record = self._build(event, fields)
-            await asyncio.to_thread(self._write_sync, record)
-            return record
 
-    async def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Write one record (fsync'd) and return it; see rule 1 on cancellation."""
-        task = asyncio.ensure_future(self._append_locked(event, fields))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                await asyncio.wait([task])
-            raise
+def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> tuple[dict[str, Any], bytes]:
+    """The record at `seq` after `prev`, and its line: the canonical body with ``hash`` added last."""
+    record: dict[str, Any] = {
+        "v": RECORD_VERSION,
+        "seq": seq,
+        "ts": ts,
+        "event": event,
+        "request_id": None,
+        "tool": None,
+        "arguments": None,
+        "caller": None,
+    }
+    for key, value in fields.items():
+        if key in ("v", "seq", "ts", "event", "prev", "hash"):
+            raise ValueError(f"audit field {key!r} is set by the log itself")
+        record[key] = redact(value) if key == "arguments" else value
+    record["prev"] = prev
+    body = _CANONICAL.encode(record).encode("utf-8")
+    digest = hashlib.sha256(body).hexdigest()
+    record["hash"] = digest
+    return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
 
-    def head(self) -> dict[str, Any]:
-        return {"seq": self._seq, "hash": self._hash}
 
-    async def read(self, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Records with seq > after_seq, oldest first, at most `limit` (capped at 1000)."""
-        return await asyncio.to_thread(read_records, self.path, after_seq, limit)
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding *path* (the longest matching mount point), or None."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    best, fstype = -1, None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or not tail:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:
+            best, fstype = len(mount), tail[0]
+    return fstype
 
-    async def aclose(self) -> None:
-        async with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            self._needs_open = True
+
+def read_saved_head(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) from an `audit.head` file, or None when it is missing or unreadable."""
+    state = _read_state(path)
+    return None if state is None else (state[0], state[1])
+
+
+def _read_state(path: Path) -> tuple[int, str, str | None] | None:
+    """(seq, hash, failure or None) from an `audit.head` file (rule 6)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    seq, digest, failure = data.get("seq"), data.get("hash"), data.get("failure")
+    if type(seq) is not int or seq < 0 or not isinstance(digest, str) or len(digest) != 64:
+        return None
+    return seq, digest, failure if isinstance(failure, str) else None
 
 
 def _scan_tail(fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool]:
@@ -290,11 +614,19 @@ def read_records(path: Path, after_seq: int, limit: int) -> list[dict[str, Any]]
     return out
 
 
-def verify(path: Path) -> VerifyReport:
-    """Check the whole chain (rules 3 and 4); a missing file is an empty, intact log."""
+def verify(path: Path, state_path: Path | None = None) -> VerifyReport:
+    """Check the whole chain (rules 3, 4 and 6); a missing file with no saved head is an empty, intact log.
+
+    *state_path* is the agent's saved head (default `audit.head` beside the log). It is read before the
+    log: the agent saves it only after the records it names are durable, so a log read afterwards that
+    does not reach it, or holds another record at its seq, was cut or replaced.
+    """
+    saved = read_saved_head(state_path if state_path is not None else path.with_name(STATE_FILE))
     try:
         f = open(path, "rb")
     except FileNotFoundError:
+        if saved is not None and saved[0] > 0:
+            return VerifyReport(False, 0, 1, f"the log is gone; the agent last wrote seq {saved[0]}")
         return VerifyReport(ok=True, count=0)
     count, expected_prev, expected_seq = 0, GENESIS, 1
     pending_torn: bytes | None = None
@@ -324,7 +656,15 @@ def verify(path: Path) -> VerifyReport:
                 return VerifyReport(False, count, seq, "prev does not match the previous record's hash")
             if record_hash(record) != record["hash"]:
                 return VerifyReport(False, count, seq, "hash does not match the record")
+            if saved is not None and seq == saved[0] and record["hash"] != saved[1]:
+                return VerifyReport(
+                    False, count, seq, "not the record the agent wrote at this seq (replaced)"
+                )
             count, expected_prev, expected_seq = count + 1, record["hash"], seq + 1
+    if saved is not None and saved[0] >= expected_seq:
+        return VerifyReport(
+            False, count, expected_seq, f"cut tail: the agent wrote up to seq {saved[0]}, the log ends before"
+        )
     if pending_torn is not None:
         return VerifyReport(True, count, None, "torn last line awaiting recovery")
     return VerifyReport(True, count)
@@ -332,7 +672,7 @@ def verify(path: Path) -> VerifyReport:
 
 def cli_verify(home: Path) -> int:
     """`cortex-agent audit verify`: print `ok <N> records` and return 0, or the first bad seq and 1."""
-    report = verify(home / AUDIT_FILE)
+    report = verify(home / AUDIT_FILE, home / STATE_FILE)
     if report.ok:
         print(f"ok {report.count} records" + (f" ({report.reason})" if report.reason else ""))
         return 0

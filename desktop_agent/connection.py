@@ -336,6 +336,7 @@ class NodeAgent:
             request_id=ctx.request_id,
             caller={"sub": caller.get("sub"), "ws": caller.get("ws")},
             progress=progress if ctx.progress_token is not None else None,
+            durable_finish=False,  # one fsync per call: tool.finished rides the next group commit
         )
 
     async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:

@@ -12,10 +12,17 @@ Rules of a call:
 2. At most `policy.max_concurrency` calls run at once; up to `QUEUE_FACTOR` times as many wait (first
    come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`.
 3. `tool.requested` is on disk (fsync'd) before the tool starts; if it cannot be written the tool does
-   not run -> RpcError(INTERNAL_ERROR).
+   not run -> RpcError(INTERNAL_ERROR). If the audit log was silenced (deleted, moved, replaced or cut:
+   `desktop_agent.audit` rule 5), this and every later call get an isError result naming the problem
+   and nothing runs, until the agent is restarted.
 4. Every started call ends with exactly one `tool.finished` (status ok | error | cancelled | timeout,
    exit_code, duration_ms, output_sha256 and output_bytes of the serialised result content).
-   A cancelled call is audited, then CancelledError propagates.
+   A cancelled call is audited, then CancelledError propagates. With ``durable_finish=False`` (the
+   connection's hot path) the `tool.finished` record is queued for the next group commit and the result
+   returns without waiting for its fsync: one fsync per call.
+6. Per-call work is only what depends on the call: the tool table, each tool's compiled validator and
+   fast argument pre-check, and the set of tools the current policy allows are built once (the last
+   again when agent.toml changes).
 5. The policy is a snapshot per call; agent.toml edits apply to later calls and fire `on_tools_changed`
    callbacks when the declared tool list changes.
 """
@@ -35,14 +42,14 @@ from typing import Any, NoReturn
 
 from jsonschema import Draft202012Validator
 
-from desktop_agent.audit import AUDIT_FILE, AuditLog
+from desktop_agent.audit import AUDIT_FILE, AuditLog, AuditSilenced
 from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, watch_config
 from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolFunc, ToolResult
 from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
 from desktop_agent.tools.shell import shell_exec
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
-from spec.manifest import argument_problem, load_manifest, schema_validator
+from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
 
 __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 
@@ -59,6 +66,7 @@ class _Tool:
     spec: dict[str, Any]
     func: ToolFunc
     validator: Draft202012Validator
+    quick: QuickCheck | None
 
 
 class _Admission:
@@ -102,10 +110,11 @@ class _Admission:
                 waiter.set_result(None)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # built once
+
+
 def _content_digest(result: ToolResult) -> tuple[str, int]:
-    data = json.dumps(result.content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    data = _CANONICAL.encode(result.content).encode("utf-8")
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
@@ -129,12 +138,18 @@ class ToolEngine:
         funcs.update(self._fs.tools())
         funcs.update(self._load_browser())
         self._tools: dict[str, _Tool] = {
-            spec["name"]: _Tool(spec, funcs[spec["name"]], schema_validator(spec["inputSchema"]))
+            spec["name"]: _Tool(
+                spec,
+                funcs[spec["name"]],
+                schema_validator(spec["inputSchema"]),
+                quick_check(spec["inputSchema"]),
+            )
             for spec in load_manifest()
             if spec["name"] in funcs
         }
         self._browser_reason()  # the owner's log says once why the browser tools are missing, if they are
         self._declared = self._available_names()
+        self._allowed: tuple[Policy, frozenset[str]] = (self._config.policy, frozenset(self._declared))
         logger.info("declared tools: %s", ", ".join(self._declared))
 
     # -- configuration --------------------------------------------------------------------------
@@ -184,6 +199,7 @@ class ToolEngine:
         self._config = config
         self._admission.wake()  # a larger max_concurrency lets waiting calls in now
         names = self._available_names()
+        self._allowed = (config.policy, frozenset(names))
         if names != self._declared:
             self._declared = names
             logger.info("declared tools changed: %s", ", ".join(names))
@@ -252,8 +268,27 @@ class ToolEngine:
         return {"records": records, "head": self._audit.head()}
 
     async def record(self, event: str, **fields: Any) -> None:
-        """Append a non-tool audit record (node.connected, node.disconnected)."""
-        await self._audit.append(event, **fields)
+        """Append a non-tool audit record (node.connected, node.disconnected).
+
+        A silenced log (rule 3) is not an error here: the node stays connected, so that every tool call
+        gets its isError answer instead of the node vanishing into reconnect attempts.
+        """
+        try:
+            await self._audit.append(event, **fields)
+        except AuditSilenced:
+            logger.warning("not audited (%s): %s", event, self._audit.failure)
+
+    @property
+    def audit_failure(self) -> str | None:
+        """Why every tool is refused (the audit log was silenced), or None."""
+        return self._audit.failure
+
+    def _allowed_names(self, policy: Policy) -> frozenset[str]:
+        cached_policy, names = self._allowed
+        if cached_policy is not policy:
+            names = frozenset(self._available_names(policy))
+            self._allowed = (policy, names)
+        return names
 
     # -- calls ----------------------------------------------------------------------------------
     async def _deny(
@@ -280,15 +315,19 @@ class ToolEngine:
         request_id: str | int,
         caller: dict[str, Any],
         progress: ProgressFn | None = None,
+        durable_finish: bool = True,
     ) -> dict[str, Any]:
         """Run one tool call and return the CallToolResult; see the module's rules."""
+        failure = self._audit.failure
+        if failure is not None:  # rule 3: nothing runs, and nothing can be audited
+            return ToolResult.error(failure).to_wire()
         policy = self._config.policy
         tool = self._tools.get(name)
-        if tool is None or name not in self._available_names(policy):
+        if tool is None or name not in self._allowed_names(policy):
             reason = "unknown tool" if tool is None else "tool disabled by the node's policy"
             await self._deny(INVALID_PARAMS, f"{reason}: {name}", name, arguments, request_id, caller)
         assert tool is not None
-        problem = argument_problem(tool.validator, arguments)
+        problem = argument_problem(tool.validator, arguments, tool.quick)
         if problem is not None:
             message = f"invalid arguments for {name}: {problem}"
             await self._deny(INVALID_PARAMS, message, name, arguments, request_id, caller)
@@ -297,7 +336,7 @@ class ToolEngine:
         except RpcError as exc:
             await self._deny(exc.code, exc.message, name, arguments, request_id, caller)
         try:
-            return await self._run(tool, arguments, policy, request_id, caller, progress)
+            return await self._run(tool, arguments, policy, request_id, caller, progress, durable_finish)
         finally:
             self._admission.release()
 
@@ -309,28 +348,33 @@ class ToolEngine:
         request_id: str | int,
         caller: dict[str, Any],
         progress: ProgressFn | None,
+        durable_finish: bool = True,
     ) -> dict[str, Any]:
         name = tool.spec["name"]
         ids = {"request_id": request_id, "tool": name, "caller": caller}
         started = time.monotonic()
 
-        async def finish(status: str, result: ToolResult | None) -> None:
+        def finished(status: str, result: ToolResult | None) -> dict[str, Any]:
             digest, size = _content_digest(result) if result is not None else (None, 0)
-            await self._audit.append(
-                "tool.finished",
+            return {
                 **ids,
-                status=status,
-                exit_code=result.exit_code if result is not None else None,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                output_sha256=digest,
-                output_bytes=size,
-            )
+                "status": status,
+                "exit_code": result.exit_code if result is not None else None,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "output_sha256": digest,
+                "output_bytes": size,
+            }
+
+        async def finish(status: str, result: ToolResult | None) -> None:
+            await self._audit.append("tool.finished", **finished(status, result))
 
         try:
             await self._audit.append("tool.requested", **ids, arguments=arguments)
         except asyncio.CancelledError:
             await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
             raise
+        except AuditSilenced as exc:
+            return ToolResult.error(str(exc)).to_wire()
         except Exception as exc:
             logger.exception("audit log not writable; refusing to run %s", name)
             raise RpcError(
@@ -353,7 +397,10 @@ class ToolEngine:
         timed_out = isinstance(result.structured, dict) and result.structured.get("timed_out") is True
         status = "timeout" if timed_out else "error" if result.is_error else "ok"
         try:
-            await finish(status, result)
+            if durable_finish:
+                await finish(status, result)
+            else:
+                self._audit.enqueue("tool.finished", **finished(status, result))
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
         return result.to_wire()

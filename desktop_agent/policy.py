@@ -43,16 +43,19 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import watchfiles
+
+from desktop_agent.homewatch import open_watch
 
 __all__ = [
     "CONFIG_FILE",
@@ -343,29 +346,37 @@ async def watch_config(
     def only_config(change: watchfiles.Change, changed: str) -> bool:
         return Path(changed).name == CONFIG_FILE
 
-    async for _changes in watchfiles.awatch(
-        home,
-        watch_filter=only_config,
-        stop_event=stop_event,
-        rust_timeout=poll_ms,
-        yield_on_timeout=True,
-        recursive=False,
-        debounce=50,
-        step=20,
-    ):
-        raw = await asyncio.to_thread(_read_bytes_quiet, path)
-        if raw == last:
-            continue
-        last = raw
-        try:
-            new = await asyncio.to_thread(_load_from_bytes, home, raw, overrides)
-        except ConfigError as exc:
-            logger.error("agent.toml not applied, the previous policy stays in force: %s", exc)
-            continue
-        if new != current:
-            current = new
-            logger.info("agent.toml reloaded")
-            on_change(new)
+    # On Linux a watch that ignores the audit log's appends (desktop_agent.homewatch); else watchfiles.
+    watch = await asyncio.to_thread(open_watch, home, CONFIG_FILE)
+    changes: AsyncGenerator[object, None] = (
+        watch.changes(stop_event, poll_ms / 1000)
+        if watch is not None
+        else watchfiles.awatch(
+            home,
+            watch_filter=only_config,
+            stop_event=stop_event,
+            rust_timeout=poll_ms,
+            yield_on_timeout=True,
+            recursive=False,
+            debounce=50,
+            step=20,
+        )
+    )
+    async with contextlib.aclosing(changes):  # the watch closes now, not when collected
+        async for _changes in changes:
+            raw = await asyncio.to_thread(_read_bytes_quiet, path)
+            if raw == last:
+                continue
+            last = raw
+            try:
+                new = await asyncio.to_thread(_load_from_bytes, home, raw, overrides)
+            except ConfigError as exc:
+                logger.error("agent.toml not applied, the previous policy stays in force: %s", exc)
+                continue
+            if new != current:
+                current = new
+                logger.info("agent.toml reloaded")
+                on_change(new)
 
 
 class _Unset:

@@ -42,6 +42,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -86,6 +87,7 @@ automatically from the node credential; a week bounds the damage of a leaked one
 ``cortex-server revoke-user`` ends it at once."""
 
 MAX_LEEWAY = 5
+SIGNATURE_CACHE_SIZE = 4096  # tokens remembered as correctly signed (LRU); a miss only costs a verify
 MAX_TOKEN_BYTES = 8 * 1024
 """Anything longer than this is refused before any parsing (ours are ~400 bytes)."""
 
@@ -226,6 +228,10 @@ class TokenAuthority:
         self._clock = clock
         self._is_revoked = is_revoked
         self._is_user_revoked = is_user_revoked
+        # Tokens whose Ed25519 signature already checked out under this key (a pure function of token
+        # and key): an MCP client presents the same token on every HTTP request, and the signature is
+        # most of the cost of checking it. Every claim check (exp, aud, revocation...) still runs.
+        self._signed_ok: OrderedDict[str, None] = OrderedDict()
         self._header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": self._kid}
 
     @property
@@ -386,6 +392,9 @@ class TokenAuthority:
             raise AuthError("bad_type")
 
     def _check_signature(self, token: str) -> None:
+        if token in self._signed_ok:
+            self._signed_ok.move_to_end(token)
+            return
         if len(_b64decode(token.rsplit(".", 1)[1])) != 64:
             raise AuthError("bad_signature")
         try:
@@ -393,6 +402,9 @@ class TokenAuthority:
             jws.deserialize_compact(token, self._key, algorithms=[ALGORITHM])
         except JoseError:
             raise AuthError("bad_signature") from None
+        self._signed_ok[token] = None
+        if len(self._signed_ok) > SIGNATURE_CACHE_SIZE:
+            self._signed_ok.popitem(last=False)
 
     def _check_claims(self, claims: dict[str, Any], audience: str, max_lifetime: int) -> None:
         iss = _str_claim(claims, "iss")
