@@ -1,0 +1,149 @@
+"""The node side of results too large for one frame: upload them in chunks with `artifacts/write`.
+
+Layering: `NodeAgent` (desktop_agent/connection.py) hands every `tools/call` result from the `ToolEngine`
+to `ResultSender.deliver` before answering; a small result goes back as it is, a large one is uploaded
+over the same `RpcSession` and the answer becomes a reference (spec/protocol.md §11). The audit record
+(`output_sha256`/`output_bytes`) was already written by the engine over the whole result.
+
+Rules:
+1. No frame we send is over the server's frame limit (told in `initialize` ``limits.maxFrameBytes``):
+   a result whose JSON is over `threshold` (1 MiB, or less when the limit is smaller) is uploaded in
+   chunks of at most `chunk_bytes` decoded bytes, whose base64 frame fits the limit.
+2. Flow control: at most `window` chunks are in flight; each is awaited, so other calls' frames
+   interleave with the upload and a slow server slows the upload, never the link.
+3. The upload carries the size up front and the SHA-256 on the final chunk; the server commits only
+   when both match.
+4. A refusal by the server (over the artifact budget, or anything else) becomes an ``isError`` result
+   for the caller explaining why; it never drops the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from spec.errors import INTERNAL_ERROR, RpcError
+from spec.session import RpcSession
+
+__all__ = ["ResultSender"]
+
+MIB = 1024 * 1024
+FRAME_OVERHEAD = 4096
+"""Room in an `artifacts/write` frame for the envelope and the params besides ``data``."""
+PREVIEW_CHARS = 2048
+
+
+def _size_bound(value: Any, depth: int = 0) -> int:
+    """An upper bound of the JSON bytes of `value` (cheap: no serialisation) — at most 6 bytes per
+    character (``\\u00XX`` escapes), with a margin for the structure."""
+    if isinstance(value, str):
+        return 6 * len(value) + 2
+    if isinstance(value, dict):
+        if depth > 32:
+            return 1 << 40
+        return 2 + sum(_size_bound(k, depth + 1) + _size_bound(v, depth + 1) + 2 for k, v in value.items())
+    if isinstance(value, list | tuple):
+        if depth > 32:
+            return 1 << 40
+        return 2 + sum(_size_bound(v, depth + 1) + 1 for v in value)
+    return 32
+
+
+def _preview(result: dict[str, Any]) -> str:
+    for item in result.get("content") or []:
+        if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            text = str(item["text"])
+            return text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else "")
+    kinds = sorted({str(i.get("type")) for i in result.get("content") or [] if isinstance(i, dict)})
+    return f"(content: {', '.join(kinds) or 'none'})"
+
+
+class ResultSender:
+    """Decides inline or upload for each result of one link (see the module's rules)."""
+
+    def __init__(self, max_frame_bytes: int, *, threshold: int = MIB, window: int = 4) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.threshold = max(1024, min(threshold, max_frame_bytes - FRAME_OVERHEAD))
+        raw = (max_frame_bytes - FRAME_OVERHEAD) * 3 // 4
+        self.chunk_bytes = max(3, min(512 * 1024, raw) // 3 * 3)
+        self.window = max(1, window)
+
+    async def deliver(self, rpc: RpcSession, result: dict[str, Any]) -> dict[str, Any]:
+        if _size_bound(result) <= self.threshold:
+            return result
+        data = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(data) <= self.threshold:
+            return result
+        try:
+            artifact = await self._upload(rpc, data)
+        except RpcError as exc:
+            return {
+                "content": [
+                    {
+                        "type": "text",
+                        "text": f"the result ({len(data)} bytes) could not be handed to the server: "
+                        f"{exc.message}",
+                    }
+                ],
+                "isError": True,
+            }
+        return {
+            "content": [{"type": "text", "text": _preview(result)}],
+            "isError": bool(result.get("isError")),
+            "_meta": {"cortex/artifact": artifact},
+        }
+
+    async def _upload(self, rpc: RpcSession, data: bytes) -> dict[str, Any]:
+        upload_id = secrets.token_urlsafe(12)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        view = memoryview(data)
+        offsets = list(range(0, len(data), self.chunk_bytes)) or [0]
+        last = offsets.pop()
+        slots = asyncio.Semaphore(self.window)
+        failure: list[RpcError] = []
+
+        async def send(offset: int, final: bool) -> Any:
+            params: dict[str, Any] = {
+                "id": upload_id,
+                "offset": offset,
+                "data": base64.b64encode(view[offset : offset + self.chunk_bytes]).decode("ascii"),
+                "final": final,
+                "size": len(data),
+            }
+            if final:
+                params["sha256"] = digest
+                params["mimeType"] = "application/json"
+            return await rpc.request("artifacts/write", params)
+
+        async def one(offset: int) -> None:
+            try:
+                if not failure:
+                    await send(offset, False)
+            except RpcError as exc:
+                failure.append(exc)
+            finally:
+                slots.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for offset in offsets:
+                await slots.acquire()
+                if failure:
+                    slots.release()
+                    break
+                tasks.append(asyncio.create_task(one(offset)))
+            await asyncio.gather(*tasks)
+            if failure:
+                raise failure[0]
+            answer = await send(last, True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        artifact = answer.get("artifact") if isinstance(answer, dict) else None
+        if not isinstance(artifact, dict) or not isinstance(artifact.get("id"), str):
+            raise RpcError(INTERNAL_ERROR, "the server did not confirm the upload")
+        return artifact
