@@ -88,6 +88,8 @@ class ResultUploads:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise RpcError(INVALID_PARAMS, "data is not valid base64") from None
+        if len(raw) > self.max_chunk:
+            raise RpcError(INVALID_PARAMS, f"a chunk is at most {self.max_chunk} bytes")
         entry = self._open.get(id)
         if entry is None:
             entry = self._begin(id, offset, size, mimeType)
