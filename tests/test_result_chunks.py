@@ -24,6 +24,7 @@ from server.artifact_store import ArtifactLimits, DiskArtifactStore
 from server.results import ResultUploads, checked_result
 from spec import errors
 from spec.errors import RpcError
+from spec.schemas import message_problems
 from spec.session import RpcSession, make_methods
 
 MIB = 1024 * 1024
@@ -36,6 +37,7 @@ class Link:
     uploads: ResultUploads
     store: DiskArtifactStore
     node_frames: list[int] = field(default_factory=list)
+    node_texts: list[str] = field(default_factory=list)
     in_flight_max: int = 0
 
 
@@ -49,6 +51,7 @@ async def linked(tmp_path: Path, frame: int, limits: ArtifactLimits | None = Non
 
     async def node_send(text: str) -> None:
         link.node_frames.append(len(text.encode()))
+        link.node_texts.append(text)
         await to_server.put(text)
 
     async def server_send(text: str) -> None:
@@ -94,6 +97,9 @@ async def test_a_large_result_arrives_whole_in_frames_under_the_limit(tmp_path: 
         assert max(link.node_frames) <= MIB
         assert len(link.node_frames) > 8
         assert 1 < link.in_flight_max <= 4  # a bounded window, not one chunk at a time
+        for text in link.node_texts:  # every frame is what spec/schemas says
+            assert message_problems(json.loads(text), "artifacts/write") == []
+        assert message_problems({"jsonrpc": "2.0", "id": 1, "result": answer}, "tools/call") == []
         stored = link.store.read_bytes(ref["id"])
         assert stored == _wire(result)
         assert ref["sha256"] == hashlib.sha256(_wire(result)).hexdigest()
