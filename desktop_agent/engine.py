@@ -41,6 +41,7 @@ from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolF
 from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
 from desktop_agent.tools.shell import shell_exec
+from desktop_agent.uploads import BIG_RESULT_BYTES, json_digest, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import argument_problem, load_manifest, schema_validator
 
@@ -313,7 +314,16 @@ class ToolEngine:
         started = time.monotonic()
 
         async def finish(status: str, result: ToolResult | None) -> None:
-            digest, size = _content_digest(result) if result is not None else (None, 0)
+            digest, size = (None, 0)
+            if result is not None:
+                # A big result's digest (serialise + SHA-256 of megabytes) runs in a worker thread:
+                # on the loop it would stall every other call of the node meanwhile.
+                big = size_bound(result.content) > BIG_RESULT_BYTES
+                digest, size = (
+                    await asyncio.to_thread(json_digest, result.content, sort_keys=True)
+                    if big
+                    else _content_digest(result)
+                )
             await self._audit.append(
                 "tool.finished",
                 **ids,

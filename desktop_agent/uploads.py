@@ -24,20 +24,23 @@ import base64
 import hashlib
 import json
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from spec.errors import INTERNAL_ERROR, RpcError
 from spec.session import RpcSession
 
-__all__ = ["ResultSender"]
+__all__ = ["BIG_RESULT_BYTES", "ResultSender", "json_digest", "json_pieces", "size_bound"]
 
 MIB = 1024 * 1024
+BIG_RESULT_BYTES = MIB
+"""Above this, a result's serialisation and hashing leave the event loop (engine and sender alike)."""
 FRAME_OVERHEAD = 4096
 """Room in an `artifacts/write` frame for the envelope and the params besides ``data``."""
 PREVIEW_CHARS = 2048
 
 
-def _size_bound(value: Any, depth: int = 0) -> int:
+def size_bound(value: Any, depth: int = 0) -> int:
     """An upper bound of the JSON bytes of `value` (cheap: no serialisation) — at most 6 bytes per
     character (``\\u00XX`` escapes), with a margin for the structure."""
     if isinstance(value, str):
@@ -45,12 +48,79 @@ def _size_bound(value: Any, depth: int = 0) -> int:
     if isinstance(value, dict):
         if depth > 32:
             return 1 << 40
-        return 2 + sum(_size_bound(k, depth + 1) + _size_bound(v, depth + 1) + 2 for k, v in value.items())
+        return 2 + sum(size_bound(k, depth + 1) + size_bound(v, depth + 1) + 2 for k, v in value.items())
     if isinstance(value, list | tuple):
         if depth > 32:
             return 1 << 40
-        return 2 + sum(_size_bound(v, depth + 1) + 1 for v in value)
+        return 2 + sum(size_bound(v, depth + 1) + 1 for v in value)
     return 32
+
+
+PIECE_CHARS = 64 * 1024
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def json_pieces(value: Any, *, sort_keys: bool = False, depth: int = 0) -> Iterator[str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=...)`` in pieces.
+
+    Joined, the pieces are exactly that text; but no piece takes long to make. One `json.dumps` of a
+    50 MB string is a single C call that holds the GIL for a fifth of a second: in a worker thread it
+    would still stall the event loop. In pieces, the loop gets its turn at every switch interval.
+    """
+    if isinstance(value, str):
+        if len(value) <= PIECE_CHARS:
+            yield _ENCODE(value)
+            return
+        # JSON escapes each character on its own, so the escaped slices joined are the escaped whole.
+        yield '"'
+        for start in range(0, len(value), PIECE_CHARS):
+            yield _ENCODE(value[start : start + PIECE_CHARS])[1:-1]
+        yield '"'
+    elif isinstance(value, dict) and depth < 64 and all(isinstance(k, str) for k in value):
+        yield "{"
+        for i, key in enumerate(sorted(value) if sort_keys else value):
+            yield ("," if i else "") + _ENCODE(key) + ":"
+            yield from json_pieces(value[key], sort_keys=sort_keys, depth=depth + 1)
+        yield "}"
+    elif isinstance(value, list | tuple) and depth < 64:
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ","
+            yield from json_pieces(item, sort_keys=sort_keys, depth=depth + 1)
+        yield "]"
+    else:
+        yield json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+
+
+def json_digest(value: Any, *, sort_keys: bool = False) -> tuple[str, int]:
+    """SHA-256 hex and length of the UTF-8 of `json_pieces(value)` (blocking: run it in a thread)."""
+    digest, size = hashlib.sha256(), 0
+    for piece in json_pieces(value, sort_keys=sort_keys):
+        data = piece.encode("utf-8")
+        digest.update(data)
+        size += len(data)
+    return digest.hexdigest(), size
+
+
+def _serialise(result: dict[str, Any], chunk_bytes: int) -> tuple[list[bytes], int, str]:
+    """The result's JSON as chunks of `chunk_bytes` (the last one shorter), its size and SHA-256.
+
+    Never one big buffer: allocating and copying 50 MB in one C call holds the GIL for tens of ms."""
+    chunks: list[bytes] = []
+    digest, size = hashlib.sha256(), 0
+    buffer = bytearray()
+    for piece in json_pieces(result):
+        data = piece.encode("utf-8")
+        digest.update(data)
+        size += len(data)
+        buffer += data
+        while len(buffer) >= chunk_bytes:
+            chunks.append(bytes(buffer[:chunk_bytes]))
+            del buffer[:chunk_bytes]
+    if buffer or not chunks:
+        chunks.append(bytes(buffer))
+    return chunks, size, digest.hexdigest()
 
 
 def _preview(result: dict[str, Any]) -> str:
@@ -65,7 +135,7 @@ def _preview(result: dict[str, Any]) -> str:
 class ResultSender:
     """Decides inline or upload for each result of one link (see the module's rules)."""
 
-    def __init__(self, max_frame_bytes: int, *, threshold: int = MIB, window: int = 4) -> None:
+    def __init__(self, max_frame_bytes: int, *, threshold: int = BIG_RESULT_BYTES, window: int = 4) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.threshold = max(1024, min(threshold, max_frame_bytes - FRAME_OVERHEAD))
         raw = (max_frame_bytes - FRAME_OVERHEAD) * 3 // 4
@@ -73,20 +143,20 @@ class ResultSender:
         self.window = max(1, window)
 
     async def deliver(self, rpc: RpcSession, result: dict[str, Any]) -> dict[str, Any]:
-        if _size_bound(result) <= self.threshold:
+        if size_bound(result) <= self.threshold:
             return result
-        data = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(data) <= self.threshold:
+        # Megabytes: serialise off the event loop, so other calls' frames keep flowing meanwhile.
+        chunks, size, digest = await asyncio.to_thread(_serialise, result, self.chunk_bytes)
+        if size <= self.threshold:
             return result
         try:
-            artifact = await self._upload(rpc, data)
+            artifact = await self._upload(rpc, chunks, size, digest)
         except RpcError as exc:
             return {
                 "content": [
                     {
                         "type": "text",
-                        "text": f"the result ({len(data)} bytes) could not be handed to the server: "
-                        f"{exc.message}",
+                        "text": f"the result ({size} bytes) could not be handed to the server: {exc.message}",
                     }
                 ],
                 "isError": True,
@@ -97,11 +167,9 @@ class ResultSender:
             "_meta": {"cortex/artifact": artifact},
         }
 
-    async def _upload(self, rpc: RpcSession, data: bytes) -> dict[str, Any]:
+    async def _upload(self, rpc: RpcSession, chunks: list[bytes], size: int, digest: str) -> dict[str, Any]:
         upload_id = secrets.token_urlsafe(12)
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        view = memoryview(data)
-        offsets = list(range(0, len(data), self.chunk_bytes)) or [0]
+        offsets = [i * self.chunk_bytes for i in range(len(chunks))]
         last = offsets.pop()
         slots = asyncio.Semaphore(self.window)
         failure: list[RpcError] = []
@@ -110,9 +178,9 @@ class ResultSender:
             params: dict[str, Any] = {
                 "id": upload_id,
                 "offset": offset,
-                "data": base64.b64encode(view[offset : offset + self.chunk_bytes]).decode("ascii"),
+                "data": base64.b64encode(chunks[offset // self.chunk_bytes]).decode("ascii"),
                 "final": final,
-                "size": len(data),
+                "size": size,
             }
             if final:
                 params["sha256"] = digest
