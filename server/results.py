@@ -227,12 +227,34 @@ def _shrink(value: Any, uri: str, depth: int = 0) -> Any:
     return value
 
 
+async def _image_link(
+    store: DiskArtifactStore, item: dict[str, Any], *, node: str, workspace: str, base: str
+) -> dict[str, Any]:
+    """A large image as a `resource_link` to an artifact of its own bytes (decoded and stored in a
+    worker thread: tens of megabytes of base64 would stall the loop)."""
+    mime = str(item.get("mimeType") or "application/octet-stream")
+
+    def put() -> tuple[str, int]:
+        data = base64.b64decode(item["data"])
+        return store.put(data, mime, node=node, workspace=workspace), len(data)
+
+    artifact_id, size = await asyncio.to_thread(put)
+    return {
+        "type": "resource_link",
+        "uri": f"{base}/api/v1/artifacts/{artifact_id}",
+        "name": f"{node}-image-{artifact_id[:8]}",
+        "description": "Image too large to inline; GET it with the same bearer token.",
+        "mimeType": mime,
+        "size": size,
+    }
+
+
 async def expand_for_mcp(
     store: DiskArtifactStore, result: Any, *, node: str, workspace: str, base_url: str, inline_limit: int
 ) -> Any:
     """MCP: a reference becomes the result's own small parts plus `resource_link`s: one per large text
-    (``text/plain``) and one to the whole CallToolResult (``application/json``). Large images stay
-    images here; the MCP surface's image path links them."""
+    (``text/plain``), one per large image, and one to the whole CallToolResult (``application/json``).
+    A reference's big parts are decoded and stored in worker threads."""
     ref = artifact_reference(result)
     if ref is None:
         return result
@@ -251,6 +273,10 @@ async def expand_for_mcp(
         return {"content": [*(result.get("content") or []), whole_link], "isError": result.get("isError")}
     content: list[Any] = []
     for item in full.get("content") or []:
+        image = item.get("data") if isinstance(item, dict) and item.get("type") == "image" else None
+        if isinstance(image, str) and len(image) > inline_limit:
+            content.append(await _image_link(store, item, node=node, workspace=workspace, base=base))
+            continue
         text = item.get("text") if isinstance(item, dict) and item.get("type") == "text" else None
         if not isinstance(text, str) or len(text) <= inline_limit:
             content.append(item)

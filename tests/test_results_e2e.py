@@ -260,3 +260,32 @@ def test_a_result_over_the_budget_is_a_clear_error(tmp_path: Path) -> None:
         if agent is not None:
             agent.stop()
         server.stop()
+
+
+def test_the_node_obeys_a_frame_limit_smaller_than_its_chunks(tmp_path: Path) -> None:
+    """At 256 KiB the node's default chunk (512 KiB) would be a frame over the limit (closed 1009): the
+    node must size its chunks from the limit the server told it in `initialize`."""
+    root = tmp_path / "root"
+    root.mkdir()
+    text = os.urandom(1_500_000).hex()
+    (root / "three.txt").write_text(text)
+    server = ServerProc(
+        tmp_path / "server", args=["--heartbeat-interval", "1", "--max-frame-bytes", str(256 * 1024)]
+    ).start()
+    agent: AgentProc | None = None
+    try:
+        agent = _start_node(server, tmp_path / "home", root, "big")
+        before = server.node("big")["connected_at"]
+        with server.http(server.token()) as http:
+            result = http.post(
+                "/api/v1/nodes/big/tools/fs_read/call",
+                json={"arguments": {"path": "three.txt", "limit": 8 * MIB}},
+            )
+            assert result.status_code == 200, result.text[:300]
+            assert sha(result.json()["content"][0]["text"]) == sha(text)
+        assert server.node("big")["connected_at"] == before
+        assert "1009" not in "".join(agent.output)
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()
