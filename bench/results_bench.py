@@ -134,9 +134,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def _run(quick: bool, workdir: Path) -> list[dict[str, Any]]:
-    rounds = 2 if quick else 5
-    size = 50 * MB
+async def _run(
+    quick: bool, workdir: Path, size_mb: int = 50, rounds: int | None = None
+) -> list[dict[str, Any]]:
+    rounds = rounds or (2 if quick else 5)
+    size = size_mb * MB
     root = workdir / "root"
     root.mkdir(parents=True)
     path = root / "big.txt"
@@ -175,11 +177,13 @@ async def _run(quick: bool, workdir: Path) -> list[dict[str, Any]]:
         server.stop()
         raw.kill()
         raw.wait(10)
+        if raw.stdout is not None:
+            raw.stdout.close()
     ours_mbps = size / MB / min(ours)
     ref_mbps = size / MB / min(reference)
     rows = [
         Row(
-            f"50 MB fs_read result, best of {rounds}",
+            f"{size_mb} MB fs_read result, best of {rounds}",
             ours_mbps,
             ref_mbps,
             "MB/s",
