@@ -347,4 +347,5 @@ class NodeAgent:
         return await self._sender.deliver(ctx.session, result)
 
     async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
-        return await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+        result = await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+        return self._sender.fit_records(result)

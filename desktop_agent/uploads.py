@@ -167,6 +167,21 @@ class ResultSender:
             "_meta": {"cortex/artifact": artifact},
         }
 
+    def fit_records(self, result: dict[str, Any]) -> dict[str, Any]:
+        """An `audit/read` answer cut to the records that fit one frame (rule 1); the caller pages on
+        with ``after_seq`` (audit strings are capped, so one record always fits)."""
+        records = result.get("records")
+        if not isinstance(records, list) or size_bound(result) <= self.threshold:
+            return result
+        room = self.threshold - len(json.dumps({k: v for k, v in result.items() if k != "records"}))
+        kept: list[Any] = []
+        for record in records:
+            room -= len(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
+            if room < 0 and kept:
+                break
+            kept.append(record)
+        return {**result, "records": kept}
+
     async def _upload(self, rpc: RpcSession, chunks: list[bytes], size: int, digest: str) -> dict[str, Any]:
         upload_id = secrets.token_urlsafe(12)
         offsets = [i * self.chunk_bytes for i in range(len(chunks))]

@@ -200,3 +200,14 @@ def test_artifacts_expire_and_their_files_go(tmp_path: Path) -> None:
     gone = store.put(b"x", "text/plain", node="n1", workspace="ws1")
     assert store.info(gone) is None
     assert list((tmp_path / "artifacts").iterdir()) == []
+
+
+def test_an_audit_page_is_cut_to_fit_one_frame() -> None:
+    records = [{"seq": i, "arguments": {"content": "x" * 4000}} for i in range(1, 1001)]
+    answer = {"records": records, "head": {"seq": 1000, "hash": "0" * 64}}
+    fitted = ResultSender(256 * 1024).fit_records(answer)
+    assert len(json.dumps(fitted)) < 256 * 1024
+    assert fitted["records"] == records[: len(fitted["records"])] and len(fitted["records"]) > 10
+    assert fitted["head"] == answer["head"]
+    small = {"records": records[:3], "head": answer["head"]}
+    assert ResultSender(256 * 1024).fit_records(small) is small
