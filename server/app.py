@@ -100,12 +100,15 @@ def build_app(config: ServerConfig) -> Starlette:
         app.state.cortex = state
         feed = SQLiteRevocationFeed(state.store, interval=config.revocation_poll_interval)
         watcher = asyncio.create_task(feed.watch(state.on_revoked), name="revocations")
+        # The artifact store is made now (it empties its directory) and swept every minute.
+        sweeper = asyncio.create_task(artifacts.artifact_store(state).sweep_every(60.0), name="artifacts")
         state.extras["planner"] = planner.PlannerService.from_env(state)
         try:
             async with mcp_surface.serving(state):
                 yield
         finally:
             watcher.cancel()
+            sweeper.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
                 if link is not None:

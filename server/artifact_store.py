@@ -9,7 +9,7 @@ store shared by several replicas can replace the embedded `DiskArtifactStore`.
 
 Rules:
 1. An artifact lives `ArtifactLimits.ttl_s` seconds, then it is gone (404) and its file is deleted.
-   Expired artifacts are swept on every store operation.
+   Expired artifacts are swept on every store operation and every minute (`sweep_every`).
 2. Uploads are bounded: at most `node_bytes` per node and `total_bytes` for the whole store, counting
    committed artifacts and the declared size of uploads still open. An upload that would go over is
    refused at once with `ArtifactBudgetExceeded` (nothing evicted, nothing partly kept).
@@ -21,6 +21,7 @@ Rules:
    a restarted server starts with an empty directory.
 6. An upload writes strictly in order (``offset`` equals the bytes written so far) and commits only when
    its size and SHA-256 match what the node declared.
+7. An open upload that gets no chunk for `upload_idle_s` (a node that gave up mid-way) is aborted.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class ArtifactLimits:
     node_bytes: int = 512 * MIB
     total_bytes: int = 2048 * MIB
     max_open_uploads: int = 16  # per node
+    upload_idle_s: float = 60.0  # an open upload without a chunk for this long is aborted
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class _DiskUpload:
         self.store = store
         self.node, self.workspace, self.size, self.mime_type = node, workspace, size, mime_type
         self.written = 0
+        self.touched = time.monotonic()
         self.id = secrets.token_urlsafe(16)
         self.path = store.directory / f"{self.id}.part"
         self._hash = hashlib.sha256()
@@ -147,6 +150,7 @@ class _DiskUpload:
         if self.written + len(data) > self.size:
             raise ValueError(f"chunk goes past the declared size of {self.size} bytes")
         self.written += len(data)
+        self.touched = time.monotonic()
         await asyncio.to_thread(self._write, data)
 
     async def commit(self, sha256: str) -> ArtifactInfo:
@@ -211,8 +215,8 @@ class DiskArtifactStore:
 
     # -- uploads ----------------------------------------------------------------------------------------
     def open_upload(self, *, node: str, workspace: str, size: int, mime_type: str) -> _DiskUpload:
+        self.sweep()
         with self._lock:
-            self._expire()
             if sum(1 for u in self._open.values() if u.node == node) >= self.limits.max_open_uploads:
                 raise ArtifactBudgetExceeded(
                     f"node {node} already has {self.limits.max_open_uploads} uploads open",
@@ -235,6 +239,22 @@ class DiskArtifactStore:
             upload = _DiskUpload(self, node, workspace, size, mime_type)
             self._open[upload.id] = upload
             return upload
+
+    def sweep(self) -> None:
+        """Delete expired artifacts and abort idle uploads (rules 1 and 7)."""
+        with self._lock:
+            self._expire()
+            idle_since = time.monotonic() - self.limits.upload_idle_s
+            idle = [u for u in self._open.values() if u.touched < idle_since]
+        for upload in idle:
+            upload.abort()
+
+    async def sweep_every(self, interval: float) -> None:
+        """Run `sweep` every `interval` seconds (a task of the app's lifespan): expired files go even
+        when nobody touches the store."""
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self.sweep)
 
     def _release(self, upload: _DiskUpload) -> None:
         with self._lock:

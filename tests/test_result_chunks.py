@@ -211,3 +211,12 @@ def test_an_audit_page_is_cut_to_fit_one_frame() -> None:
     assert fitted["head"] == answer["head"]
     small = {"records": records[:3], "head": answer["head"]}
     assert ResultSender(256 * 1024).fit_records(small) is small
+
+
+def test_an_idle_upload_is_aborted(tmp_path: Path) -> None:
+    store = DiskArtifactStore(tmp_path / "artifacts", ArtifactLimits(upload_idle_s=0))
+    store.open_upload(node="n1", workspace="ws1", size=10, mime_type="application/json")
+    assert store.used_bytes("n1") == 10
+    store.sweep()  # the node gave up mid-way: its reservation and its file go
+    assert store.used_bytes("n1") == 0
+    assert list((tmp_path / "artifacts").iterdir()) == []
