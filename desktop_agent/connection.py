@@ -35,6 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from desktop_agent.engine import ToolEngine
 from desktop_agent.tools.basic import system_facts
+from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
 from spec.session import CallContext, RpcSession, make_methods
@@ -131,6 +132,7 @@ class NodeAgent:
         self._rpc: RpcSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Future[Any]] = set()
+        self._sender = ResultSender(settings.max_frame_bytes)
         engine.on_tools_changed(self._tools_changed)
 
     # -- state for the tray ------------------------------------------------------------------------
@@ -304,6 +306,11 @@ class NodeAgent:
         }
 
     async def _initialize(self, ctx: CallContext, **params: Any) -> dict[str, Any]:
+        # The server's frame limit: no frame we send may be larger (results over it are uploaded).
+        limits = params.get("limits")
+        told = limits.get("maxFrameBytes") if isinstance(limits, dict) else None
+        if isinstance(told, int) and not isinstance(told, bool) and told >= 64 * 1024:
+            self._sender = ResultSender(told)
         facts = system_facts()
         return {
             "protocolVersion": PROTOCOL_VERSION,
@@ -330,7 +337,7 @@ class NodeAgent:
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.progress(value, total, message)
 
-        return await self.engine.call(
+        result = await self.engine.call(
             name,
             arguments or {},
             request_id=ctx.request_id,
@@ -338,6 +345,8 @@ class NodeAgent:
             progress=progress if ctx.progress_token is not None else None,
             durable_finish=False,  # one fsync per call: tool.finished rides the next group commit
         )
+        return await self._sender.deliver(ctx.session, result)
 
     async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
-        return await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+        result = await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+        return self._sender.fit_records(result)

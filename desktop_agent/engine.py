@@ -48,6 +48,7 @@ from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolF
 from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
 from desktop_agent.tools.shell import shell_exec
+from desktop_agent.uploads import BIG_RESULT_BYTES, json_digest, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
 
@@ -354,8 +355,16 @@ class ToolEngine:
         ids = {"request_id": request_id, "tool": name, "caller": caller}
         started = time.monotonic()
 
-        def finished(status: str, result: ToolResult | None) -> dict[str, Any]:
-            digest, size = _content_digest(result) if result is not None else (None, 0)
+        async def digest_of(result: ToolResult | None) -> tuple[str | None, int]:
+            if result is None:
+                return None, 0
+            if size_bound(result.content) > BIG_RESULT_BYTES:
+                # A big result's digest (serialise + SHA-256 of megabytes) runs in a worker thread:
+                # on the loop it would stall every other call of the node meanwhile.
+                return await asyncio.to_thread(json_digest, result.content, sort_keys=True)
+            return _content_digest(result)
+
+        def finished(status: str, result: ToolResult | None, digest: str | None, size: int) -> dict[str, Any]:
             return {
                 **ids,
                 "status": status,
@@ -366,7 +375,8 @@ class ToolEngine:
             }
 
         async def finish(status: str, result: ToolResult | None) -> None:
-            await self._audit.append("tool.finished", **finished(status, result))
+            digest, size = await digest_of(result)
+            await self._audit.append("tool.finished", **finished(status, result, digest, size))
 
         try:
             await self._audit.append("tool.requested", **ids, arguments=arguments)
@@ -400,7 +410,8 @@ class ToolEngine:
             if durable_finish:
                 await finish(status, result)
             else:
-                self._audit.enqueue("tool.finished", **finished(status, result))
+                digest, size = await digest_of(result)
+                self._audit.enqueue("tool.finished", **finished(status, result, digest, size))
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
         return result.to_wire()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import json
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx2
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -216,7 +219,9 @@ class AsyncClient:
         if timeout is not None:
             params["timeout_s"] = timeout
         if timeout is None:  # no local bound to keep: skip the timeout machinery (a hot path)
-            return CallResult.from_wire(await self._request("tools/call", params, on_progress))
+            return CallResult.from_wire(
+                await self._whole(await self._request("tools/call", params, on_progress))
+            )
         try:
             # The server enforces `timeout_s` (and cancels the node's work); the local bound only
             # guards against a server that stopped answering.
@@ -224,7 +229,34 @@ class AsyncClient:
                 raw = await self._request("tools/call", params, on_progress)
         except TimeoutError:
             raise CallTimeout(f"{tool} on {node} did not finish within {timeout:g} s") from None
-        return CallResult.from_wire(raw)
+        return CallResult.from_wire(await self._whole(raw))
+
+    async def _whole(self, raw: Any) -> Any:
+        """A result too large for one message comes as a reference (``_meta["cortex/artifact"]``,
+        spec/protocol.md §11): fetch the whole CallToolResult it names and check its SHA-256."""
+        meta = raw.get("_meta") if isinstance(raw, dict) else None
+        ref = meta.get("cortex/artifact") if isinstance(meta, dict) else None
+        if not isinstance(ref, dict) or not isinstance(ref.get("uri"), str):
+            return raw
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            async with httpx2.AsyncClient(verify=self._ssl or True, timeout=60.0) as http:
+                response = await http.get(self.url.rstrip("/") + ref["uri"], headers=headers)
+        except httpx2.HTTPError as exc:
+            raise ConnectionLost(f"cannot fetch the result artifact: {exc}") from None
+        if response.status_code in (401, 403):
+            raise AuthError(f"the server refused the token ({response.status_code})")
+        if response.status_code != 200:
+            raise CortexError(f"the result artifact is gone ({response.status_code}); it may have expired")
+        body = response.content
+        # Megabytes: hash and parse off the event loop, so the client's other calls keep flowing.
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
+        if ref.get("sha256") and digest != ref["sha256"]:
+            raise CortexError("the result artifact does not match its SHA-256")
+        whole = await asyncio.to_thread(json.loads, body)
+        if not isinstance(whole, dict):
+            raise CortexError("the result artifact is not a CallToolResult")
+        return whole
 
     def start(
         self,

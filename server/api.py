@@ -138,7 +138,10 @@ async def call_tool(request: Request, state: ServerState, caller: Caller) -> Res
         body.get("arguments", {}),
         timeout_s=timeout,
     )
-    return JSONResponse(result)
+    from server.artifact_store import artifact_store  # here: results builds on starlette only
+    from server.results import rest_response
+
+    return await rest_response(artifact_store(state), result)  # a large result comes back whole
 
 
 async def node_audit(request: Request, state: ServerState, caller: Caller) -> Response:

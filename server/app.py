@@ -123,6 +123,8 @@ def build_app(config: ServerConfig) -> Starlette:
             state.store, state.extras["user_revocations"].last_seq, config.revocation_poll_interval
         )
         user_watcher = asyncio.create_task(user_feed.watch(state.on_user_revoked), name="user-revocations")
+        # The artifact store is made now (it empties its directory) and swept every minute.
+        sweeper = asyncio.create_task(artifacts.artifact_store(state).sweep_every(60.0), name="artifacts")
         state.extras["planner"] = planner.PlannerService.from_env(state)
         try:
             async with mcp_surface.serving(state):
@@ -130,6 +132,7 @@ def build_app(config: ServerConfig) -> Starlette:
         finally:
             watcher.cancel()
             user_watcher.cancel()
+            sweeper.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
                 if link is not None:

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-frame-bytes", type=int, default=16 * 1024 * 1024)
     serve.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds to complete a request")
     serve.add_argument("--max-connections", type=int, default=10_000)
+    serve.add_argument("--artifact-ttl", type=float, default=900.0, help="seconds a large result is kept")
+    serve.add_argument("--artifact-node-bytes", type=int, default=512 * 1024 * 1024)
+    serve.add_argument("--artifact-total-bytes", type=int, default=2048 * 1024 * 1024)
     serve.add_argument("--demo", action="store_true", help="also run a local node named 'local'")
     serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
 
@@ -98,6 +101,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         heartbeat_interval=args.heartbeat_interval,
         node_token_ttl=args.node_token_ttl,
         max_frame_bytes=args.max_frame_bytes,
+        artifact_ttl_s=args.artifact_ttl,
+        artifact_node_bytes=args.artifact_node_bytes,
+        artifact_total_bytes=args.artifact_total_bytes,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,

@@ -19,6 +19,9 @@ class ServerConfig:
     heartbeat_misses: int = 2
     node_token_ttl: int = 300
     max_frame_bytes: int = 16 * 1024 * 1024
+    artifact_ttl_s: float = 900.0
+    artifact_node_bytes: int = 512 * 1024 * 1024
+    artifact_total_bytes: int = 2048 * 1024 * 1024
     default_call_timeout: float = 120.0
     revocation_poll_interval: float = 0.5
     issuer: str = "cortex"

@@ -52,6 +52,7 @@ from starlette.types import Receive, Scope, Send
 from server.artifacts import artifact_store
 from server.auth import AuthError
 from server.registry import NodeEntry
+from server.results import expand_for_mcp
 from server.router import Caller
 from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
@@ -347,6 +348,15 @@ class McpEndpoint:
             str(ctx.request.base_url)
             if isinstance(ctx.request, Request)
             else self.state.config.base_url + "/"
+        )
+        entry = self.state.registry.get(node)
+        result = await expand_for_mcp(
+            artifact_store(self.state),
+            result,
+            node=node,
+            workspace=entry.workspace if entry is not None else caller.ws,
+            base_url=base_url,
+            inline_limit=INLINE_IMAGE_LIMIT,
         )
         return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
 

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.artifact_store import artifact_store
 from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.limits import cap_node_info
 from server.registry import NodeEntry
+from server.results import ResultUploads, checked_result
 from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
@@ -37,6 +39,8 @@ SUBPROTOCOL = "cortex.v1"
 PROTOCOL_VERSION = "2025-11-25"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_NODE_REQUESTS = 64  # a node's own requests (ping, auth/refresh, uploads) running here at once
+UPLOAD_FRAME_OVERHEAD = 4096
+"""Bytes of an `artifacts/write` frame that are not chunk data (the envelope and the other params)."""
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -98,9 +102,14 @@ class NodeSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._refetches: set[asyncio.Task[None]] = set()
         self._tools_stale = False  # a list_changed came while a tools/list was in flight
+        self.uploads = ResultUploads(
+            artifact_store(state), name, workspace, state.config.max_frame_bytes - UPLOAD_FRAME_OVERHEAD
+        )
         self.rpc = RpcSession(
             self._send,
-            make_methods({"ping": self._ping, "auth/refresh": self._refresh}),
+            make_methods(
+                {"ping": self._ping, "auth/refresh": self._refresh, "artifacts/write": self.uploads.write}
+            ),
             on_notification=self._on_notification,
             name=f"node:{name}",
             max_incoming=MAX_NODE_REQUESTS,
@@ -110,7 +119,10 @@ class NodeSession:
     async def request(
         self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None
     ) -> Any:
-        return await self.rpc.request(method, params, on_progress=on_progress)
+        result = await self.rpc.request(method, params, on_progress=on_progress)
+        if method == "tools/call":
+            result = checked_result(self.uploads.store, self.name, result)
+        return result
 
     async def close(self, code: int, reason: str) -> None:
         if self._closing:
@@ -146,6 +158,7 @@ class NodeSession:
         finally:
             for task in [reader, *self._tasks, *self._refetches]:
                 task.cancel()
+            self.uploads.close()
             self.rpc.close(
                 RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
             )
@@ -160,6 +173,8 @@ class NodeSession:
                 "protocolVersion": PROTOCOL_VERSION,
                 "capabilities": {},
                 "clientInfo": {"name": "cortex-server", "version": self.state.version},
+                # The node never sends a frame over this (spec/protocol.md §2, §11).
+                "limits": {"maxFrameBytes": self.state.config.max_frame_bytes},
             },
         )
         await self.rpc.notify("notifications/initialized")

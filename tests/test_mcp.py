@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -235,11 +236,11 @@ def test_readme_documents_mcp() -> None:
     assert "/mcp" in readme and "mcp-stdio" in readme and "Authorization: Bearer" in readme
 
 
-def test_artifact_store_bounds_and_workspaces() -> None:
-    from server.artifacts import ArtifactStore
+def test_artifact_store_bounds_and_workspaces(tmp_path: Path) -> None:
+    from server.artifacts import ArtifactLimits, DiskArtifactStore
     from server.router import Caller
 
-    store = ArtifactStore(ttl_s=60, max_bytes=10)
+    store = DiskArtifactStore(tmp_path / "a", ArtifactLimits(ttl_s=60, total_bytes=10))
     first = store.put(b"123456", "image/png", node="laptop", workspace="ws1")
     assert store.get(first, Caller("alice", "ws1")) is not None
     assert store.get(first, Caller("mallory", "ws2")) is None
@@ -247,7 +248,7 @@ def test_artifact_store_bounds_and_workspaces() -> None:
     second = store.put(b"7890ab", "image/png", node="laptop", workspace="ws1")  # evicts the oldest
     assert store.get(first, Caller("alice", "ws1")) is None
     assert store.get(second, Caller("alice", "ws1")) is not None
-    expired = ArtifactStore(ttl_s=0)
+    expired = DiskArtifactStore(tmp_path / "b", ArtifactLimits(ttl_s=0))
     gone = expired.put(b"x", "image/png", node="laptop", workspace="ws1")
     assert expired.get(gone, Caller("alice", "ws1")) is None
 

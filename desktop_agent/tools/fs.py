@@ -81,6 +81,10 @@ def _failure(raw: str, exc: OSError) -> ToolFailure:
     return ToolFailure(f"{raw}: {exc.strerror or exc}")
 
 
+BIG_SLICE = 1024 * 1024
+"""A read slice above this is decoded in a worker thread (decoding megabytes would stall other calls)."""
+
+
 def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -135,6 +139,39 @@ def _read_stream(stop: threading.Event, fd: int, offset: int, limit: int) -> tup
         kept += len(chunk)
     data = b"".join(chunks)
     return data, offset + len(data)
+
+
+def _slice_result(real: Path, data: bytes, offset: int, size: int) -> tuple[ToolResult, int]:
+    """The content of a read slice (text, image or embedded resource) and the offset after it."""
+    end = offset + len(data)
+    if len(data) > BIG_SLICE:
+        decoded = _decode_big_text(data, at_eof=end >= size)
+        if decoded is not None:
+            return ToolResult.text(decoded[0]), offset + decoded[1]
+    else:
+        text = _decode_text(data, at_eof=end >= size)
+        if text is not None:
+            return ToolResult.text(text), offset + len(text.encode("utf-8"))
+    mime = _sniff_mime(real, data)
+    b64 = base64.b64encode(data).decode("ascii")
+    if mime.startswith("image/"):
+        item: dict[str, Any] = {"type": "image", "data": b64, "mimeType": mime}
+    else:
+        item = {"type": "resource", "resource": {"uri": real.as_uri(), "mimeType": mime, "blob": b64}}
+    return ToolResult(content=[item]), end
+
+
+def _decode_big_text(data: bytes, at_eof: bool) -> tuple[str, int] | None:
+    """`_decode_text` for megabytes, also returning the bytes the text covers — counted, not re-encoded
+    (encoding 50 MB again holds the GIL for tens of ms, stalling the event loop even from a thread)."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8"), len(data)
+    except UnicodeDecodeError as exc:
+        if not at_eof and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
+            return (data[: exc.start].decode("utf-8", "strict"), exc.start) if exc.start else None
+        return None
 
 
 def _decode_text(data: bytes, at_eof: bool) -> str | None:
@@ -468,22 +505,10 @@ class FsTools:
                 f"limit {limit} is above this node's read limit of {most} bytes; read in slices"
             )
         data, size, where = await self._in_thread(raw, ctx, _read_slice, raw, offset, limit)
-        end = offset + len(data)
-        text = _decode_text(data, at_eof=end >= size)
-        if text is not None:
-            end = offset + len(text.encode("utf-8"))
-            result = ToolResult.text(text)
+        if len(data) > BIG_SLICE:  # decoding megabytes would stall the node's other calls
+            result, end = await asyncio.to_thread(_slice_result, Path(where), data, offset, size)
         else:
-            mime = _sniff_mime(Path(where), data)
-            b64 = base64.b64encode(data).decode("ascii")
-            if mime.startswith("image/"):
-                item: dict[str, Any] = {"type": "image", "data": b64, "mimeType": mime}
-            else:
-                item = {
-                    "type": "resource",
-                    "resource": {"uri": Path(where).as_uri(), "mimeType": mime, "blob": b64},
-                }
-            result = ToolResult(content=[item])
+            result, end = _slice_result(Path(where), data, offset, size)
         if offset >= size and size > 0:
             result.content.append(
                 {"type": "text", "text": f"[fs_read: offset {offset} is past the end ({size} bytes)]"}

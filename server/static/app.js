@@ -748,7 +748,9 @@ class Dashboard {
           const raw = parseLossless(text).records;
           await verifier.feed(raw);
           all.push(...data.records);
-          if (data.records.length < AUDIT_CHUNK) break;
+          // A page may be cut short to fit one frame (protocol.md §11): the head says whether more follow.
+          const last = data.records[data.records.length - 1];
+          if (!last || (data.records.length < AUDIT_CHUNK && !(head && last.seq < head.seq))) break;
           after = data.records[data.records.length - 1].seq;
         }
       } catch (e) {

@@ -65,6 +65,8 @@ export function renderResult(result, api) {
     h("p", { class: "result-head" }, isError ? h("strong", {}, "The tool reported an error") : h("strong", {}, "Result")),
   );
   for (const item of result?.content || []) box.append(renderContent(item, api));
+  const artifact = result?._meta?.["cortex/artifact"];
+  if (artifact?.uri) box.append(renderArtifactOffer(artifact, api));
   if (result && result.structuredContent !== undefined && result.structuredContent !== null) {
     box.append(
       h(
@@ -76,6 +78,31 @@ export function renderResult(result, api) {
     );
   }
   if (!result?.content?.length && result?.structuredContent == null) box.append(h("p", { class: "muted" }, "(empty)"));
+  return box;
+}
+
+/**
+ * A result too large for one message (spec/protocol.md §11): the server sent its preview and a link to
+ * the whole CallToolResult; offer the whole as a download (fetched with the token, saved as JSON).
+ */
+export function renderArtifactOffer(ref, api) {
+  const box = h("p", { class: "artifact-offer" });
+  const size = ref.bytes ? ` (${(ref.bytes / 1048576).toFixed(1)} MiB)` : "";
+  const button = h("button", { type: "button", "data-testid": "artifact-download" }, `Download the whole result${size}`);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const url = await api.artifactUrl(ref.uri);
+      const link = h("a", { href: url, download: `result-${String(ref.id || "").slice(0, 8)}.json` }, "result.json");
+      box.append(" ", link);
+      link.click();
+    } catch (e) {
+      box.append(h("span", { class: "error-box", role: "alert" }, String(e?.message || e)));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  box.append(button);
   return box;
 }
 
