@@ -1,0 +1,174 @@
+"""Tier (c): MCP resources on `/mcp` with the official `mcp` client — artifacts, audit logs, list_changed.
+
+A real server, real agent nodes, the official client with its defaults (its 1 MiB cap on one SSE event
+included), on both protocol revisions: the 2025-11-25 handshake and the stateless 2026-07-28.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from server.mcp_resources import AuditRef, parse_resource_uri
+from tests.support.procs import AgentProc, ServerProc
+from tests.test_mcp import mcp_client
+
+INVALID_PARAMS = -32602
+
+
+@contextlib.asynccontextmanager
+async def modern_client(server: ServerProc, token: str) -> AsyncIterator[Client]:
+    """The official client pinned to the stateless 2026-07-28 revision."""
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(60.0))
+    async with (
+        http,
+        Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode="2026-07-28") as client,
+    ):
+        yield client
+
+
+def _node_root(tmp_path: Path, name: str) -> Path:
+    return tmp_path / f"{name}-root"  # the allowed root the start_node fixture gives each node
+
+
+async def test_a_large_image_is_read_with_the_same_session(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc], tmp_path: Path
+) -> None:
+    start_node("laptop")
+    start_node("desk", workspace="ws2")
+    image = b"\x89PNG\r\n\x1a\n" + os.urandom(1024 * 1024 - 8)  # 1 MiB: ~1.4 MiB of base64
+    big = _node_root(tmp_path, "laptop") / "big.png"
+    await asyncio.to_thread(big.write_bytes, image)
+    async with asyncio.timeout(60), mcp_client(server_proc, server_proc.token()) as session:
+        result = await session.call_tool("laptop__fs_read", {"path": str(big)})
+        links = [c for c in result.content if isinstance(c, types.ResourceLink)]
+        assert links and not any(isinstance(c, types.ImageContent) for c in result.content)
+        link = links[0]
+        assert str(link.uri).startswith("cortex://artifacts/") and link.mime_type == "image/png"
+        # The default client caps one SSE event at 1 MiB: the answer must come whole all the same.
+        read = await session.read_resource(str(link.uri))
+        (contents,) = read.contents
+        assert isinstance(contents, types.BlobResourceContents)
+        assert contents.mime_type == "image/png" and base64.b64decode(contents.blob) == image
+        # The REST form of the link names the same resource.
+        assert link.meta is not None
+        rest = await session.read_resource(link.meta["cortex/url"])
+        assert isinstance(rest.contents[0], types.BlobResourceContents)
+        assert base64.b64decode(rest.contents[0].blob) == image
+        # The session goes on working after the large answer.
+        echoed = await session.call_tool("laptop__echo", {"text": "after"})
+        assert not echoed.is_error
+    async with modern_client(server_proc, server_proc.token()) as client:
+        modern = await client.read_resource(str(link.uri))
+        assert isinstance(modern.contents[0], types.BlobResourceContents)
+        assert base64.b64decode(modern.contents[0].blob) == image
+        assert modern.cache_scope == "private" and modern.ttl_ms > 0
+    # Knowing the id is not authorization: another workspace gets the not-found error.
+    async with mcp_client(server_proc, server_proc.token("mallory", "ws2")) as other:
+        with pytest.raises(MCPError) as refused:
+            await other.read_resource(str(link.uri))
+        assert refused.value.error.code == INVALID_PARAMS
+
+
+async def test_audit_resources_stay_in_their_workspace(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc]
+) -> None:
+    start_node("laptop")
+    start_node("desk", workspace="ws2")
+    async with asyncio.timeout(60), mcp_client(server_proc, server_proc.token()) as session:
+        caps = session.initialize_result.capabilities if session.initialize_result else None
+        assert caps is not None and caps.resources is not None and caps.resources.list_changed
+        listed = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert listed == {"cortex://nodes/laptop/audit"}
+        templates = {t.uri_template for t in (await session.list_resource_templates()).resource_templates}
+        assert templates == {"cortex://artifacts/{id}", "cortex://nodes/{node}/audit{?after,limit}"}
+        assert (await session.list_prompts()).prompts == []
+        await session.call_tool("laptop__echo", {"text": "audited"})
+        read = await session.read_resource("cortex://nodes/laptop/audit?after=0&limit=1000")
+        assert isinstance(read.contents[0], types.TextResourceContents)
+        audit = json.loads(read.contents[0].text)
+        assert audit["head"]["seq"] >= 1 and any("echo" in json.dumps(r) for r in audit["records"])
+        # A node of another workspace is exactly as invisible as a node that does not exist.
+        for uri in ("cortex://nodes/desk/audit", "cortex://nodes/nosuch/audit"):
+            with pytest.raises(MCPError) as refused:
+                await session.read_resource(uri)
+            assert refused.value.error.code == INVALID_PARAMS and refused.value.error.data == {"uri": uri}
+    async with modern_client(server_proc, server_proc.token("mallory", "ws2")) as client:
+        listed = await client.list_resources()
+        assert {str(r.uri) for r in listed.resources} == {"cortex://nodes/desk/audit"}
+        assert listed.cache_scope == "private"
+        with pytest.raises(MCPError):
+            await client.read_resource("cortex://nodes/laptop/audit")
+    async with mcp_client(server_proc, server_proc.admin_token) as admin:
+        listed = {str(r.uri) for r in (await admin.list_resources()).resources}
+        assert listed == {"cortex://nodes/laptop/audit", "cortex://nodes/desk/audit"}
+
+
+async def test_list_changed_reaches_both_revisions(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc]
+) -> None:
+    start_node("laptop")
+    legacy_seen: dict[str, asyncio.Event] = {"tools": asyncio.Event(), "resources": asyncio.Event()}
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            legacy_seen["tools"].set()
+        if isinstance(message, types.ResourceListChangedNotification):
+            legacy_seen["resources"].set()
+
+    async with (
+        asyncio.timeout(60),
+        mcp_client(server_proc, server_proc.token(), on_message) as legacy,
+        modern_client(server_proc, server_proc.token()) as modern,
+        modern.listen(tools_list_changed=True, resources_list_changed=True) as stream,
+    ):
+        assert stream.honored.tools_list_changed and stream.honored.resources_list_changed
+        await legacy.list_tools()  # the handshake-era session is now known to the server
+        await asyncio.to_thread(start_node, "desk")
+        kinds: set[str] = set()
+        async for event in stream:
+            kinds.add(type(event).__name__)
+            if {"ToolsListChanged", "ResourcesListChanged"} <= kinds:
+                break
+        await legacy_seen["tools"].wait()
+        await legacy_seen["resources"].wait()
+        assert "desk__echo" in {t.name for t in (await modern.list_tools()).tools}
+        assert "cortex://nodes/desk/audit" in {str(r.uri) for r in (await modern.list_resources()).resources}
+
+
+def test_resource_uris_are_parsed_strictly() -> None:
+    assert parse_resource_uri("cortex://artifacts/AbC-_9") == "AbC-_9"
+    assert parse_resource_uri("https://h:1/api/v1/artifacts/AbC") == "AbC"
+    assert parse_resource_uri("cortex://nodes/laptop/audit") == AuditRef("laptop", 0, 100)
+    assert parse_resource_uri("cortex://nodes/laptop/audit?after=5&limit=7") == AuditRef("laptop", 5, 7)
+    for hostile in (
+        "cortex://artifacts/../etc",
+        "cortex://artifacts/a/b",
+        "cortex://artifacts/a?x=1",
+        "cortex://artifacts/" + "a" * 65,
+        "cortex://nodes/Laptop/audit",
+        "cortex://nodes/laptop/audit?limit=0",
+        "cortex://nodes/laptop/audit?limit=1001",
+        "cortex://nodes/laptop/audit?after=-1",
+        "cortex://nodes/laptop/audit?after=x",
+        "cortex://nodes/laptop/audit?after=1&after=2",
+        "cortex://nodes/laptop/audit?other=1",
+        "cortex://nodes/laptop/secrets",
+        "file:///etc/passwd",
+        "cortex://nodes/" + "a" * 3000 + "/audit",
+        "",
+    ):
+        assert parse_resource_uri(hostile) is None, hostile
