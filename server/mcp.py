@@ -277,7 +277,9 @@ class McpEndpoint:
                 token="", client_id=f"{caller.ws}/{caller.sub}", scopes=[caller.role], subject=caller.sub
             )
         )
-        await serve_with_json_reply(self.manager.handle_request, scope, receive, send)
+        await serve_with_json_reply(
+            self.manager.handle_request, scope, receive, send, max_body=self.manager.max_request_body_size
+        )
 
     # -- MCP handlers ---------------------------------------------------------------------------------
     async def _list_tools(

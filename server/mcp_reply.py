@@ -10,9 +10,10 @@ as the JSON-RPC response alone, which clients read whole.
 Rules:
 1. Only a POST whose body is one JSON-RPC request for a method in `JSON_REPLY_METHODS` is touched; every
    other request (and every non-SSE answer: errors, 202, 404 of an unknown session) passes through as it is.
-2. The session manager still does all the validation (session id, protocol-version headers, Accept,
+2. At most the app's body limit is read ahead; a larger body goes to the app as it arrives (it answers 413).
+3. The session manager still does all the validation (session id, protocol-version headers, Accept,
    credential binding); this wrapper changes only the framing of the answer.
-3. The answer is the SSE event carrying the response with the request's id; notifications before it
+4. The answer is the SSE event carrying the response with the request's id; notifications before it
    are dropped (none are sent for these methods). If the stream ends without one, what was buffered is
    sent unchanged.
 """
@@ -32,15 +33,31 @@ _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _SKIP_HEADERS = frozenset({b"content-type", b"content-length", b"transfer-encoding"})
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, list[Message]]:
+def _declared_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes | None, list[Message]]:
+    """The whole body, or None (with what was read) once it is over `limit` or not a plain body."""
     chunks: list[bytes] = []
     messages: list[Message] = []
+    size = 0
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
-            return b"".join(chunks), messages
-        chunks.append(message.get("body", b""))
+            return None, messages
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit:
+            return None, messages
         if not message.get("more_body", False):
             return b"".join(chunks), messages
 
@@ -136,12 +153,18 @@ class _Collector:
         await self.send({"type": "http.response.body", "body": b"".join(self.raw), "more_body": False})
 
 
-async def serve_with_json_reply(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run `app` for this request, answering JSON-reply methods with one JSON body (see module rules)."""
-    if scope["type"] != "http" or scope.get("method") != "POST":
+async def serve_with_json_reply(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, max_body: int
+) -> None:
+    """Run `app` for this request, answering JSON-reply methods with one JSON body (see module rules).
+
+    At most `max_body` bytes are read ahead (the app's own body limit): a larger body, declared or sent,
+    is handed to the app as it comes, which refuses it (413) without this wrapper holding it."""
+    declared = _declared_length(scope)
+    if scope["type"] != "http" or scope.get("method") != "POST" or (declared or 0) > max_body:
         await app(scope, receive, send)
         return
-    body, messages = await _read_body(receive)
+    body, messages = await _read_body(receive, max_body)
     replay = list(messages)
 
     async def replayed() -> Message:
@@ -149,5 +172,5 @@ async def serve_with_json_reply(app: ASGIApp, scope: Scope, receive: Receive, se
             return replay.pop(0)
         return await receive()
 
-    wanted, request_id = _json_reply_id(body)
+    wanted, request_id = _json_reply_id(body) if body is not None else (False, None)
     await app(scope, replayed, _Collector(send, request_id) if wanted else send)

@@ -172,3 +172,23 @@ def test_resource_uris_are_parsed_strictly() -> None:
         "",
     ):
         assert parse_resource_uri(hostile) is None, hostile
+
+
+async def test_an_oversized_body_is_refused_without_being_read(server_proc: ServerProc) -> None:
+    # The JSON-reply wrapper reads request bodies ahead: it must not wait for (or hold) one over the limit.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_proc.port)
+    try:
+        head = (
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Accept: application/json, text/event-stream\r\n"
+            f"Authorization: Bearer {server_proc.token()}\r\nContent-Length: {1 << 30}\r\n\r\n"
+        )
+        writer.write(head.encode() + b'{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"')
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status = await reader.readline()
+        assert status.split()[1] == b"413", status
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
