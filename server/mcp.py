@@ -196,7 +196,29 @@ def _progress_token(ctx: ServerRequestContext[Any, Any], params: types.CallToolR
 
 
 class _NodeToolsServer(Server[Any]):
-    """The low-level server, advertising `tools.listChanged` (the session manager uses the defaults)."""
+    """The low-level server, advertising `tools.listChanged` (the session manager uses the defaults).
+
+    Capabilities say only what happens: prompts never change (there are none) and no resource sends
+    updates, so at 2026-07-28 — where the SDK derives every list/subscribe flag from `subscriptions/listen`
+    being served — `prompts.listChanged` and `resources.subscribe` are turned back off.
+    """
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(
+            notification_options, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if capabilities.prompts is not None:
+            capabilities.prompts.list_changed = False
+        if capabilities.resources is not None:
+            capabilities.resources.subscribe = False
+        return capabilities
 
     def create_initialization_options(
         self,

@@ -35,8 +35,9 @@ async def modern_client(server: ServerProc, token: str) -> AsyncIterator[Client]
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(60.0))
     async with (
         http,
-        Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode="2026-07-28") as client,
+        Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client,
     ):
+        assert client.protocol_version == "2026-07-28"  # negotiated by server/discover
         yield client
 
 
@@ -136,6 +137,10 @@ async def test_list_changed_reaches_both_revisions(
         modern.listen(tools_list_changed=True, resources_list_changed=True) as stream,
     ):
         assert stream.honored.tools_list_changed and stream.honored.resources_list_changed
+        caps = modern.server_capabilities  # only what the server does: no prompt changes, no resource updates
+        assert caps.tools is not None and caps.tools.list_changed
+        assert caps.resources is not None and caps.resources.list_changed and not caps.resources.subscribe
+        assert caps.prompts is not None and not caps.prompts.list_changed
         await legacy.list_tools()  # the handshake-era session is now known to the server
         await asyncio.to_thread(start_node, "desk")
         kinds: set[str] = set()
