@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from typing import Any
 import httpx2
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from server.mcp_resources import AuditRef, parse_resource_uri
-from tests.support.procs import AgentProc, ServerProc
+from tests.support.procs import REPO, AgentProc, ServerProc
 from tests.test_mcp import mcp_client
 
 INVALID_PARAMS = -32602
@@ -152,6 +154,39 @@ async def test_list_changed_reaches_both_revisions(
         await legacy_seen["resources"].wait()
         assert "desk__echo" in {t.name for t in (await modern.list_tools()).tools}
         assert "cortex://nodes/desk/audit" in {str(r.uri) for r in (await modern.list_resources()).resources}
+
+
+async def test_the_stdio_bridge_relays_resources(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc], tmp_path: Path
+) -> None:
+    start_node("laptop")
+    image = b"\x89PNG\r\n\x1a\n" + os.urandom(1024 * 1024 - 8)
+    big = _node_root(tmp_path, "laptop") / "big.png"
+    await asyncio.to_thread(big.write_bytes, image)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}
+    env.update({"PYTHONPATH": str(REPO), "CORTEX_TOKEN": server_proc.token()})
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "sdk.cli", "--server", server_proc.url, "mcp-stdio"],
+        env=env,
+        cwd=REPO,
+    )
+    errlog = await asyncio.to_thread(open, os.devnull, "w")
+    with errlog:
+        async with (
+            asyncio.timeout(60),
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            listed = {str(r.uri) for r in (await session.list_resources()).resources}
+            assert listed == {"cortex://nodes/laptop/audit"}
+            assert len((await session.list_resource_templates()).resource_templates) == 2
+            assert (await session.list_prompts()).prompts == []
+            result = await session.call_tool("laptop__fs_read", {"path": str(big)})
+            (link,) = [c for c in result.content if isinstance(c, types.ResourceLink)]
+            blob = (await session.read_resource(str(link.uri))).contents[0]
+            assert isinstance(blob, types.BlobResourceContents) and base64.b64decode(blob.blob) == image
 
 
 def test_resource_uris_are_parsed_strictly() -> None:
