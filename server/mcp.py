@@ -19,9 +19,10 @@ Rules:
    connects, disconnects or re-declares its tools (not on heartbeats): on the standalone stream for
    handshake-era sessions, through `subscriptions/listen` streams for 2026-07-28 clients.
 6. An image whose base64 exceeds `INLINE_IMAGE_LIMIT` is replaced by a `resource_link` to
-   ``cortex://artifacts/{id}`` (official clients cap one message near 1 MiB), which `resources/read`
-   returns with the same session (`server/mcp_resources.py`, answered as one JSON body by
-   `server/mcp_reply.py`); ``_meta["cortex/url"]`` gives the REST form `/api/v1/artifacts/{id}`.
+   `/api/v1/artifacts/{id}` (official clients cap one message near 1 MiB): a URL any client can GET
+   with the bearer token, and a resource `resources/read` returns in the same session
+   (`server/mcp_resources.py`, answered as one JSON body by `server/mcp_reply.py`);
+   ``_meta["cortex/uri"]`` gives its short name ``cortex://artifacts/{id}``.
 7. Resources: each visible connected node's audit log, and artifacts (`server/mcp_resources.py`);
    `resources/list_changed` goes out with `tools/list_changed` (the audit resources follow the nodes).
    `prompts/list` answers an empty list: Cortex has no prompts.
@@ -437,12 +438,15 @@ class McpEndpoint:
                 replaced.append(
                     {
                         "type": "resource_link",
-                        "uri": artifact_uri(artifact_id),
+                        "uri": f"{base_url.rstrip('/')}/api/v1/artifacts/{artifact_id}",
                         "name": f"{node}-image-{artifact_id[:8]}",
-                        "description": "Image too large to inline; read it with resources/read.",
+                        "description": (
+                            "Image too large to inline: read it with resources/read in this session "
+                            "(or GET it with the same bearer token)."
+                        ),
                         "mimeType": mime,
                         "size": len(data),
-                        "_meta": {"cortex/url": f"{base_url.rstrip('/')}/api/v1/artifacts/{artifact_id}"},
+                        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
                     }
                 )
             else:

@@ -6,9 +6,9 @@ and `CallRouter.read_audit` (the node over the tunnel) — so a resource is visi
 resource is, and the caller's workspace is the boundary.
 
 Rules:
-1. URIs: ``cortex://artifacts/{id}`` is an artifact (a large tool result, e.g. a screenshot); the
-   ``resource_link`` a tool result carries names it, and `resources/read` of it returns the bytes as a
-   blob. The REST form ``<base>/api/v1/artifacts/{id}`` is accepted as the same resource.
+1. URIs: an artifact (a large tool result, e.g. a screenshot) is ``<base>/api/v1/artifacts/{id}`` —
+   the URL the ``resource_link`` of a tool result carries (CONTRACT §7), also readable by REST — or,
+   the same resource, ``cortex://artifacts/{id}``; `resources/read` returns the bytes as a blob.
    ``cortex://nodes/{node}/audit`` is a node's audit log (its records after SEQ, at most N, and the
    chain head), with optional query ``?after=SEQ&limit=N`` as on REST (default 0 and 100, limit ≤ 1000).
 2. `resources/list` lists the audit log of every connected node the caller may see (artifacts are

@@ -154,8 +154,7 @@ async def test_mcp_client_gets_a_large_screenshot_as_a_resource_link(
         png = base64.b64decode(blob.blob)
         assert png.startswith(b"\x89PNG") and len(png) > 1024 * 1024
         assert Image.open(io.BytesIO(png)).size[0] >= 1600
-    assert links[0].meta is not None
-    rest_url = links[0].meta["cortex/url"]
+    rest_url = str(links[0].uri)  # the link is also a plain URL for the REST API
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         got = await http.get(rest_url)
         assert got.status_code == 200 and got.content == png

@@ -60,17 +60,17 @@ async def test_a_large_image_is_read_with_the_same_session(
         links = [c for c in result.content if isinstance(c, types.ResourceLink)]
         assert links and not any(isinstance(c, types.ImageContent) for c in result.content)
         link = links[0]
-        assert str(link.uri).startswith("cortex://artifacts/") and link.mime_type == "image/png"
+        assert f"{server_proc.url}/api/v1/artifacts/" in str(link.uri) and link.mime_type == "image/png"
         # The default client caps one SSE event at 1 MiB: the answer must come whole all the same.
         read = await session.read_resource(str(link.uri))
         (contents,) = read.contents
         assert isinstance(contents, types.BlobResourceContents)
         assert contents.mime_type == "image/png" and base64.b64decode(contents.blob) == image
-        # The REST form of the link names the same resource.
-        assert link.meta is not None
-        rest = await session.read_resource(link.meta["cortex/url"])
-        assert isinstance(rest.contents[0], types.BlobResourceContents)
-        assert base64.b64decode(rest.contents[0].blob) == image
+        # Its short name is the same resource.
+        assert link.meta is not None and link.meta["cortex/uri"].startswith("cortex://artifacts/")
+        short = await session.read_resource(link.meta["cortex/uri"])
+        assert isinstance(short.contents[0], types.BlobResourceContents)
+        assert base64.b64decode(short.contents[0].blob) == image
         # The session goes on working after the large answer.
         echoed = await session.call_tool("laptop__echo", {"text": "after"})
         assert not echoed.is_error
