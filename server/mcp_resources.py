@@ -89,10 +89,10 @@ def parse_resource_uri(uri: str) -> str | AuditRef | None:
         return segments[0] if _ARTIFACT_ID.fullmatch(segments[0]) else None
     if (
         parts.scheme in ("http", "https")
-        and segments[:3] == ["api", "v1", "artifacts"]
-        and len(segments) == 4
+        and segments[-4:-1] == ["api", "v1", "artifacts"]
+        and not parts.query
     ):
-        return segments[3] if _ARTIFACT_ID.fullmatch(segments[3]) else None
+        return segments[-1] if _ARTIFACT_ID.fullmatch(segments[-1]) else None  # any base path (a proxy's)
     if parts.scheme == "cortex" and parts.netloc == "nodes" and len(segments) == 2 and segments[1] == "audit":
         if not _NODE_NAME.fullmatch(segments[0]):
             return None

@@ -192,12 +192,17 @@ async def test_the_stdio_bridge_relays_resources(
 def test_resource_uris_are_parsed_strictly() -> None:
     assert parse_resource_uri("cortex://artifacts/AbC-_9") == "AbC-_9"
     assert parse_resource_uri("https://h:1/api/v1/artifacts/AbC") == "AbC"
+    assert parse_resource_uri("https://h/behind/proxy/api/v1/artifacts/AbC") == "AbC"
     assert parse_resource_uri("cortex://nodes/laptop/audit") == AuditRef("laptop", 0, 100)
     assert parse_resource_uri("cortex://nodes/laptop/audit?after=5&limit=7") == AuditRef("laptop", 5, 7)
     for hostile in (
         "cortex://artifacts/../etc",
         "cortex://artifacts/a/b",
         "cortex://artifacts/a?x=1",
+        "https://h/api/v1/artifacts/a?x=1",
+        "https://h/api/v1/artifacts/",
+        "https://h/api/v1/nodes/a",
+        "ftp://h/api/v1/artifacts/a",
         "cortex://artifacts/" + "a" * 65,
         "cortex://nodes/Laptop/audit",
         "cortex://nodes/laptop/audit?limit=0",
