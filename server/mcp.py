@@ -62,7 +62,7 @@ from starlette.types import Receive, Scope, Send
 from server.artifacts import artifact_store
 from server.auth import AuthError
 from server.mcp_reply import serve_with_json_reply
-from server.mcp_resources import TEMPLATES_TTL_MS, McpResources, artifact_uri
+from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources, artifact_uri
 from server.registry import NodeEntry
 from server.router import Caller
 from server.rpc import caller_from_token
@@ -371,7 +371,7 @@ class McpEndpoint:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
         _caller_of(ctx)
-        return types.ListPromptsResult(prompts=[], ttl_ms=TEMPLATES_TTL_MS, cache_scope="public")
+        return types.ListPromptsResult(prompts=[], ttl_ms=STATIC_LIST_TTL_MS, cache_scope="public")
 
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACT_TEMPLATE",
     "AUDIT_TEMPLATE",
-    "TEMPLATES_TTL_MS",
+    "STATIC_LIST_TTL_MS",
     "AuditRef",
     "McpResources",
     "artifact_uri",
@@ -58,7 +58,7 @@ ARTIFACT_TEMPLATE = "cortex://artifacts/{id}"
 AUDIT_TEMPLATE = "cortex://nodes/{node}/audit{?after,limit}"
 AUDIT_DEFAULT_LIMIT = 100
 AUDIT_MAX_LIMIT = 1000
-TEMPLATES_TTL_MS = 3_600_000
+STATIC_LIST_TTL_MS = 3_600_000
 
 _ARTIFACT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -159,7 +159,7 @@ class McpResources:
                     mime_type="application/json",
                 ),
             ],
-            ttl_ms=TEMPLATES_TTL_MS,
+            ttl_ms=STATIC_LIST_TTL_MS,
             cache_scope="public",
         )
 
