@@ -5,7 +5,9 @@ Layering: two halves of the official `mcp` package back to back — a low-level 
 stdin/stdout facing the local client, and a `ClientSession` over streamable HTTP (httpx2, bearer token)
 facing the Cortex server. Tool lists and calls are passed through unchanged; progress flows back, a local
 cancel cancels the remote call (the official client sends `notifications/cancelled`), and the server's
-`notifications/tools/list_changed` is repeated to the local client. Nothing is printed to stdout except
+`notifications/tools/list_changed` is repeated to the local client. Resources (artifacts such as a large
+screenshot's `resource_link`, node audit logs) and the (empty) prompt list are relayed the same way, with
+`notifications/resources/list_changed`. Nothing is printed to stdout except
 MCP messages; diagnostics go to stderr.
 """
 
@@ -43,6 +45,10 @@ class McpStdioBridge:
             instructions="Tools of Cortex agent nodes, named <node>__<tool>, relayed from a Cortex server.",
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts,
         )
 
     @property
@@ -72,10 +78,34 @@ class McpStdioBridge:
             )
         return result
 
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        self._local = ctx.session
+        return await self.remote.list_resources(params=params)
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return await self.remote.list_resource_templates(params=params)
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        return await self.remote.read_resource(str(params.uri))
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return await self.remote.list_prompts(params=params)
+
     async def _on_remote_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification) and self._local is not None:
             with contextlib.suppress(Exception):
                 await self._local.send_tool_list_changed()
+        elif isinstance(message, types.ResourceListChangedNotification) and self._local is not None:
+            with contextlib.suppress(Exception):
+                await self._local.send_resource_list_changed()
         elif isinstance(message, Exception):
             logger.warning("cortex server stream error: %s", message)
 
@@ -91,7 +121,9 @@ class McpStdioBridge:
         ):
             await remote.initialize()
             self._remote = remote
-            options = self.server.create_initialization_options(NotificationOptions(tools_changed=True))
+            options = self.server.create_initialization_options(
+                NotificationOptions(tools_changed=True, resources_changed=True)
+            )
             async with stdio_server() as (local_read, local_write):
                 await self.server.run(local_read, local_write, options)
 

@@ -19,7 +19,13 @@ Rules:
    connects, disconnects or re-declares its tools (not on heartbeats): on the standalone stream for
    handshake-era sessions, through `subscriptions/listen` streams for 2026-07-28 clients.
 6. An image whose base64 exceeds `INLINE_IMAGE_LIMIT` is replaced by a `resource_link` to
-   `/api/v1/artifacts/{id}` (official clients cap one message near 1 MiB).
+   `/api/v1/artifacts/{id}` (official clients cap one message near 1 MiB): a URL any client can GET
+   with the bearer token, and a resource `resources/read` returns in the same session
+   (`server/mcp_resources.py`, answered as one JSON body by `server/mcp_reply.py`);
+   ``_meta["cortex/uri"]`` gives its short name ``cortex://artifacts/{id}``.
+7. Resources: each visible connected node's audit log, and artifacts (`server/mcp_resources.py`);
+   `resources/list_changed` goes out with `tools/list_changed` (the audit resources follow the nodes).
+   `prompts/list` answers an empty list: Cortex has no prompts.
 """
 
 from __future__ import annotations
@@ -41,7 +47,12 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
@@ -51,6 +62,8 @@ from starlette.types import Receive, Scope, Send
 
 from server.artifacts import artifact_store
 from server.auth import AuthError
+from server.mcp_reply import serve_with_json_reply
+from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources, artifact_uri
 from server.registry import NodeEntry
 from server.results import expand_for_mcp
 from server.router import Caller
@@ -186,7 +199,29 @@ def _progress_token(ctx: ServerRequestContext[Any, Any], params: types.CallToolR
 
 
 class _NodeToolsServer(Server[Any]):
-    """The low-level server, advertising `tools.listChanged` (the session manager uses the defaults)."""
+    """The low-level server, advertising `tools.listChanged` (the session manager uses the defaults).
+
+    Capabilities say only what happens: prompts never change (there are none) and no resource sends
+    updates, so at 2026-07-28 — where the SDK derives every list/subscribe flag from `subscriptions/listen`
+    being served — `prompts.listChanged` and `resources.subscribe` are turned back off.
+    """
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(
+            notification_options, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if capabilities.prompts is not None:
+            capabilities.prompts.list_changed = False
+        if capabilities.resources is not None:
+            capabilities.resources.subscribe = False
+        return capabilities
 
     def create_initialization_options(
         self,
@@ -195,7 +230,7 @@ class _NodeToolsServer(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True),
+            notification_options or NotificationOptions(tools_changed=True, resources_changed=True),
             experimental_capabilities,
             extensions,
         )
@@ -206,6 +241,7 @@ class McpEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.resources = McpResources(state)
         self.server: Server[Any] = _NodeToolsServer(
             "cortex",
             version=state.version,
@@ -216,6 +252,10 @@ class McpEndpoint:
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
             on_subscriptions_listen=self._listen,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts,
         )
         self.server.add_notification_handler(
             "notifications/initialized", types.NotificationParams, self._on_initialized
@@ -280,7 +320,15 @@ class McpEndpoint:
                 finished = True
             await send(message)
 
-        exchange = asyncio.ensure_future(self.manager.handle_request(scope, receive, tracked_send))
+        exchange = asyncio.ensure_future(
+            serve_with_json_reply(
+                self.manager.handle_request,
+                scope,
+                receive,
+                tracked_send,
+                max_body=self.manager.max_request_body_size,
+            )
+        )
         revoked = False
 
         def close() -> None:
@@ -360,6 +408,30 @@ class McpEndpoint:
         )
         return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
 
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        caller = _caller_of(ctx)
+        self._track(ctx, caller)
+        return self.resources.list(caller)
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        _caller_of(ctx)
+        return self.resources.templates()
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        return await self.resources.read(_caller_of(ctx), str(params.uri))
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        _caller_of(ctx)
+        return types.ListPromptsResult(prompts=[], ttl_ms=STATIC_LIST_TTL_MS, cache_scope="public")
+
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
     ) -> types.SubscriptionsListenResult:
@@ -395,11 +467,13 @@ class McpEndpoint:
         for audience, (bus, _handler) in list(self._listeners.items()):
             if audience in ("*", entry.workspace):
                 await bus.publish(ToolsListChanged())
+                await bus.publish(ResourcesListChanged())
         for session_id, (session, caller) in list(self._sessions.items()):
             if not caller.can_see(entry.workspace):
                 continue
             try:
                 await session.send_tool_list_changed()
+                await session.send_resource_list_changed()
             except Exception:  # a closed session: stop tracking it
                 logger.debug("dropping MCP session %s from list_changed", session_id[:12])
                 self._sessions.pop(session_id, None)
@@ -425,9 +499,13 @@ class McpEndpoint:
                         "type": "resource_link",
                         "uri": f"{base_url.rstrip('/')}/api/v1/artifacts/{artifact_id}",
                         "name": f"{node}-image-{artifact_id[:8]}",
-                        "description": "Image too large to inline; GET it with the same bearer token.",
+                        "description": (
+                            "Image too large to inline: read it with resources/read in this session "
+                            "(or GET it with the same bearer token)."
+                        ),
                         "mimeType": mime,
                         "size": len(data),
+                        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
                     }
                 )
             else:

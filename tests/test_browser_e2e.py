@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import subprocess
@@ -142,12 +143,20 @@ async def test_mcp_client_gets_a_large_screenshot_as_a_resource_link(
     async with asyncio.timeout(90), mcp_client(server_proc, token) as session:
         await session.call_tool("laptop__browser_navigate", {"url": site + "/noise"})
         result = await session.call_tool("laptop__browser_screenshot", {"full_page": True})
-    links = [c for c in result.content if isinstance(c, types.ResourceLink)]
-    images = [c for c in result.content if isinstance(c, types.ImageContent)]
-    # a noise image is several MiB: too large for one MCP message, it comes as a link to the artifact
-    assert links and not images, result.content
+        links = [c for c in result.content if isinstance(c, types.ResourceLink)]
+        images = [c for c in result.content if isinstance(c, types.ImageContent)]
+        # a noise image is several MiB: too large for one MCP message, it comes as a link to the artifact
+        assert links and not images, result.content
+        # any MCP client reads it with the same session (the default client caps one SSE event at 1 MiB)
+        read = await session.read_resource(str(links[0].uri))
+        blob = read.contents[0]
+        assert isinstance(blob, types.BlobResourceContents) and blob.mime_type == "image/png"
+        png = base64.b64decode(blob.blob)
+        assert png.startswith(b"\x89PNG") and len(png) > 1024 * 1024
+        assert Image.open(io.BytesIO(png)).size[0] >= 1600
+    rest_url = str(links[0].uri)  # the link is also a plain URL for the REST API
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
-        got = await http.get(str(links[0].uri))
-        assert got.status_code == 200 and got.content.startswith(b"\x89PNG")
+        got = await http.get(rest_url)
+        assert got.status_code == 200 and got.content == png
     async with httpx2.AsyncClient() as anonymous:
-        assert (await anonymous.get(str(links[0].uri))).status_code == 401
+        assert (await anonymous.get(rest_url)).status_code == 401
