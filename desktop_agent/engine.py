@@ -40,6 +40,7 @@ from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, wa
 from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolFunc, ToolResult
 from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
+from desktop_agent.tools.process import ProcessTable, ProcessTools
 from desktop_agent.tools.shell import shell_exec
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import argument_problem, load_manifest, schema_validator
@@ -49,9 +50,7 @@ __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 logger = logging.getLogger(__name__)
 
 QUEUE_FACTOR = 16  # default 16 running + 256 waiting: a burst queues, more is refused
-BROWSER_TOOLS = frozenset(
-    {"browser_navigate", "browser_click", "browser_type", "browser_screenshot", "browser_snapshot"}
-)
+BROWSER_TOOLS = frozenset(t["name"] for t in load_manifest() if t["name"].startswith("browser_"))
 
 
 @dataclass
@@ -126,6 +125,8 @@ class ToolEngine:
         self._logged_browser_reason: str | None = None
         funcs: dict[str, ToolFunc] = {"echo": echo, "system_info": system_info, "shell_exec": shell_exec}
         funcs.update(FsTools().tools())
+        self.processes = ProcessTable(self._audit.append)  # the node's, not a connection's
+        funcs.update(ProcessTools(self.processes).tools())
         funcs.update(self._load_browser())
         self._tools: dict[str, _Tool] = {
             spec["name"]: _Tool(spec, funcs[spec["name"]], schema_validator(spec["inputSchema"]))
@@ -217,7 +218,7 @@ class ToolEngine:
             logger.exception("agent.toml watcher stopped; policy edits need a restart")
 
     async def aclose(self) -> None:
-        """Stop the watcher, close the browser and the audit log."""
+        """Stop the watcher and the background processes, close the browser and the audit log."""
         if self._watcher is not None:
             assert self._stop_watch is not None
             self._stop_watch.set()
@@ -226,6 +227,10 @@ class ToolEngine:
             except (TimeoutError, asyncio.CancelledError):
                 self._watcher.cancel()
             self._watcher = None
+        try:
+            await self.processes.aclose()
+        except Exception:
+            logger.exception("stopping the background processes failed")
         if self._browser is not None:
             try:
                 await self._browser.aclose()
