@@ -154,7 +154,7 @@ class ToolEngine:
             logger.info("browser tools not available: %s", exc)
             return {}
         try:
-            self._browser = BrowserTools(lambda: self._config.policy)
+            self._browser = BrowserTools(lambda: self._config.policy, home=self.home)
             return dict(self._browser.tools())
         except Exception:
             logger.exception("browser tools failed to load")
