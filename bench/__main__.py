@@ -26,7 +26,15 @@ from bench.harness import Row, raise_fd_limit
 
 __all__ = ["EXTRA_MODULES", "collect_extra", "format_table", "main"]
 
-EXTRA_MODULES = ("handshake_bench", "auth_bench", "audit_bench", "browser_bench", "mcp_bench", "cancel_bench")
+EXTRA_MODULES = (
+    "handshake_bench",
+    "auth_bench",
+    "audit_bench",
+    "browser_bench",
+    "mcp_bench",
+    "cancel_bench",
+    "process_bench",
+)
 
 
 def _row_from_dict(d: dict[str, Any]) -> Row:
