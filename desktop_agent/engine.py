@@ -10,7 +10,9 @@ Rules of a call:
    schema -> RpcError(INVALID_PARAMS) with the schema's complaint, also audited as `tool.denied`.
    Nothing runs.
 2. At most `policy.max_concurrency` calls run at once; up to `QUEUE_FACTOR` times as many wait (first
-   come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`.
+   come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`. The light
+   process tools (`UNMETERED`: reading output, listing) take no slot: a long-polling `process_read`
+   mostly waits, and must not keep other calls out while it does.
 3. `tool.requested` is on disk (fsync'd) before the tool starts; if it cannot be written the tool does
    not run -> RpcError(INTERNAL_ERROR).
 4. Every started call ends with exactly one `tool.finished` (status ok | error | cancelled | timeout,
@@ -50,6 +52,7 @@ __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 logger = logging.getLogger(__name__)
 
 QUEUE_FACTOR = 16  # default 16 running + 256 waiting: a burst queues, more is refused
+UNMETERED = frozenset({"process_read", "process_list"})
 BROWSER_TOOLS = frozenset(t["name"] for t in load_manifest() if t["name"].startswith("browser_"))
 
 
@@ -295,6 +298,8 @@ class ToolEngine:
         if problem is not None:
             message = f"invalid arguments for {name}: {problem}"
             await self._deny(INVALID_PARAMS, message, name, arguments, request_id, caller)
+        if name in UNMETERED:
+            return await self._run(tool, arguments, policy, request_id, caller, progress)
         try:
             await self._admission.acquire()
         except RpcError as exc:

@@ -41,7 +41,7 @@ class Node:
         self.toml()
 
     def toml(self, body: str = "") -> None:
-        text = f'allowed_roots = ["{self.root}"]\n[browser]\nenabled = false\n{body}'
+        text = f'allowed_roots = ["{self.root}"]\n{body}\n[browser]\nenabled = false\n'
         (self.home / "agent.toml").write_text(text)
 
     def records(self) -> list[dict[str, Any]]:
@@ -343,3 +343,21 @@ def test_processes_survive_a_server_restart(
     agent.stop()
     assert wait_gone([os_pid], 10.0)
     assert not alive(os_pid)
+
+
+async def test_long_polls_do_not_take_the_call_slots(node: Node) -> None:
+    async with engine_with(node, "max_concurrency = 2\n") as engine:
+        p = await start(engine, "sleep 30")
+        polls = [
+            asyncio.ensure_future(call(engine, "process_read", process_id=p["process_id"], wait_s=5))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.1)  # the polls are waiting
+        began = time.monotonic()
+        assert (await asyncio.wait_for(call(engine, "echo", text="through"), 2))["content"][0][
+            "text"
+        ] == "through"
+        assert time.monotonic() - began < 1
+        for poll in polls:
+            poll.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
