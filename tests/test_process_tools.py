@@ -361,3 +361,18 @@ async def test_long_polls_do_not_take_the_call_slots(node: Node) -> None:
         for poll in polls:
             poll.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
+
+
+def test_processes_section_of_agent_toml(node: Node) -> None:
+    from desktop_agent.policy import ConfigError, load_config
+
+    node.toml("[processes]\nmax = 3\nbuffer_bytes = 65536\n")
+    policy = load_config(node.home).policy
+    assert (policy.max_processes, policy.process_buffer_bytes) == (3, 65536)
+    node.toml("")
+    policy = load_config(node.home).policy
+    assert (policy.max_processes, policy.process_buffer_bytes) == (16, 4 << 20)
+    for bad in ("max = 0", "max = true", 'buffer_bytes = "big"'):
+        node.toml(f"[processes]\n{bad}\n")
+        with pytest.raises(ConfigError):
+            load_config(node.home)

@@ -291,7 +291,7 @@ class ProcessTable:
             in_fd, out_fd = os.dup(parent_fd), parent_fd
             env = {**env, **PTY_ENV}
             if self._setsid:  # a new session whose controlling terminal is the pty (rule 1)
-                argv = [self._setsid, "--ctty", *argv]
+                argv = [self._setsid, "--ctty", "--wait", *argv]
         else:
             child_in, in_fd = os.pipe()
             out_fd, child_out = os.pipe()
