@@ -183,6 +183,8 @@ async def test_dropped_bytes_when_the_ring_overflows(node: Node) -> None:
         r = (await call(engine, "process_read", process_id=pid, offset=0))["structuredContent"]
     assert (r["offset"], r["next_offset"], r["dropped_bytes"]) == (4000, 5000, 4000)
     assert r["output"] == "x" * 1000
+    [exited] = [x for x in node.records() if x["event"] == "process.exited"]
+    assert exited["output_sha256"] == hashlib.sha256(b"x" * 5000).hexdigest()  # all of it, not the ring
 
 
 async def test_max_bytes_never_splits_a_character(engine: ToolEngine) -> None:

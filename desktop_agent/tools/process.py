@@ -346,11 +346,7 @@ class ProcessTable:
                 proc.close_output(loop)
         proc.signal_group(signal.SIGKILL)  # nothing of the group outlives its leader
         proc.close_input()
-        proc.exit_code = code
-        proc.ended.set()
-        proc.wake()
-        self._forget_old()
-        try:
+        try:  # audited before anyone sees it ended: a reader that saw the end finds the record
             await self._record(
                 "process.exited",
                 process_id=proc.process_id,
@@ -360,6 +356,10 @@ class ProcessTable:
             )
         except Exception:
             logger.exception("could not audit the end of %s", proc.process_id)
+        proc.exit_code = code
+        proc.ended.set()
+        proc.wake()
+        self._forget_old()
 
     async def kill(self, proc: _Process, sig: int) -> int | None:
         """Rule 7 for one process."""

@@ -78,10 +78,11 @@ class FileGuard:
                 found.add(_identity(os.stat(top)))
             except OSError:
                 continue
-            for dirpath, _dirs, files in os.walk(top):
-                for name in files:
-                    if len(found) >= _SCAN_LIMIT:
-                        break
+            for dirpath, dirs, files in os.walk(top):
+                if len(found) >= _SCAN_LIMIT:
+                    dirs.clear()  # bounded: a huge protected tree is still refused by path (rule 3)
+                    break
+                for name in files[: max(0, _SCAN_LIMIT - len(found))]:
                     try:
                         found.add(_identity(os.stat(os.path.join(dirpath, name), follow_symlinks=False)))
                     except OSError:
