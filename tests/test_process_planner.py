@@ -1,6 +1,6 @@
 """The seed's outcome through the planner: start a web server in the background on the node, open it in
 the node's browser, screenshot it, stop it — a real server, a real agent with Chromium, a scripted model
-speaking the real OpenAI wire format, every step in the node's audit log."""
+speaking the real OpenAI and Anthropic wire formats, every step in the node's audit log."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from tests.support.procs import AgentProc, ServerProc, free_port
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
 
 
-@pytest.fixture
-def llm() -> Iterator[FakeLLM]:
-    with FakeLLM("openai", []) as fake:
+@pytest.fixture(params=["openai", "anthropic"])
+def llm(request: pytest.FixtureRequest) -> Iterator[FakeLLM]:
+    with FakeLLM(request.param, []) as fake:
         yield fake
 
 
@@ -86,8 +86,9 @@ def test_planner_runs_a_server_in_the_background_and_looks_at_it(
     assert "Seed Outcome" in results[2]["text"]
 
     # The model was told how to run things in the background.
-    assert llm.requests[0]["messages"][0]["content"].startswith(SYSTEM_PROMPT[:40])
-    assert "process_start" in llm.requests[0]["messages"][0]["content"]
+    first = llm.requests[0]
+    system = first["messages"][0]["content"] if llm.wire == "openai" else json.dumps(first["system"])
+    assert SYSTEM_PROMPT[:40] in system and "process_start" in system
 
     records = [json.loads(line) for line in (agent.home / "audit.log").read_text().splitlines()]
     finished = [r for r in records if r["event"] == "tool.finished"]
