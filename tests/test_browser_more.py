@@ -220,3 +220,19 @@ async def test_new_tools_are_serialised_with_the_rest(
         run(browser, "browser_press_key", key="Tab"),
     )
     assert "text" in results[0] and "P" in results[1]
+
+
+async def test_a_directory_is_an_index_without_the_agent_files(
+    browser: tuple[BrowserTools, ToolContext], node: Node
+) -> None:
+    (node.root / "visible.txt").write_text("v")
+    os.link(node.credentials, node.root / "alias.json")
+    await run(browser, "browser_navigate", url=node.root.as_uri() + "/")
+    index = await run(browser, "browser_snapshot")
+    assert "visible.txt" in index and ".cortex/" in index
+    assert "alias.json" not in index  # a hard link to the credential is not even listed
+    await run(browser, "browser_navigate", url=node.home.as_uri() + "/")
+    inside = await run(browser, "browser_snapshot")
+    assert "credentials.json" not in inside and "agent.toml" not in inside
+    with pytest.raises(ToolFailure):
+        await run(browser, "browser_file_upload", target="input", paths=[str(node.root)])

@@ -6,7 +6,8 @@ thread (callers use `asyncio.to_thread`).
 
 Rules:
 1. A file is served only when its resolved path lies under an allowed root and it is a regular file
-   of at most `MAX_FILE_BYTES`.
+   of at most `MAX_FILE_BYTES`; a directory there (navigation only, never an upload) is served as a
+   small HTML index without the entries rule 3 hides.
 2. It is opened component by component beneath the root's directory fd with O_NOFOLLOW, so a directory
    swapped for a symlink during the walk makes the open fail instead of leaving the root.
 3. The opened fd's identity (st_dev, st_ino) must not be one of the agent's own files (agent.toml,
@@ -18,12 +19,14 @@ Rules:
 
 from __future__ import annotations
 
+import html
 import mimetypes
 import os
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from desktop_agent.tools.browser.settings import BrowserSettings, file_url_path
 
@@ -33,6 +36,7 @@ AGENT_FILES = ("agent.toml", "credentials.json", "audit.log")
 MAX_FILE_BYTES = 64 << 20
 _SCAN_LIMIT = 20_000  # files of protected directories whose identities are collected
 _SCAN_TTL_S = 2.0
+_LISTING_LIMIT = 1000
 
 
 class FileRefused(Exception):
@@ -118,7 +122,7 @@ class FileGuard:
         target = file_url_path(url)
         if target is None:
             raise FileRefused("not a local file URL")
-        return self.read_path(target, settings)
+        return self.read_path(target, settings, listing=True)
 
     def read_named(self, raw: str, settings: BrowserSettings) -> LocalFile:
         """A file named by a caller (relative paths resolve against the first root); blocking."""
@@ -129,11 +133,13 @@ class FileGuard:
             path = Path(settings.allowed_roots[0]) / path
         return self.read_path(Path(os.path.realpath(path)), settings)
 
-    def read_path(self, target: Path, settings: BrowserSettings) -> LocalFile:
+    def read_path(self, target: Path, settings: BrowserSettings, *, listing: bool = False) -> LocalFile:
         root = self._check_path(target, settings)
-        fd = _open_beneath(root, target)
+        fd = _open_beneath(root, target, directory_ok=listing)
         try:
             st = os.fstat(fd)
+            if listing and stat.S_ISDIR(st.st_mode):
+                return self._listing(fd, target, settings)
             if not stat.S_ISREG(st.st_mode):
                 raise FileRefused("not a regular file")
             if _identity(st) in self._protected_identities(settings):
@@ -155,17 +161,51 @@ class FileGuard:
         mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return LocalFile(target, b"".join(chunks), mime)
 
+    def _listing(self, fd: int, target: Path, settings: BrowserSettings) -> LocalFile:
+        """A directory under a root as a small HTML index, without the files the browser may not see."""
+        hidden = self._protected_identities(settings)
+        names: list[tuple[str, bool]] = []
+        more = 0
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if _identity(st) in hidden:
+                    continue
+                if len(names) >= _LISTING_LIMIT:
+                    more += 1
+                    continue
+                names.append((entry.name, stat.S_ISDIR(st.st_mode)))
+        names.sort()
+        return LocalFile(target, _listing_html(target, names, more), "text/html")
 
-def _open_beneath(root: Path, target: Path) -> int:
+
+def _listing_html(target: Path, names: list[tuple[str, bool]], more: int) -> bytes:
+    title = html.escape(str(target))
+    items = []
+    for name, is_dir in names:
+        slash = "/" if is_dir else ""
+        items.append(f"<li><a href='{quote(name)}{slash}'>{html.escape(name)}{slash}</a></li>")
+    tail = f"<p>… and {more} more</p>" if more else ""
+    page = f"<!doctype html><title>Index of {title}</title><h1>Index of {title}</h1>"
+    return (page + f"<ul>{''.join(items)}</ul>{tail}").encode()
+
+
+def _open_beneath(root: Path, target: Path, *, directory_ok: bool = False) -> int:
     """Rule 2: open `target` walking down from `root` without following any symlink."""
     parts = target.relative_to(root).parts
-    if not parts:
-        raise FileRefused("a directory")
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(root, flags | os.O_DIRECTORY)
     except OSError as exc:
         raise FileRefused(f"cannot open the root: {exc.strerror}") from None
+    if not parts:
+        if directory_ok:
+            return fd
+        os.close(fd)
+        raise FileRefused("a directory")
     try:
         for part in parts[:-1]:
             try:
