@@ -10,7 +10,9 @@ Rules of a call:
    schema -> RpcError(INVALID_PARAMS) with the schema's complaint, also audited as `tool.denied`.
    Nothing runs.
 2. At most `policy.max_concurrency` calls run at once; up to `QUEUE_FACTOR` times as many wait (first
-   come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`.
+   come, first served); beyond that -> RpcError(OVERLOADED), audited as `tool.denied`. The light
+   process tools (`UNMETERED`: reading output, listing) take no slot: a long-polling `process_read`
+   mostly waits, and must not keep other calls out while it does.
 3. `tool.requested` is on disk (fsync'd) before the tool starts; if it cannot be written the tool does
    not run -> RpcError(INTERNAL_ERROR). If the audit log was silenced (deleted, moved, replaced or cut:
    `desktop_agent.audit` rule 5), this and every later call get an isError result naming the problem
@@ -47,6 +49,7 @@ from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, wa
 from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolFunc, ToolResult
 from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
+from desktop_agent.tools.process import ProcessTable, ProcessTools
 from desktop_agent.tools.shell import shell_exec
 from desktop_agent.uploads import BIG_RESULT_BYTES, json_digest, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
@@ -57,9 +60,8 @@ __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 logger = logging.getLogger(__name__)
 
 QUEUE_FACTOR = 16  # default 16 running + 256 waiting: a burst queues, more is refused
-BROWSER_TOOLS = frozenset(
-    {"browser_navigate", "browser_click", "browser_type", "browser_screenshot", "browser_snapshot"}
-)
+UNMETERED = frozenset({"process_read", "process_list"})
+BROWSER_TOOLS = frozenset(t["name"] for t in load_manifest() if t["name"].startswith("browser_"))
 
 
 @dataclass
@@ -137,6 +139,8 @@ class ToolEngine:
         funcs: dict[str, ToolFunc] = {"echo": echo, "system_info": system_info, "shell_exec": shell_exec}
         self._fs = FsTools()
         funcs.update(self._fs.tools())
+        self.processes = ProcessTable(self._audit.append)  # the node's, not a connection's
+        funcs.update(ProcessTools(self.processes).tools())
         funcs.update(self._load_browser())
         self._tools: dict[str, _Tool] = {
             spec["name"]: _Tool(
@@ -170,7 +174,7 @@ class ToolEngine:
             logger.info("browser tools not available: %s", exc)
             return {}
         try:
-            self._browser = BrowserTools(lambda: self._config.policy)
+            self._browser = BrowserTools(lambda: self._config.policy, home=self.home)
             return dict(self._browser.tools())
         except Exception:
             logger.exception("browser tools failed to load")
@@ -235,7 +239,7 @@ class ToolEngine:
             logger.exception("agent.toml watcher stopped; policy edits need a restart")
 
     async def aclose(self) -> None:
-        """Stop the watcher, close the browser and the audit log."""
+        """Stop the watcher and the background processes, close the browser and the audit log."""
         if self._watcher is not None:
             assert self._stop_watch is not None
             self._stop_watch.set()
@@ -244,6 +248,10 @@ class ToolEngine:
             except (TimeoutError, asyncio.CancelledError):
                 self._watcher.cancel()
             self._watcher = None
+        try:
+            await self.processes.aclose()
+        except Exception:
+            logger.exception("stopping the background processes failed")
         if self._browser is not None:
             try:
                 await self._browser.aclose()
@@ -332,6 +340,8 @@ class ToolEngine:
         if problem is not None:
             message = f"invalid arguments for {name}: {problem}"
             await self._deny(INVALID_PARAMS, message, name, arguments, request_id, caller)
+        if name in UNMETERED:
+            return await self._run(tool, arguments, policy, request_id, caller, progress)
         try:
             await self._admission.acquire()
         except RpcError as exc:

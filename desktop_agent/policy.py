@@ -29,6 +29,10 @@ agent.toml (every key optional)::
     idle_timeout_s = 300
     allowed_schemes = ["http", "https", "file"]
 
+    [processes]
+    max = 16                          # background processes running at once (process_start)
+    buffer_bytes = 4194304            # output ring buffer of each
+
     [limits]
     max_read_bytes = 8388608          # largest fs_read slice
     max_write_bytes = 16777216        # largest fs_write content (decoded)
@@ -85,6 +89,7 @@ _TOP_KEYS = {
     "shell",
     "browser",
     "limits",
+    "processes",
 }
 _SECTION_KEYS: dict[str, set[str]] = {
     "tls": {"ca", "client_cert", "client_key"},
@@ -92,6 +97,7 @@ _SECTION_KEYS: dict[str, set[str]] = {
     "shell": {"enabled"},
     "browser": {"enabled", "executable", "idle_timeout_s", "allowed_schemes"},
     "limits": {"max_read_bytes", "max_write_bytes", "max_output_bytes"},
+    "processes": {"max", "buffer_bytes"},
 }
 
 
@@ -131,12 +137,14 @@ class Policy:
     browser_idle_timeout_s: float = 300.0
     browser_allowed_schemes: tuple[str, ...] = ("http", "https", "file")
     protected_paths: tuple[Path, ...] = ()  # trees no tool may touch (desktop_agent.confine rule 3)
+    max_processes: int = 16
+    process_buffer_bytes: int = 4 * MIB
 
     def tool_enabled(self, name: str) -> bool:
         """The owner's switches for one tool (availability of the browser itself is the engine's business)."""
         if self.enabled_tools is not None and name not in self.enabled_tools:
             return False
-        if name == "shell_exec" and not self.shell_enabled:
+        if (name == "shell_exec" or name.startswith("process_")) and not self.shell_enabled:
             return False
         return not (name.startswith("browser_") and not self.browser_enabled)
 
@@ -226,6 +234,7 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
         logger.warning("%s: ignoring unknown keys: %s", where, ", ".join(sorted(unknown)))
     tls_t, tools_t, shell_t = (_section(data, s, where) for s in ("tls", "tools", "shell"))
     browser_t, limits_t = _section(data, "browser", where), _section(data, "limits", where)
+    processes_t = _section(data, "processes", where)
 
     def path_or_none(table: Mapping[str, Any], key: str) -> Path | None:
         value = _get(table, key, str, where)
@@ -252,6 +261,8 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
     idle = _positive(_get(browser_t, "idle_timeout_s", (int, float), where), "idle_timeout_s", where)
     schemes = _str_list(browser_t, "allowed_schemes", where)
     executable = path_or_none(browser_t, "executable") if "executable" in browser_t else None
+    max_processes = _positive(_get(processes_t, "max", int, where), "max", where)
+    buffer_bytes = _positive(_get(processes_t, "buffer_bytes", int, where), "buffer_bytes", where)
     policy = Policy(
         allowed_roots=roots,
         enabled_tools=frozenset(enabled) if enabled is not None else None,
@@ -265,6 +276,8 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
         if schemes is not None
         else (defaults.browser_allowed_schemes),
         protected_paths=protected,
+        max_processes=max_processes or defaults.max_processes,
+        process_buffer_bytes=buffer_bytes or defaults.process_buffer_bytes,
     )
     return AgentConfig(
         home=home,

@@ -17,7 +17,7 @@ from desktop_agent.policy import Overrides
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import load_manifest
 
-BROWSER = {"browser_navigate", "browser_click", "browser_type", "browser_screenshot", "browser_snapshot"}
+BROWSER = {t["name"] for t in load_manifest() if t["name"].startswith("browser_")}
 CALLER = {"sub": "alice", "ws": "w1"}
 
 

@@ -29,6 +29,15 @@ CONTRACT_REQUIRED = {
     "browser_type": {"target", "text"},
     "browser_screenshot": set(),
     "browser_snapshot": set(),
+    "process_start": {"command"},
+    "process_read": {"process_id"},
+    "process_write": {"process_id", "input"},
+    "process_kill": {"process_id"},
+    "process_list": set(),
+    "browser_tabs": {"action"},
+    "browser_press_key": {"key"},
+    "browser_wait_for": set(),
+    "browser_file_upload": {"target", "paths"},
 }
 CONTRACT_OPTIONAL = {
     "shell_exec": {"cwd", "timeout_s", "env", "stdin"},
@@ -39,8 +48,17 @@ CONTRACT_OPTIONAL = {
     "fs_grep": {"glob", "ignore_case", "max_matches"},
     "browser_type": {"submit"},
     "browser_screenshot": {"full_page", "format", "quality", "max_width"},
+    "process_start": {"cwd", "env", "pty", "name"},
+    "process_read": {"offset", "wait_s", "max_bytes"},
+    "process_write": {"close_stdin"},
+    "process_kill": {"signal"},
+    "browser_tabs": {"index", "url"},
+    "browser_wait_for": {"text", "text_gone", "target", "timeout_s"},
 }
-STRUCTURED = {"system_info", "shell_exec", "fs_write", "fs_edit", "fs_list", "fs_grep", "browser_navigate"}
+STRUCTURED = {
+    "system_info", "shell_exec", "fs_write", "fs_edit", "fs_list", "fs_grep", "browser_navigate",
+    "process_start", "process_read", "process_write", "process_kill", "process_list", "browser_tabs",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +118,20 @@ def test_documented_limits(tools: dict[str, Any]) -> None:
     validator = Draft202012Validator(tools["shell_exec"]["inputSchema"])
     assert not validator.is_valid({"command": "true", "timeout_s": 3601})
     assert not validator.is_valid({"command": "true", "bogus": 1})
+
+
+def test_process_tool_limits(tools: dict[str, Any]) -> None:
+    read = tools["process_read"]["inputSchema"]["properties"]
+    assert (read["wait_s"]["default"], read["wait_s"]["maximum"], read["max_bytes"]["default"]) == (
+        0,
+        30,
+        65536,
+    )
+    assert tools["process_kill"]["inputSchema"]["properties"]["signal"]["enum"] == ["INT", "TERM", "KILL"]
+    assert tools["process_start"]["inputSchema"]["properties"]["pty"]["default"] is False
+    tabs = tools["browser_tabs"]["inputSchema"]["properties"]["action"]["enum"]
+    assert tabs == ["list", "new", "select", "close"]
+    assert tools["browser_wait_for"]["inputSchema"]["properties"]["timeout_s"]["default"] == 10
 
 
 def test_structured_tools_have_output_schemas(tools: dict[str, Any]) -> None:

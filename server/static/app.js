@@ -16,6 +16,7 @@ import { Api, ApiError, CANCELLED, RpcError, RpcLink } from "./api.js";
 import { ChainVerifier, parseLossless } from "./audit.js";
 import { clear, formatJson, h, relativeTime, renderResult, timeElement, uid } from "./dom.js";
 import { FieldError, schemaFields } from "./forms.js";
+import { processesView } from "./processes.js";
 
 const TOKEN_KEY = "cortex.token";
 const AUDIT_PAGE = 25;
@@ -330,6 +331,7 @@ class Dashboard {
     }
     if (parts[0] === "assistant") this.assistantView(signal, new URLSearchParams(rawQuery));
     else if (parts[0] === "nodes" && parts[1] && parts[2] === "audit") this.auditView(signal, parts[1]);
+    else if (parts[0] === "nodes" && parts[1] && parts[2] === "processes") processesView(this, signal, parts[1]);
     else if (parts[0] === "nodes" && parts[1]) this.nodeView(signal, parts[1]);
     else this.nodesView(signal);
     const heading = this.main.querySelector("h1");
@@ -467,6 +469,7 @@ class Dashboard {
         { class: "tabs", "aria-label": `Sections of ${name}` },
         h("a", { href: `#/nodes/${enc}`, "aria-current": section === "tools" ? "page" : null }, "Tools"),
         h("a", { href: `#/nodes/${enc}/audit`, "aria-current": section === "audit" ? "page" : null }, "Audit log"),
+        h("a", { href: `#/nodes/${enc}/processes`, "aria-current": section === "processes" ? "page" : null }, "Processes"),
         h("a", { href: `#/assistant?node=${enc}` }, "Ask the assistant"),
       ),
     );

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = ["FakeLLM", "Turn"]
 class Turn:
     text: str = ""
     calls: list[tuple[str, dict[str, Any] | str]] = field(default_factory=list)
+    # Built from the request when it arrives (to echo an id a tool returned earlier in the run).
+    make: Callable[[dict[str, Any]], Turn] | None = None
 
 
 class FakeLLM:
@@ -64,7 +67,8 @@ class FakeLLM:
             self.requests.append(body)
             self.headers.append(headers)
             if self.script:
-                return self.script.pop(0)
+                turn = self.script.pop(0)
+                return turn.make(body) if turn.make is not None else turn
         return Turn(text="(script exhausted)")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
