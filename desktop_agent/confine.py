@@ -49,7 +49,7 @@ __all__ = [
     "stat_refusal",
 ]
 
-HOME_FILES = ("agent.toml", "credentials.json", "audit.log")
+HOME_FILES = ("agent.toml", "credentials.json", "audit.log", "audit.head")  # audit.head: the saved chain head
 _HOME_SUFFIXES = (".lock", ".pid", ".sock")
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08

@@ -35,6 +35,7 @@ import uvicorn
 from desktop_agent.credentials import Credentials, load_credentials, save_credentials
 from server import admin
 from server.config import ServerConfig
+from spec.manifest import load_manifest
 
 __all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "demo_root", "serve_with_extras", "write_demo_policy"]
 
@@ -50,7 +51,6 @@ def _write_private(path: Path, text: str) -> None:
 
 
 _UNCONFINED_TOOLS = frozenset({"shell_exec", "process_start"})
-_MANIFEST = Path(__file__).resolve().parent.parent / "tools_manifest.json"
 
 
 def _die_with_parent() -> None:
@@ -95,7 +95,7 @@ def write_demo_policy(home: Path, data_dir: Path) -> Path:
         kept = [line for line in text.splitlines(keepends=True) if not line.startswith("protected_paths")]
         _write_private(path, protected_line + "".join(kept))
         return root
-    tools = [t["name"] for t in json.loads(_MANIFEST.read_text(encoding="utf-8"))["tools"]]
+    tools = [t["name"] for t in load_manifest()]  # the packaged manifest (works outside the checkout)
     enabled = ", ".join(_toml_str(t) for t in tools if t not in _UNCONFINED_TOOLS)
     _write_private(
         path,

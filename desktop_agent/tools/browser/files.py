@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from desktop_agent.confine import HOME_FILES
 from desktop_agent.tools.browser.settings import BrowserSettings, file_url_path
 
 __all__ = ["AGENT_FILES", "MAX_FILE_BYTES", "FileGuard", "FileRefused", "LocalFile"]
 
-AGENT_FILES = ("agent.toml", "credentials.json", "audit.log")
+AGENT_FILES = HOME_FILES  # one list of the agent's own files, shared with the file tools
 MAX_FILE_BYTES = 64 << 20
 _SCAN_LIMIT = 20_000  # files of protected directories whose identities are collected
 _SCAN_TTL_S = 2.0
