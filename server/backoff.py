@@ -7,7 +7,9 @@ so the rules can be tested without waiting.
 Rules:
 
 1. Failures are counted per key; the app keeps two tables, one keyed by ``client_id`` and one by the
-   remote address. The first `free_failures` cost nothing; each one after that blocks the key for
+   remote address. The address table covers only names that are not enrolled (spraying made-up ids): an
+   enrolled node is never locked out by another client behind the same NAT or load balancer.
+   The first `free_failures` cost nothing; each one after that blocks the key for
    ``base_s * 2 ** (n - free_failures)`` seconds, capped at `cap_s` (exponential, bounded).
 2. While a key is blocked its requests are answered 429 with ``Retry-After`` *without* checking the
    credential, so a blocked guesser learns nothing and costs no hashing.

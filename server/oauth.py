@@ -92,7 +92,13 @@ async def token_endpoint(request: Request) -> Response:
     backoff = oauth_backoff(state)
     address = request.client.host if request.client is not None else "unknown"
     client_key = client_id[:128]  # bounded: the table must not hold megabyte keys
-    wait = max(backoff.addresses.retry_after(address), backoff.clients.retry_after(client_key))
+    # The address table guards only names that are not enrolled (spraying made-up client ids): nodes
+    # behind one NAT or load balancer share an address, and a hostile one must not lock the others out.
+    # An enrolled name is guarded by its own table.
+    by_address = client_key not in state.node_records
+    wait = backoff.clients.retry_after(client_key)
+    if by_address:
+        wait = max(wait, backoff.addresses.retry_after(address))
     if wait > 0:
         state.metrics.refused("backoff")
         return _slow_down(wait)
@@ -101,7 +107,8 @@ async def token_endpoint(request: Request) -> Response:
         return _oauth_error(401, "invalid_client", "client authentication failed")
     record = await asyncio.to_thread(state.store.verify_credential, client_id, secret)
     if record is None:
-        backoff.addresses.failed(address)
+        if by_address:
+            backoff.addresses.failed(address)
         backoff.clients.failed(client_key)
         state.metrics.refused("invalid_client")
         logger.info("token request refused for client %r", client_id[:64])
