@@ -45,6 +45,43 @@ def prepare_demo(config: ServerConfig, base_url: str) -> tuple[Path, str]:
     return home, token
 
 
+def _die_with_parent() -> None:
+    """In the demo agent's child, before exec: SIGTERM it when the server process dies.
+
+    uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, which ends this process before any
+    `finally` could stop the agent; without this the demo node outlives its server, reconnecting forever.
+    """
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def ready_block(base_url: str, token: str, home: Path, data_dir: Path) -> str:
+    """What `make run` shows once the server listens: the link, and the first commands to try."""
+    server_flag = "" if base_url == "http://127.0.0.1:8765" else f" --server {base_url}"
+    lines = [
+        "",
+        "  Cortex is ready.",
+        "",
+        f"  dashboard    {base_url}/#token={token}",
+        f"  demo node    '{DEMO_NODE}' in workspace '{DEMO_NODE}' (agent home {home})",
+        f"  admin token  {data_dir / DEMO_TOKEN_FILE} (the `cortex` command finds it by itself)",
+        "",
+        "  try, in another terminal:",
+        *([] if data_dir == admin.default_data_dir() else [f"    export CORTEX_SERVER_HOME={data_dir}"]),
+        f"    cortex{server_flag} nodes",
+        f'    cortex{server_flag} call {DEMO_NODE} echo \'{{"text":"hi"}}\'',
+        f"    cortex{server_flag} audit {DEMO_NODE}",
+        "",
+        "  Ctrl-C stops the server and the demo node.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, demo: bool) -> int:
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -75,10 +112,9 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
             "--name",
             DEMO_NODE,
             env=env,
+            preexec_fn=_die_with_parent,
         )
-        print(f"demo node '{DEMO_NODE}' starting (agent home {home})", flush=True)
-        print(f"dashboard: {base_url}/#token={token}", flush=True)
-        print(f'try: cortex call {DEMO_NODE} echo \'{{"text":"hi"}}\'', flush=True)
+        print(ready_block(base_url, token, home, config.data_dir), flush=True)
     try:
         await serving
     finally:
