@@ -16,8 +16,9 @@ Rules:
 5. Backend: `PYSTRAY_BACKEND` when set, else gtk (real menus) when PyGObject is installed and a display
    is set, else xorg. When gtk was chosen automatically but cannot be loaded or built (no Gtk typelib,
    Gtk cannot open the display), the tray falls back to xorg. pystray's xorg icon ignores clicks (its
-   window never selects ButtonPress, pystray issue #151): `_clickable_xorg_icon` adds the mask, and a
-   left click runs the default action, which toggles the connection.
+   window never selects ButtonPress, pystray issue #151) and has no menu: `_clickable_xorg_icon` adds
+   the mask, and a left or right click opens a small menu window (desktop_agent.tray_popup) with the
+   status line and every action, rather than toggling the connection.
 6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left click toggles the connection,
    a right click opens the menu. pystray's D-Bus notifier is not used (the tray shows no
    notifications): it needs a session bus to start and raises GLib.Error on stop without a
@@ -58,6 +59,7 @@ __all__ = [
     "TrayController",
     "TrayView",
     "choose_backend",
+    "icon_for",
     "icon_image",
     "open_target",
     "start_agent_thread",
@@ -124,12 +126,38 @@ def view_for(status: AgentStatus | None, name: str, now: float) -> TrayView:
     return TrayView(AgentState.DISCONNECTED, GREY, f"{node}: disconnected from {server}", True, False)
 
 
-def icon_image(colour: Colour, size: int = ICON_SIZE) -> Image.Image:
-    """A filled circle of `colour` on a transparent square."""
-    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    margin = max(1, size // 16)
-    ImageDraw.Draw(image).ellipse((margin, margin, size - 1 - margin, size - 1 - margin), fill=(*colour, 255))
-    return image
+def icon_image(colour: Colour, size: int = ICON_SIZE, *, not_set_up: bool = False) -> Image.Image:
+    """The tray icon: an anti-aliased disc of `colour` on a transparent square.
+
+    Drawn at 4x and downscaled with LANCZOS, so its edge is smooth at any tray size. A thin white ring
+    inside the disc gives it a shape on a tray of the same colour; the centre keeps the state's colour.
+    `not_set_up` draws a ring with a dot instead of a disc: the node has no credential yet, a state that
+    must not look like "disconnected".
+    """
+    scale = 4
+    big = size * scale
+    image = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    margin = max(scale, big // 16)
+    box = (margin, margin, big - 1 - margin, big - 1 - margin)
+    fill = (*colour, 255)
+    if not_set_up:
+        draw.ellipse(box, outline=fill, width=max(scale, big // 9))
+        dot = big // 6
+        draw.ellipse((big // 2 - dot, big // 2 - dot, big // 2 + dot, big // 2 + dot), fill=fill)
+    else:
+        draw.ellipse(box, fill=fill)
+        inset = big * 7 // 32
+        draw.ellipse(
+            (inset, inset, big - 1 - inset, big - 1 - inset),
+            outline=(255, 255, 255, 230),
+            width=max(scale, big // 24),
+        )
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def icon_for(view: TrayView, size: int = ICON_SIZE) -> Image.Image:
+    return icon_image(view.colour, size, not_set_up=view.state is AgentState.NO_CREDENTIALS)
 
 
 def open_target(target: str) -> None:
@@ -234,7 +262,7 @@ class TrayController:
 
     def _paint(self, icon: Any, view: TrayView) -> None:
         icon.title = view.title  # before the image: whoever sees the new colour also sees the new tooltip
-        icon.icon = icon_image(view.colour)
+        icon.icon = icon_for(view)
         icon.update_menu()
         with self._cond:
             self._painted = view
@@ -369,6 +397,15 @@ def _clickable_xorg_icon(base: type) -> type:
                     yield display.next_event()
                 select.select([display.fileno()], [], [], XORG_QUEUE_CHECK_S)
 
+        def _on_button_press(self, event: Any) -> None:
+            # pystray runs the default action (toggle the connection) on a left click; a tray icon's
+            # click should offer the actions instead: open our menu window at the pointer (rule 5).
+            window = getattr(self, "menu_window", None)
+            if window is None:
+                super()._on_button_press(event)
+            elif event.detail in (1, 3):
+                window.toggle(int(event.root_x), int(event.root_y))
+
         def _assert_docked(self) -> None:
             # pystray re-sends the dock request on every icon update; once docked, redrawing is enough.
             if self._systray_manager is None:
@@ -432,7 +469,12 @@ def _icon_class(backend: str) -> type:
 
 def _make_icon(backend: str, controller: TrayController) -> Any:
     view = controller.view
-    return _icon_class(backend)("cortex-agent", icon_image(view.colour), view.title, controller.menu())
+    icon = _icon_class(backend)("cortex-agent", icon_for(view), view.title, controller.menu())
+    if backend == "xorg":
+        from desktop_agent.tray_popup import MenuWindow
+
+        icon.menu_window = MenuWindow(controller)  # a click opens it (rule 5)
+    return icon
 
 
 def _build_icon(backend: str, forced: bool, controller: TrayController) -> tuple[str, Any]:
