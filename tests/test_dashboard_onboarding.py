@@ -9,6 +9,9 @@ callers on one line, expandable arguments and an audit view that updates by itse
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +19,9 @@ import httpx2
 from playwright.async_api import Page, expect
 
 from sdk import Client
-from tests.support.procs import AgentProc, ServerProc
+from server.fleet import RecentCalls
+from server.router import Caller
+from tests.support.procs import REPO, AgentProc, ServerProc, _env
 from tests.test_dashboard import PageErrors, _sign_in_by_link, browser, page, shots
 
 __all__ = ["browser", "page", "shots"]  # fixtures shared with test_dashboard
@@ -151,3 +156,116 @@ async def test_audit_times_callers_arguments_and_live_updates(
     await expect(pg.locator("table.audit").get_by_text("arrived-live").first).to_be_attached()
     await expect(pg.get_by_test_id("audit-live")).to_contain_text("checked")
     await pg.screenshot(path=shots / "26-audit-live.png", full_page=True)
+
+
+# ---- running a fleet: recent calls, enroll and revoke ------------------------------------------------
+
+
+async def test_recent_calls_across_the_workspace(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc], page: tuple[Page, PageErrors], shots: Path
+) -> None:
+    pg, _ = page
+    start_node("alpha")
+    start_node("beta")
+    start_node("elsewhere", workspace="ws2")
+    token = server_proc.token("alice", "ws1")
+    with Client(server_proc.url, token=token) as client:
+        client.call("alpha", "echo", {"text": "from-alpha"})
+        client.call("beta", "shell_exec", {"command": "echo beta-said-this; exit 3"})
+    with Client(server_proc.url, token=server_proc.token("eve", "ws2")) as other:
+        other.call("elsewhere", "echo", {"text": "not-for-alice"})
+    await _sign_in_by_link(pg, server_proc, token)
+    await pg.get_by_role("link", name="Recent calls").click()
+    await expect(pg.get_by_role("heading", name="Recent calls")).to_be_visible()
+    rows = pg.locator("table.calls tbody tr")
+    await expect(rows).to_have_count(2)
+    newest = rows.first
+    await expect(newest.locator('[data-label="Node"]')).to_have_text("beta")
+    await expect(newest.locator('[data-label="Outcome"]')).to_have_text("error")
+    await newest.locator('[data-label="Result"] summary').click()
+    await expect(newest.locator('[data-label="Result"] pre')).to_contain_text("beta-said-this")
+    await expect(rows.nth(1).locator('[data-label="Outcome"]')).to_have_text("ok")
+    await expect(rows.nth(1).get_by_role("link", name="audit")).to_have_attribute(
+        "href", "#/nodes/alpha/audit"
+    )
+    assert await pg.get_by_text("not-for-alice").count() == 0
+    with Client(server_proc.url, token=token) as client:  # a new call shows up by itself
+        client.call("alpha", "echo", {"text": "third-call"})
+    await expect(rows).to_have_count(3)
+    await pg.screenshot(path=shots / "27-recent-calls.png", full_page=True)
+
+
+async def test_admin_enrolls_and_revokes_from_the_dashboard(
+    server_proc: ServerProc,
+    start_node: Callable[..., AgentProc],
+    page: tuple[Page, PageErrors],
+    shots: Path,
+    tmp_path: Path,
+) -> None:
+    pg, _ = page
+    start_node("laptop")
+    await _sign_in_by_link(pg, server_proc, server_proc.token("root", "ws1", "admin"))
+    await pg.get_by_text("Add a node").click()
+    await pg.get_by_label("Node name").fill("newbie")
+    await pg.get_by_test_id("enroll-now").click()
+    credential = (await pg.get_by_test_id("credential").inner_text()).strip()
+    await expect(pg.locator(".credential-once")).to_contain_text("shown only now")
+    await pg.screenshot(path=shots / "28-enrolled-credential-once.png", full_page=True)
+    login = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "desktop_agent.cli", "login", "--server", server_proc.url, "--name", "newbie",
+         "--home", str(tmp_path / "newbie-home")],
+        input=credential + "\n", capture_output=True, text=True, env=_env(), cwd=REPO, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert login.returncode == 0 and "credential checked" in login.stderr, login.stderr
+
+    await pg.goto(f"{server_proc.url}/#/nodes/laptop")
+    pg.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await pg.get_by_test_id("revoke").click()
+    await expect(pg.get_by_role("heading", name="Nodes")).to_be_visible()
+    with server_proc.http() as http:
+        assert http.get("/api/v1/nodes/laptop").status_code == 404  # a revoked node is unknown
+
+    # A member sees no revoke button and cannot enroll.
+    member = server_proc.token("alice", "ws1")
+    await _sign_in_by_link(pg, server_proc, member)
+    await pg.goto(f"{server_proc.url}/#/nodes/newbie")
+    await expect(pg.get_by_role("heading", name="newbie")).to_be_visible()
+    await expect(pg.get_by_test_id("revoke")).to_have_count(0)
+    await pg.goto(f"{server_proc.url}/#/nodes")
+    await pg.get_by_text("Add a node").click()
+    await expect(pg.get_by_test_id("enroll-now")).to_have_count(0)
+
+
+def test_fleet_endpoints_refuse_what_they_must(server_proc: ServerProc) -> None:
+    member = server_proc.token("alice", "ws1")
+    with server_proc.http(member) as http:
+        assert http.post("/api/v1/nodes", json={"name": "x1"}).json()["error"] == "forbidden"
+        assert http.delete("/api/v1/nodes/x1").status_code == 403
+    with server_proc.http() as http:
+        assert http.post("/api/v1/nodes", json={"name": "Bad Name"}).status_code == 400
+        assert http.post("/api/v1/nodes", content=b"{not json").status_code == 400
+        made = http.post("/api/v1/nodes", json={"name": "x1"})
+        assert made.status_code == 201 and made.json()["workspace"] == "ws1"
+        assert http.post("/api/v1/nodes", json={"name": "x1"}).status_code == 409
+        assert http.delete("/api/v1/nodes/ghost").status_code == 404
+        assert http.delete("/api/v1/nodes/x1").json() == {"name": "x1", "revoked": True}
+        assert http.get("/api/v1/calls?limit=nope").status_code == 400
+
+
+def test_recent_calls_are_bounded() -> None:
+    recent = RecentCalls(capacity=3, result_bytes=10)
+    caller = Caller("alice", "ws1")
+    for i in range(5):
+        recent.record(
+            started_at=float(i), duration_s=0.001, node="n", workspace="ws1" if i % 2 == 0 else "ws2",
+            tool="echo", caller=caller, outcome="ok", arguments={"text": "a" * 50},
+            result={"content": [{"type": "text", "text": "b" * 50}]},
+        )  # fmt: skip
+    assert len(recent) == 3
+    seen = recent.visible(caller, 10)
+    assert [c.started_at for c in seen] == [4.0, 2.0]  # newest first, own workspace only
+    assert seen[0].result is not None and len(seen[0].result) == 10
+    assert "_truncated" in seen[0].arguments
+    assert [c.started_at for c in recent.visible(Caller("root", "x", "admin"), 10)] == [4.0, 3.0, 2.0]

@@ -14,6 +14,7 @@ import { Api, ApiError, CANCELLED, RpcError, RpcLink } from "./api.js";
 import { ChainVerifier, parseLossless } from "./audit.js";
 import { clear, formatJson, h, relativeTime, renderResult, timeElement, uid } from "./dom.js";
 import { FieldError, schemaFields } from "./forms.js";
+import { enrollControls, recentCallsView, revokeButton } from "./fleet.js";
 import { addNodePanel, argsDetails, expiryText, fullTime, nodeFilterBar, tokenRefusedMessage } from "./onboarding.js";
 
 const TOKEN_KEY = "cortex.token";
@@ -270,6 +271,7 @@ class Dashboard {
       else link.removeAttribute("aria-current");
     }
     if (parts[0] === "assistant") this.assistantView(signal, new URLSearchParams(rawQuery));
+    else if (parts[0] === "calls") recentCallsView(this.main, this.api, signal);
     else if (parts[0] === "nodes" && parts[1] && parts[2] === "audit") this.auditView(signal, parts[1]);
     else if (parts[0] === "nodes" && parts[1]) this.nodeView(signal, parts[1]);
     else this.nodesView(signal);
@@ -350,7 +352,9 @@ class Dashboard {
         h("div", { class: "view-head" }, h("h1", { id: "nodes-title" }, "Nodes"), h("p", { class: "muted" }, "Live status, updated as nodes connect and leave.")),
         filter.element,
         h("div", { class: "card table-wrap" }, table, empty, noMatch),
-        addNodePanel(location.origin, this.claims || {}, null),
+        addNodePanel(location.origin, this.claims || {}, (nameInput) =>
+          this.claims?.role === "admin" ? enrollControls(this.api, nameInput, this.claims.ws) : null,
+        ),
       ),
     );
     render();
@@ -388,7 +392,19 @@ class Dashboard {
       "div",
       { class: "view-head" },
       h("p", { class: "crumbs" }, h("a", { href: "#/nodes" }, "Nodes"), " / ", name),
-      h("div", { class: "title-row" }, h("h1", { id: "view-title" }, section === "audit" ? `Audit log of ${name}` : name), badge),
+      h(
+        "div",
+        { class: "title-row" },
+        h("h1", { id: "view-title" }, section === "audit" ? `Audit log of ${name}` : name),
+        badge,
+        this.claims?.role === "admin"
+          ? revokeButton(this.api, name, (text) => {
+              this.nodes.delete(name);
+              location.hash = "#/nodes";
+              this.announce(text);
+            })
+          : null,
+      ),
       summary,
       h(
         "nav",

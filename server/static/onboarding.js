@@ -128,12 +128,13 @@ export function addNodePanel(origin, claims, extra) {
   };
   nameInput.addEventListener("input", render);
   render();
+  const more = typeof extra === "function" ? extra(nameInput) : extra;
   return h(
     "details",
     { class: "card add-node", id: "add-node" },
     h("summary", {}, h("strong", {}, "Add a node")),
     h("div", { class: "field" }, h("label", { for: "new-node-name" }, "Node name"), nameInput),
     steps,
-    extra || null,
+    more || null,
   );
 }
