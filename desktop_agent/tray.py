@@ -376,7 +376,11 @@ def _clickable_xorg_icon(base: type) -> type:
         def _create_window(self) -> Any:
             window = super()._create_window()
             window.change_attributes(
-                event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
+                event_mask=Xlib.X.ExposureMask
+                | Xlib.X.StructureNotifyMask
+                | Xlib.X.ButtonPressMask
+                | Xlib.X.EnterWindowMask
+                | Xlib.X.LeaveWindowMask
             )
             return window
 
@@ -394,8 +398,21 @@ def _clickable_xorg_icon(base: type) -> type:
             display = self._display
             while True:
                 while display.pending_events():
-                    yield display.next_event()
+                    event = display.next_event()
+                    if not self._hover(event):
+                        yield event
                 select.select([display.fileno()], [], [], XORG_QUEUE_CHECK_S)
+
+        def _hover(self, event: Any) -> bool:
+            """Enter/Leave on the icon show and hide our tooltip (xorg has none); True when handled."""
+            tooltip = getattr(self, "tooltip", None)
+            if event.type == Xlib.X.EnterNotify and tooltip is not None:
+                tooltip.show(int(event.root_x), int(event.root_y))
+                return True
+            if event.type == Xlib.X.LeaveNotify and tooltip is not None:
+                tooltip.hide()
+                return True
+            return False
 
         def _on_button_press(self, event: Any) -> None:
             # pystray runs the default action (toggle the connection) on a left click; a tray icon's
@@ -404,6 +421,9 @@ def _clickable_xorg_icon(base: type) -> type:
             if window is None:
                 super()._on_button_press(event)
             elif event.detail in (1, 3):
+                tooltip = getattr(self, "tooltip", None)
+                if tooltip is not None:
+                    tooltip.hide()
                 window.toggle(int(event.root_x), int(event.root_y))
 
         def _assert_docked(self) -> None:
@@ -471,9 +491,11 @@ def _make_icon(backend: str, controller: TrayController) -> Any:
     view = controller.view
     icon = _icon_class(backend)("cortex-agent", icon_for(view), view.title, controller.menu())
     if backend == "xorg":
-        from desktop_agent.tray_popup import MenuWindow
+        from desktop_agent.tray_popup import MenuWindow, Tooltip
 
-        icon.menu_window = MenuWindow(controller)  # a click opens it (rule 5)
+        menu_window = MenuWindow(controller)
+        icon.menu_window = menu_window  # a click opens it (rule 5)
+        icon.tooltip = Tooltip(controller, suppressed=lambda: menu_window.is_open)  # the status on hover
     return icon
 
 

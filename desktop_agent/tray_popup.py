@@ -151,3 +151,95 @@ class MenuWindow:
                 button.winfo_width(),
                 button.winfo_height(),
             )
+
+
+class Tooltip:
+    """The hover tooltip for the xorg icon (pystray's xorg icon has none): the status line near the pointer.
+
+    Same threading rule as `MenuWindow` (rule 1): its Tk lives on a thread of its own. `show` after
+    the pointer entered the icon, `hide` when it left or a menu opens.
+    """
+
+    def __init__(
+        self, controller: Any, delay_ms: int = 400, suppressed: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.controller = controller
+        self.delay_ms = delay_ms
+        self.suppressed = suppressed  # e.g. "the menu window is open": never cover it
+        self._wanted = False
+        self._lock = threading.Lock()
+        self._root: Any = None
+        self._thread: threading.Thread | None = None
+
+    def show(self, x: int, y: int) -> None:
+        """After the delay, unless hidden meanwhile: no Tk is created for a pointer that only passes by."""
+        with self._lock:
+            self._wanted = True
+            if self._thread is not None and self._thread.is_alive():
+                return
+            timer = threading.Timer(self.delay_ms / 1000, self._run, args=(x, y))
+            timer.name, timer.daemon = "tray-tooltip", True
+            self._thread = timer
+            timer.start()
+
+    def hide(self) -> None:
+        with self._lock:
+            self._wanted = False  # also cancels a tooltip still waiting for its delay
+            root, thread = self._root, self._thread
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+        if root is not None:
+            try:
+                root.after(0, root.destroy)
+            except RuntimeError:
+                pass
+
+    def _run(self, x: int, y: int) -> None:
+        import tkinter as tk
+
+        with self._lock:
+            if not self._wanted or self.suppressed():
+                return
+        try:
+            root = tk.Tk(className="cortex-agent-tooltip")
+        except tk.TclError as exc:
+            logger.warning("cannot show the tooltip: %s", exc)
+            return
+        with self._lock:
+            self._root = root
+        try:
+            root.withdraw()
+            root.overrideredirect(True)
+            text = self.controller.view.title
+            tk.Label(
+                root,
+                text=text,
+                wraplength=320,
+                justify="left",
+                background="#ffffe1",
+                foreground="#000000",
+                relief="solid",
+                borderwidth=1,
+                padx=6,
+                pady=3,
+            ).pack()
+
+            def appear() -> None:
+                with self._lock:
+                    wanted = self._wanted
+                if not wanted or self.suppressed():
+                    root.destroy()
+                    return
+                root.update_idletasks()
+                width, height = root.winfo_reqwidth(), root.winfo_reqheight()
+                left = max(0, min(x - width // 2, root.winfo_screenwidth() - width))
+                top = y + 20 if y + 20 + height <= root.winfo_screenheight() else max(0, y - 20 - height)
+                root.geometry(f"+{left}+{top}")
+                root.deiconify()
+                logger.info("tooltip shown: %s", text)
+
+            root.after(0, appear)
+            root.mainloop()
+        finally:
+            with self._lock:
+                self._root = None

@@ -262,6 +262,15 @@ class TrayProc:
             self.proc.stdout.close()
 
 
+def wait_log(tray: TrayProc, text: str, timeout: float = 20.0) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.1)):
+        if any(text in line for line in list(tray.output)):
+            return True
+        pause.wait(0.1)
+    return False
+
+
 def wait_menu_item(tray: TrayProc, text: str, after: int, timeout: float = 20.0) -> tuple[int, int]:
     """The centre of menu item `text` in the menu window opened after the first `after` ones (its log)."""
     pause = threading.Event()
@@ -335,6 +344,12 @@ def test_tray_icon_docks_toggles_and_follows_the_server(xsession: XSession, tmp_
         assert w >= 16 and h >= 16 and y < 32  # docked in trayer's panel at the top edge
         xsession.icon_geometry()
         assert xsession.icon_title == f"Cortex node traynode: connected to {server.url}"
+
+        # Hovering shows the status as a tooltip (pystray's xorg icon has none of its own).
+        subprocess.run(["xdotool", "mousemove", str(icon.centre[0]), str(icon.centre[1])],
+                       env=xsession.env(), check=True, timeout=30)  # fmt: skip
+        assert wait_log(tray, f"tooltip shown: Cortex node traynode: connected to {server.url}")
+        xsession.screenshot(shots / "1a-tooltip.png")
 
         # A click opens the menu window (status line + actions); nothing changes until an item is chosen.
         xsession.click(*icon.centre)
