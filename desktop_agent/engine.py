@@ -312,9 +312,9 @@ class ToolEngine:
         ids = {"request_id": request_id, "tool": name, "caller": caller}
         started = time.monotonic()
 
-        async def finish(status: str, result: ToolResult | None) -> None:
+        async def finish(status: str, result: ToolResult | None) -> dict[str, Any]:
             digest, size = _content_digest(result) if result is not None else (None, 0)
-            await self._audit.append(
+            return await self._audit.append(
                 "tool.finished",
                 **ids,
                 status=status,
@@ -325,7 +325,7 @@ class ToolEngine:
             )
 
         try:
-            await self._audit.append("tool.requested", **ids, arguments=arguments)
+            requested = await self._audit.append("tool.requested", **ids, arguments=arguments)
         except asyncio.CancelledError:
             await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
             raise
@@ -350,8 +350,10 @@ class ToolEngine:
             result = ToolResult.error(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
         timed_out = isinstance(result.structured, dict) and result.structured.get("timed_out") is True
         status = "timeout" if timed_out else "error" if result.is_error else "ok"
+        audit = {"requested_seq": requested["seq"]}
         try:
-            await finish(status, result)
+            audit["finished_seq"] = (await finish(status, result))["seq"]
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
-        return result.to_wire()
+        # Where this call sits in the node's audit log, so a caller can link a result to its records.
+        return {**result.to_wire(), "_meta": {"cortex/audit": audit}}

@@ -12,7 +12,9 @@ Rules:
    each result's text: memory is bounded whatever callers do.
 3. `GET /api/v1/calls` shows only calls to nodes of the caller's workspace (admins: all), newest first.
 4. A call is recorded when it ends, with its outcome; `result` is its first text block (cut to the
-   bound), so the view links a call to what it returned.
+   bound) and `audit` the seqs of its `tool.requested`/`tool.finished` records, which the node reports
+   in the result's `_meta["cortex/audit"]` — so the view links a call to what it returned and to
+   its audit records.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class CallRecord:
     outcome: str  # ok | tool_error | timeout | cancelled | rpc_<code> | error
     arguments: dict[str, Any]
     result: str | None
+    audit: dict[str, int] | None  # {"requested_seq", "finished_seq"} in the node's audit log
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class CallRecord:
             "outcome": self.outcome,
             "arguments": self.arguments,
             "result": self.result,
+            "audit": self.audit,
         }
 
 
@@ -102,6 +106,7 @@ class RecentCalls:
                 outcome,
                 _bounded_arguments(arguments, self.result_bytes),
                 _first_text(result, self.result_bytes),
+                _audit_seqs(result),
             )
         )
 
@@ -128,6 +133,15 @@ def _first_text(result: dict[str, Any] | None, limit: int) -> str | None:
         if isinstance(item, dict) and item.get("type") in ("image", "resource_link"):
             return f"({item.get('type')} {item.get('mimeType', '')})".replace(" )", ")")
     return None
+
+
+def _audit_seqs(result: dict[str, Any] | None) -> dict[str, int] | None:
+    meta = result.get("_meta") if isinstance(result, dict) else None
+    audit = meta.get("cortex/audit") if isinstance(meta, dict) else None
+    if not isinstance(audit, dict):
+        return None
+    seqs = {k: v for k, v in audit.items() if k in ("requested_seq", "finished_seq") and type(v) is int}
+    return seqs or None
 
 
 def _bounded_arguments(arguments: dict[str, Any], limit: int) -> dict[str, Any]:

@@ -101,7 +101,11 @@ export async function recentCallsView(main, api, signal) {
             { "data-label": "Result" },
             c.result == null ? "—" : h("details", { class: "args-details" }, h("summary", {}, h("code", { class: "args" }, c.result.split("\n")[0].slice(0, 40) || "(empty)")), h("pre", { class: "json" }, c.result)),
             " ",
-            h("a", { href: `#/nodes/${enc}/audit`, class: "small" }, "audit"),
+            h(
+              "a",
+              { href: `#/nodes/${enc}/audit`, class: "small", "data-testid": "audit-link" },
+              c.audit?.finished_seq ? `audit #${c.audit.requested_seq}–#${c.audit.finished_seq}` : "audit",
+            ),
           ),
         );
       }),
