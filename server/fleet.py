@@ -147,6 +147,14 @@ def _audit_seqs(result: dict[str, Any] | None) -> dict[str, int] | None:
 def _bounded_arguments(arguments: dict[str, Any], limit: int) -> dict[str, Any]:
     import json
 
+    # The common case (a few short scalars) is kept without serialising: this runs on every call.
+    short = limit // 20
+    if len(arguments) <= 16 and all(
+        len(k) <= short
+        and (v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= short))
+        for k, v in arguments.items()
+    ):
+        return arguments
     text = json.dumps(arguments, ensure_ascii=False, default=str)
     if len(text) <= limit:
         return arguments

@@ -269,3 +269,8 @@ def test_recent_calls_are_bounded() -> None:
     assert seen[0].result is not None and len(seen[0].result) == 10
     assert "_truncated" in seen[0].arguments
     assert [c.started_at for c in recent.visible(Caller("root", "x", "admin"), 10)] == [4.0, 3.0, 2.0]
+    recent.record(
+        started_at=9.0, duration_s=0.0, node="n", workspace="ws1", tool="echo", caller=caller, outcome="ok",
+        arguments={"k" * 5000: 1}, result=None,
+    )  # fmt: skip
+    assert "_truncated" in recent.visible(caller, 1)[0].arguments  # a huge key is bounded too
