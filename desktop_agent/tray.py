@@ -19,9 +19,9 @@ Rules:
    window never selects ButtonPress, pystray issue #151) and has no menu: `_clickable_xorg_icon` adds
    the mask, and a left or right click opens a small menu window (desktop_agent.tray_popup) with the
    status line and every action, rather than toggling the connection.
-6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left click toggles the connection,
-   a right click opens the menu. pystray's D-Bus notifier is not used (the tray shows no
-   notifications): it needs a session bus to start and raises GLib.Error on stop without a
+6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left or a right click opens the
+   menu (a left click never changes the connection by itself). pystray's D-Bus notifier is not used
+   (the tray shows no notifications): it needs a session bus to start and raises GLib.Error on stop without a
    notification daemon. pystray would also reset SIGINT to its default (a kill without a clean
    close); our SIGINT/SIGTERM handlers run Quit instead.
 """
@@ -442,6 +442,13 @@ def _gtk_status_icon(base: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._update_title()  # pystray applies only titles changed after construction
+
+        def _on_status_icon_activate(self, status_icon: Any) -> None:
+            # A left click opens the same menu as a right click, rather than running the default
+            # action (which would disconnect at once, without asking).
+            from gi.repository import Gtk
+
+            self._on_status_icon_popup_menu(status_icon, 1, Gtk.get_current_event_time())
 
         def _initialize(self) -> None:
             # pystray would reset SIGINT to SIG_DFL and open a D-Bus notifier here (rule 6).
