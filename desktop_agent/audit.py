@@ -671,7 +671,10 @@ def verify(path: Path, state_path: Path | None = None) -> VerifyReport:
 
 
 def cli_verify(home: Path) -> int:
-    """`cortex-agent audit verify`: print `ok <N> records` and return 0, or the first bad seq and 1."""
+    """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
+    if not (home / AUDIT_FILE).is_file():
+        print(f"no audit log at {home / AUDIT_FILE} (is --home right?)", file=sys.stderr)
+        return 2
     report = verify(home / AUDIT_FILE, home / STATE_FILE)
     if report.ok:
         print(f"ok {report.count} records" + (f" ({report.reason})" if report.reason else ""))
@@ -705,8 +708,8 @@ def cli_show(home: Path, n: int = 20) -> int:
         with open(path, "rb") as f:
             last, _torn, _nl = _scan_tail(f.fileno())
     except FileNotFoundError:
-        print(f"no audit log at {path}", file=sys.stderr)
-        return 0
+        print(f"no audit log at {path} (is --home right?)", file=sys.stderr)
+        return 2
     head = last["seq"] if last else 0
     for record in read_records(path, max(0, head - n), n):
         print(_describe(record))

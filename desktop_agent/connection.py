@@ -13,6 +13,8 @@ Rules:
    in a storm.
 4. When the link drops, the calls it was running are cancelled (process groups killed) and audited as
    ``cancelled``: nobody is left to receive their results.
+5. A connection closed with 4409 (another connection of this node replaced it: a second agent with the
+   same credential) waits the cap interval before the next attempt, so two agents do not flap.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
-__all__ = ["AgentState", "AgentStatus", "Backoff", "ConnectSettings", "NodeAgent"]
+__all__ = ["AgentState", "AgentStatus", "AuthFailed", "Backoff", "ConnectSettings", "NodeAgent", "Replaced"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,27 @@ class AuthFailed(Exception):
     """The server refused our credential."""
 
 
+class Replaced(Exception):
+    """The server closed this link with 4409: another connection of the same node took its place."""
+
+
+REPLACED_CLOSE_CODE = 4409
+
+
+def token_workspace(token: str) -> str | None:
+    """The `ws` claim of an access token, for display only (the server verifies tokens; we never do)."""
+    import base64
+    import json
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    ws = claims.get("ws") if isinstance(claims, dict) else None
+    return ws if isinstance(ws, str) else None
+
+
 class NodeAgent:
     """One node's connection to its server; thread-safe commands go through `submit`."""
 
@@ -133,6 +156,7 @@ class NodeAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._sender = ResultSender(settings.max_frame_bytes)
+        self.workspace: str | None = None  # from the last access token, for "connected" messages
         engine.on_tools_changed(self._tools_changed)
 
     # -- state for the tray ------------------------------------------------------------------------
@@ -188,10 +212,19 @@ class NodeAgent:
             self._set(AgentState.CONNECTING, f"connecting to {self.settings.server}")
             started = time.monotonic()
             try:
-                await self._connect_once()
+                try:
+                    await self._connect_once()
+                except websockets.ConnectionClosed as closed:
+                    if closed.rcvd is None or closed.rcvd.code != REPLACED_CLOSE_CODE:
+                        raise
+                    self._raise_replaced()
                 reason = "connection closed"
             except AuthFailed as exc:
                 self._set(AgentState.AUTH_FAILED, str(exc), time.time() + self.settings.backoff.cap)
+                await self._wait_wake(self.settings.backoff.cap)
+                continue
+            except Replaced as exc:
+                self._set(AgentState.BACKOFF, str(exc), time.time() + self.settings.backoff.cap)
                 await self._wait_wake(self.settings.backoff.cap)
                 continue
             except (OSError, TimeoutError, websockets.WebSocketException, httpx2.HTTPError, RpcError) as exc:
@@ -210,6 +243,8 @@ class NodeAgent:
         self._set(AgentState.DISCONNECTED, "stopped")
 
     async def _wait_wake(self, timeout: float | None = None) -> None:
+        if self._stop.is_set():  # a listener may have stopped us while we set the state
+            return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -242,6 +277,7 @@ class NodeAgent:
 
     async def _connect_once(self) -> None:
         token, expires_in = await self.mint_token()
+        self.workspace = token_workspace(token)
         async with connect(
             self.settings.ws_url,
             additional_headers={"Authorization": f"Bearer {token}"},
@@ -272,6 +308,15 @@ class NodeAgent:
                         "node.disconnected", server=self.settings.server, code=ws.close_code
                     )
                 logger.info("tunnel closed (code %s %s)", ws.close_code, ws.close_reason or "")
+        if ws.close_code == REPLACED_CLOSE_CODE:
+            self._raise_replaced()
+
+    def _raise_replaced(self) -> None:
+        if not self._stop.is_set():
+            raise Replaced(
+                f"replaced by another connection of node {self.settings.name} (another agent with the same "
+                "credential?)"
+            )
 
     async def _refresh_loop(self, rpc: RpcSession, expires_in: int) -> None:
         while True:

@@ -384,12 +384,12 @@ class ToolEngine:
                 "output_bytes": size,
             }
 
-        async def finish(status: str, result: ToolResult | None) -> None:
+        async def finish(status: str, result: ToolResult | None) -> dict[str, Any]:
             digest, size = await digest_of(result)
-            await self._audit.append("tool.finished", **finished(status, result, digest, size))
+            return await self._audit.append("tool.finished", **finished(status, result, digest, size))
 
         try:
-            await self._audit.append("tool.requested", **ids, arguments=arguments)
+            requested = await self._audit.append("tool.requested", **ids, arguments=arguments)
         except asyncio.CancelledError:
             await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
             raise
@@ -416,12 +416,14 @@ class ToolEngine:
             result = ToolResult.error(f"{name} failed unexpectedly: {type(exc).__name__}: {exc}")
         timed_out = isinstance(result.structured, dict) and result.structured.get("timed_out") is True
         status = "timeout" if timed_out else "error" if result.is_error else "ok"
+        audit = {"requested_seq": requested["seq"]}
         try:
             if durable_finish:
-                await finish(status, result)
-            else:
+                audit["finished_seq"] = (await finish(status, result))["seq"]
+            else:  # the connection path: queued for the next group commit, its seq not known yet
                 digest, size = await digest_of(result)
                 self._audit.enqueue("tool.finished", **finished(status, result, digest, size))
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
-        return result.to_wire()
+        # Where this call sits in the node's audit log, so a caller can link a result to its records.
+        return {**result.to_wire(), "_meta": {"cortex/audit": audit}}

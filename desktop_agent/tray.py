@@ -16,11 +16,12 @@ Rules:
 5. Backend: `PYSTRAY_BACKEND` when set, else gtk (real menus) when PyGObject is installed and a display
    is set, else xorg. When gtk was chosen automatically but cannot be loaded or built (no Gtk typelib,
    Gtk cannot open the display), the tray falls back to xorg. pystray's xorg icon ignores clicks (its
-   window never selects ButtonPress, pystray issue #151): `_clickable_xorg_icon` adds the mask, and a
-   left click runs the default action, which toggles the connection.
-6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left click toggles the connection,
-   a right click opens the menu. pystray's D-Bus notifier is not used (the tray shows no
-   notifications): it needs a session bus to start and raises GLib.Error on stop without a
+   window never selects ButtonPress, pystray issue #151) and has no menu: `_clickable_xorg_icon` adds
+   the mask, and a left or right click opens a small menu window (desktop_agent.tray_popup) with the
+   status line and every action, rather than toggling the connection.
+6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left or a right click opens the
+   menu (a left click never changes the connection by itself). pystray's D-Bus notifier is not used
+   (the tray shows no notifications): it needs a session bus to start and raises GLib.Error on stop without a
    notification daemon. pystray would also reset SIGINT to its default (a kill without a clean
    close); our SIGINT/SIGTERM handlers run Quit instead.
 """
@@ -58,6 +59,7 @@ __all__ = [
     "TrayController",
     "TrayView",
     "choose_backend",
+    "icon_for",
     "icon_image",
     "open_target",
     "start_agent_thread",
@@ -124,12 +126,38 @@ def view_for(status: AgentStatus | None, name: str, now: float) -> TrayView:
     return TrayView(AgentState.DISCONNECTED, GREY, f"{node}: disconnected from {server}", True, False)
 
 
-def icon_image(colour: Colour, size: int = ICON_SIZE) -> Image.Image:
-    """A filled circle of `colour` on a transparent square."""
-    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    margin = max(1, size // 16)
-    ImageDraw.Draw(image).ellipse((margin, margin, size - 1 - margin, size - 1 - margin), fill=(*colour, 255))
-    return image
+def icon_image(colour: Colour, size: int = ICON_SIZE, *, not_set_up: bool = False) -> Image.Image:
+    """The tray icon: an anti-aliased disc of `colour` on a transparent square.
+
+    Drawn at 4x and downscaled with LANCZOS, so its edge is smooth at any tray size. A thin white ring
+    inside the disc gives it a shape on a tray of the same colour; the centre keeps the state's colour.
+    `not_set_up` draws a ring with a dot instead of a disc: the node has no credential yet, a state that
+    must not look like "disconnected".
+    """
+    scale = 4
+    big = size * scale
+    image = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    margin = max(scale, big // 16)
+    box = (margin, margin, big - 1 - margin, big - 1 - margin)
+    fill = (*colour, 255)
+    if not_set_up:
+        draw.ellipse(box, outline=fill, width=max(scale, big // 9))
+        dot = big // 6
+        draw.ellipse((big // 2 - dot, big // 2 - dot, big // 2 + dot, big // 2 + dot), fill=fill)
+    else:
+        draw.ellipse(box, fill=fill)
+        inset = big * 7 // 32
+        draw.ellipse(
+            (inset, inset, big - 1 - inset, big - 1 - inset),
+            outline=(255, 255, 255, 230),
+            width=max(scale, big // 24),
+        )
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def icon_for(view: TrayView, size: int = ICON_SIZE) -> Image.Image:
+    return icon_image(view.colour, size, not_set_up=view.state is AgentState.NO_CREDENTIALS)
 
 
 def open_target(target: str) -> None:
@@ -234,7 +262,7 @@ class TrayController:
 
     def _paint(self, icon: Any, view: TrayView) -> None:
         icon.title = view.title  # before the image: whoever sees the new colour also sees the new tooltip
-        icon.icon = icon_image(view.colour)
+        icon.icon = icon_for(view)
         icon.update_menu()
         with self._cond:
             self._painted = view
@@ -348,7 +376,11 @@ def _clickable_xorg_icon(base: type) -> type:
         def _create_window(self) -> Any:
             window = super()._create_window()
             window.change_attributes(
-                event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
+                event_mask=Xlib.X.ExposureMask
+                | Xlib.X.StructureNotifyMask
+                | Xlib.X.ButtonPressMask
+                | Xlib.X.EnterWindowMask
+                | Xlib.X.LeaveWindowMask
             )
             return window
 
@@ -366,8 +398,33 @@ def _clickable_xorg_icon(base: type) -> type:
             display = self._display
             while True:
                 while display.pending_events():
-                    yield display.next_event()
+                    event = display.next_event()
+                    if not self._hover(event):
+                        yield event
                 select.select([display.fileno()], [], [], XORG_QUEUE_CHECK_S)
+
+        def _hover(self, event: Any) -> bool:
+            """Enter/Leave on the icon show and hide our tooltip (xorg has none); True when handled."""
+            tooltip = getattr(self, "tooltip", None)
+            if event.type == Xlib.X.EnterNotify and tooltip is not None:
+                tooltip.show(int(event.root_x), int(event.root_y))
+                return True
+            if event.type == Xlib.X.LeaveNotify and tooltip is not None:
+                tooltip.hide()
+                return True
+            return False
+
+        def _on_button_press(self, event: Any) -> None:
+            # pystray runs the default action (toggle the connection) on a left click; a tray icon's
+            # click should offer the actions instead: open our menu window at the pointer (rule 5).
+            window = getattr(self, "menu_window", None)
+            if window is None:
+                super()._on_button_press(event)
+            elif event.detail in (1, 3):
+                tooltip = getattr(self, "tooltip", None)
+                if tooltip is not None:
+                    tooltip.hide()
+                window.toggle(int(event.root_x), int(event.root_y))
 
         def _assert_docked(self) -> None:
             # pystray re-sends the dock request on every icon update; once docked, redrawing is enough.
@@ -385,6 +442,13 @@ def _gtk_status_icon(base: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._update_title()  # pystray applies only titles changed after construction
+
+        def _on_status_icon_activate(self, status_icon: Any) -> None:
+            # A left click opens the same menu as a right click, rather than running the default
+            # action (which would disconnect at once, without asking).
+            from gi.repository import Gtk
+
+            self._on_status_icon_popup_menu(status_icon, 1, Gtk.get_current_event_time())
 
         def _initialize(self) -> None:
             # pystray would reset SIGINT to SIG_DFL and open a D-Bus notifier here (rule 6).
@@ -432,7 +496,14 @@ def _icon_class(backend: str) -> type:
 
 def _make_icon(backend: str, controller: TrayController) -> Any:
     view = controller.view
-    return _icon_class(backend)("cortex-agent", icon_image(view.colour), view.title, controller.menu())
+    icon = _icon_class(backend)("cortex-agent", icon_for(view), view.title, controller.menu())
+    if backend == "xorg":
+        from desktop_agent.tray_popup import MenuWindow, Tooltip
+
+        menu_window = MenuWindow(controller)
+        icon.menu_window = menu_window  # a click opens it (rule 5)
+        icon.tooltip = Tooltip(controller, suppressed=lambda: menu_window.is_open)  # the status on hover
+    return icon
 
 
 def _build_icon(backend: str, forced: bool, controller: TrayController) -> tuple[str, Any]:

@@ -137,7 +137,9 @@ def run_bridge(server_url: str, token: str | None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the boundary of a command: one line on stderr, not a traceback
-        detail = exc.exceptions[0] if isinstance(exc, ExceptionGroup) and exc.exceptions else exc
-        print(f"cortex mcp-stdio: cannot relay to {bridge.endpoint}: {detail!r}", file=sys.stderr)
+        detail: BaseException = exc
+        while isinstance(detail, BaseExceptionGroup) and detail.exceptions:  # task groups nest
+            detail = detail.exceptions[0]
+        print(f"cortex mcp-stdio: cannot relay to {bridge.endpoint}: {detail}", file=sys.stderr)
         return 1
     return 0

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
-from server import api, artifacts, dashboard, oauth, planner
+from server import api, artifacts, dashboard, fleet, oauth, planner
 from server import mcp as mcp_surface
 from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
@@ -143,6 +143,7 @@ def build_app(config: ServerConfig) -> Starlette:
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
         WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
         WebSocketRoute("/api/v1/rpc", rpc_endpoint),
+        *fleet.routes(),  # before api's: POST/DELETE on paths api serves with GET
         *api.routes(),
         *mcp_surface.routes(),
         *planner.routes(),

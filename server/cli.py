@@ -154,7 +154,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from server.cli_help import describe
+
+    args = describe(_parser()).parse_args(argv)
     data_dir: Path = (getattr(args, "data_dir", None) or admin.default_data_dir()).expanduser()
     try:
         if args.command == "serve":
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "issue-token":
             print(admin.issue_token(data_dir, args.name, args.workspace, args.role, args.ttl))
+            _warn_if_no_nodes(data_dir, args.workspace, args.role)
             return 0
         if args.command == "revoke-node":
             if not admin.revoke_node(data_dir, args.name):
@@ -191,6 +194,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cortex-server: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+def _warn_if_no_nodes(data_dir: Path, workspace: str, role: str) -> None:
+    """A member token for an empty workspace sees nothing: a typo in --workspace is the usual cause."""
+    from server.store import ServerStore
+
+    store = ServerStore(data_dir)
+    try:
+        live = [n for n in store.list_nodes(workspace) if not n.revoked]
+        others = sorted({n.workspace for n in store.list_nodes() if not n.revoked})
+    finally:
+        store.close()
+    if live:
+        return
+    known = f" (workspaces with nodes: {', '.join(others)})" if others else ""
+    scope = "; as an admin it still sees every node" if role == "admin" else ""
+    print(
+        f"cortex-server: warning: workspace {workspace!r} has no nodes yet{known}{scope}. Enroll one with "
+        f"`cortex-server enroll-node NAME --workspace {workspace}`",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -124,6 +124,29 @@ def prepare_demo(config: ServerConfig, base_url: str) -> tuple[Path, str]:
     return home, token
 
 
+def ready_block(base_url: str, token: str, home: Path, data_dir: Path) -> str:
+    """What `make run` shows once the server listens: the link, and the first commands to try."""
+    server_flag = "" if base_url == "http://127.0.0.1:8765" else f" --server {base_url}"
+    lines = [
+        "",
+        "  Cortex is ready.",
+        "",
+        f"  dashboard    {base_url}/#token={token}",
+        f"  demo node    '{DEMO_NODE}' in workspace '{DEMO_NODE}' (agent home {home})",
+        f"  admin token  {data_dir / DEMO_TOKEN_FILE} (the `cortex` command finds it by itself)",
+        "",
+        "  try, in another terminal:",
+        *([] if data_dir == admin.default_data_dir() else [f"    export CORTEX_SERVER_HOME={data_dir}"]),
+        f"    cortex{server_flag} nodes",
+        f'    cortex{server_flag} call {DEMO_NODE} echo \'{{"text":"hi"}}\'',
+        f"    cortex{server_flag} audit {DEMO_NODE}",
+        "",
+        "  Ctrl-C stops the server and the demo node.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, demo: bool) -> int:
     serving = asyncio.create_task(server.serve())
     while not server.started:
@@ -156,9 +179,7 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
             env=env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-        print(f"demo node '{DEMO_NODE}' starting (agent home {home})", flush=True)
-        print(f"dashboard: {base_url}/#token={token}", flush=True)
-        print(f'try: cortex call {DEMO_NODE} echo \'{{"text":"hi"}}\'', flush=True)
+        print(ready_block(base_url, token, home, config.data_dir), flush=True)
     try:
         await serving
     finally:

@@ -59,8 +59,11 @@ class Caller:
 
 class CallRouter:
     def __init__(self, registry: NodeRegistry, metrics: Metrics, default_timeout: float = 120.0) -> None:
+        from server.fleet import RecentCalls
+
         self.registry = registry
         self.metrics = metrics
+        self.recent = RecentCalls()  # the dashboard's recent-calls view (bounded, server.fleet)
         self.default_timeout = default_timeout
         # Per compiled validator (shared by every node declaring the same tools, see ToolCatalog): the
         # fast check for arguments that fit. Keyed by identity; the validator is kept so the id stays
@@ -118,18 +121,21 @@ class CallRouter:
         params = {"name": tool, "arguments": arguments, "_meta": {"cortex/caller": caller.wire()}}
         limit = self.default_timeout if timeout_s is None else timeout_s
         started = time.perf_counter()
+        started_at = time.time()
         outcome = "error"
+        result: dict[str, Any] | None = None
         pump = ProgressPump(on_progress) if on_progress is not None else None
         self.metrics.call_started()
         try:
             async with asyncio.timeout(limit):
-                result: dict[str, Any] = await link.request(
+                answer: dict[str, Any] = await link.request(
                     "tools/call", params, on_progress=pump.push if pump is not None else None
                 )
-            outcome = "tool_error" if result.get("isError") else "ok"
+            result = answer
+            outcome = "tool_error" if answer.get("isError") else "ok"
             if pump is not None:
                 await pump.drain()  # the caller sees its progress before the result (bounded)
-            return result
+            return answer
         except TimeoutError:
             outcome = "timeout"
             raise RpcError(TIMEOUT, f"{tool} on {node} did not finish within {limit:g} s") from None
@@ -143,6 +149,17 @@ class CallRouter:
             if pump is not None:
                 pump.close()
             self.metrics.call_finished(tool, outcome, time.perf_counter() - started)
+            self.recent.record(
+                started_at=started_at,
+                duration_s=time.perf_counter() - started,
+                node=node,
+                workspace=entry.workspace,
+                tool=tool,
+                caller=caller,
+                outcome=outcome,
+                arguments=arguments,
+                result=result,
+            )
 
     async def read_audit(
         self, caller: Caller, node: str, after_seq: int, limit: int, timeout_s: float = 30.0

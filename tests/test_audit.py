@@ -205,8 +205,8 @@ async def test_read_after_seq_and_limit(tmp_path: Path) -> None:
 
 
 async def test_cli_verify_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_verify(tmp_path) == 0
-    assert capsys.readouterr().out.strip() == "ok 0 records"
+    assert cli_verify(tmp_path) == 2  # no audit log at this home (CONTRACT §1)
+    assert capsys.readouterr().out == ""
     await (await make_log(tmp_path, 4, caller={"sub": "bob", "ws": "w"})).aclose()
     assert cli_verify(tmp_path) == 0
     assert capsys.readouterr().out.strip() == "ok 4 records"

@@ -77,7 +77,9 @@ async def test_listed_tools_equal_the_manifest(h: Home) -> None:
 
 async def test_a_call_is_audited_before_and_after(engine: ToolEngine, h: Home) -> None:
     result = await call(engine, "echo", "r1", text="hi")
+    audit = result.pop("_meta")["cortex/audit"]
     assert result == {"content": [{"type": "text", "text": "hi"}], "isError": False}
+    assert audit["finished_seq"] == audit["requested_seq"] + 1
     requested, finished = h.records()
     assert requested["event"] == "tool.requested" and requested["arguments"] == {"text": "hi"}
     assert requested["caller"] == CALLER and requested["request_id"] == "r1" and requested["tool"] == "echo"

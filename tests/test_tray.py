@@ -138,6 +138,16 @@ def test_icon_is_a_filled_circle_on_transparent_background() -> None:
     assert image.getpixel((0, 0))[3] == 0  # type: ignore[index]
 
 
+def test_icon_edge_is_anti_aliased_and_not_set_up_looks_different() -> None:
+    image = icon_image(GREEN)
+    alphas = {image.getpixel((x, 32))[3] for x in range(0, 8)}  # type: ignore[index]
+    assert 0 in alphas and 255 in alphas and alphas - {0, 255}, alphas  # a soft edge, not a hard step
+    unset = icon_image(GREY, not_set_up=True)
+    disconnected = icon_image(GREY)
+    assert unset.getpixel((32, 32)) == disconnected.getpixel((32, 32)) == (*GREY, 255)
+    assert unset.getpixel((32, 18))[3] < 128 < disconnected.getpixel((32, 18))[3]  # type: ignore[index]
+
+
 def test_backend_choice() -> None:
     assert choose_backend({"PYSTRAY_BACKEND": "dummy", "DISPLAY": ":0"}) == "dummy"
     assert choose_backend({}) == "xorg"

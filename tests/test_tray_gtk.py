@@ -143,10 +143,10 @@ class TrayMenu:
         self.xs, self.icon, self.shots = xs, icon, shots
         self.opened = 0
 
-    def open(self) -> MenuLayout:
+    def open(self, button: int = 3) -> MenuLayout:
         self.opened += 1
         path = self.shots / f"menu-{self.opened}.png"
-        self.xs.button(*self.icon.centre, button=3)
+        self.xs.button(*self.icon.centre, button=button)
         geometry = poll(lambda: popup_window(self.xs), "the tray menu to open")
 
         def drawn() -> MenuLayout | None:
@@ -154,8 +154,8 @@ class TrayMenu:
 
         return poll(drawn, f"the tray menu at {geometry} to be drawn (screenshot {path})")
 
-    def choose(self, item: Callable[[MenuLayout], tuple[int, int]]) -> None:
-        self.xs.button(*item(self.open()), button=1)
+    def choose(self, item: Callable[[MenuLayout], tuple[int, int]], button: int = 3) -> None:
+        self.xs.button(*item(self.open(button)), button=1)
         poll(lambda: True if popup_window(self.xs) is None else None, "the tray menu to close")
 
 
@@ -195,7 +195,7 @@ def test_gtk_menu_disconnects_reconnects_and_quits(
         poll(lambda: popup_window(xsession, "TOOLTIP"), "the icon's tooltip on hover")  # rule 6
 
         menu = TrayMenu(xsession, icon, shots)
-        menu.choose(lambda m: m.disconnect)
+        menu.choose(lambda m: m.disconnect, button=1)  # a left click opens the menu too
         server.wait_status("gtknode", "disconnected")
         icon.wait_colour(GREY, "2-disconnected")
         xsession.icon_geometry()

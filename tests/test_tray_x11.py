@@ -250,6 +250,9 @@ class TrayProc:
     def log(self) -> str:
         return "".join(self.output[-40:])
 
+    def menus_opened(self) -> int:
+        return sum("menu window open at" in line for line in list(self.output))
+
     def close(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # its own group: a launcher's child goes too
@@ -257,6 +260,33 @@ class TrayProc:
         self._pump.join(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def wait_log(tray: TrayProc, text: str, timeout: float = 20.0) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.1)):
+        if any(text in line for line in list(tray.output)):
+            return True
+        pause.wait(0.1)
+    return False
+
+
+def wait_menu_item(tray: TrayProc, text: str, after: int, timeout: float = 20.0) -> tuple[int, int]:
+    """The centre of menu item `text` in the menu window opened after the first `after` ones (its log)."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.1)):
+        lines = list(tray.output)
+        opened = [i for i, line in enumerate(lines) if "menu window open at" in line]
+        if len(opened) > after:
+            for line in lines[opened[after] :]:
+                marker = f"menu item {text!r} at "
+                if marker in line:
+                    at, size = line.split(marker, 1)[1].split()
+                    x, y = (int(v) for v in at.split(","))
+                    w, h = (int(v) for v in size.split("x"))
+                    return x + w // 2, y + h // 2
+        pause.wait(0.1)
+    raise AssertionError(f"no menu item {text!r} shown:\n{tray.log()}")
 
 
 def nearest(colour: Colour) -> Colour | None:
@@ -305,7 +335,7 @@ def test_tray_icon_docks_toggles_and_follows_the_server(xsession: XSession, tmp_
     server = ServerProc(tmp_path / "server", args=["--heartbeat-interval", "1"]).start()
     home = tmp_path / "home"
     save_credentials(home, Credentials(server.url, "traynode", server.enroll("traynode")))
-    tray = TrayProc(xsession, home, server.url, "traynode")
+    tray = TrayProc(xsession, home, server.url, "traynode", env={"CORTEX_LOG_LEVEL": "debug"})
     try:
         icon = IconWatcher(xsession, tray, shots)
         icon.wait_colour(GREEN, "1-connected")
@@ -315,13 +345,26 @@ def test_tray_icon_docks_toggles_and_follows_the_server(xsession: XSession, tmp_
         xsession.icon_geometry()
         assert xsession.icon_title == f"Cortex node traynode: connected to {server.url}"
 
-        xsession.click(*icon.centre)  # a left click toggles: disconnect
+        # Hovering shows the status as a tooltip (pystray's xorg icon has none of its own).
+        subprocess.run(["xdotool", "mousemove", str(icon.centre[0]), str(icon.centre[1])],
+                       env=xsession.env(), check=True, timeout=30)  # fmt: skip
+        assert wait_log(tray, f"tooltip shown: Cortex node traynode: connected to {server.url}")
+        xsession.screenshot(shots / "1a-tooltip.png")
+
+        # A click opens the menu window (status line + actions); nothing changes until an item is chosen.
+        xsession.click(*icon.centre)
+        disconnect = wait_menu_item(tray, "Disconnect", after=0)
+        xsession.screenshot(shots / "2a-menu-open.png")
+        assert server.node("traynode")["status"] == "connected"
+        xsession.click(*disconnect)
         server.wait_status("traynode", "disconnected")
         icon.wait_colour(GREY, "2-disconnected")
         xsession.icon_geometry()
         assert "disconnected from" in xsession.icon_title
 
-        xsession.click(*icon.centre)  # and connect again
+        opened = tray.menus_opened()
+        xsession.button(*icon.centre, button=3)  # a right click opens it too: connect again
+        xsession.click(*wait_menu_item(tray, "Connect", after=opened))
         server.wait_status("traynode", "connected")
         icon.wait_colour(GREEN, "3-reconnected")
 

@@ -17,6 +17,8 @@ import { ChainVerifier, parseLossless } from "./audit.js";
 import { clear, formatJson, h, relativeTime, renderResult, timeElement, uid } from "./dom.js";
 import { FieldError, schemaFields } from "./forms.js";
 import { processesView } from "./processes.js";
+import { enrollControls, recentCallsView, revokeButton } from "./fleet.js";
+import { addNodePanel, argsDetails, expiryText, fullTime, nodeFilterBar, tokenRefusedMessage } from "./onboarding.js";
 
 const TOKEN_KEY = "cortex.token";
 const AUDIT_PAGE = 25;
@@ -88,23 +90,19 @@ function confirmIdentitySwitch(current, next) {
 }
 
 function statusBadge(status) {
-  const label = { connected: "Connected", unhealthy: "Unhealthy", disconnected: "Disconnected" }[status] || status;
+  const label = { connected: "Connected", unhealthy: "Unhealthy", disconnected: "Disconnected", unknown: "Unknown node" }[status] || status;
   return h("span", { class: `badge badge-${status}`, "data-status": status }, h("span", { "aria-hidden": "true" }, "● "), label);
 }
 
-/** An audit timestamp as a local clock time (date too when not today), the exact value on hover. */
+/** An audit timestamp with date, time and time zone, the exact value on hover. */
 function clockTime(iso) {
-  if (!iso) return "—";
-  const d = new Date(iso);
-  const today = d.toDateString() === new Date().toDateString();
-  const text = today ? d.toLocaleTimeString() : d.toLocaleString();
-  return h("time", { datetime: iso, title: iso }, text);
+  return fullTime(iso);
 }
 
 /** "alice/planner:abc@ws1" with break opportunities after "/" and before "@" (no mid-word breaks). */
 function callerText(caller) {
   const parts = String(caller.sub).split("/");
-  return h("span", {}, parts.flatMap((p, i) => (i ? [h("wbr"), `/${p}`] : [p])), h("wbr"), `@${caller.ws}`);
+  return h("span", { class: "caller", title: `${caller.sub}@${caller.ws}` }, parts.map((p, i) => (i ? `/${p}` : p)), `@${caller.ws}`);
 }
 
 function errorText(error) {
@@ -239,13 +237,22 @@ class Dashboard {
   }
 
   signIn(token, { quiet = false } = {}) {
-    this.api = new Api(location.origin, token, () => this.signOut("Your session ended: the token was refused or has expired."));
-    this.rpc = new RpcLink(location.origin, token);
     const claims = decodeClaims(token);
+    this.claims = claims;
+    this.tokenAccepted = false;
+    this.api = new Api(location.origin, token, () => this.signOut(tokenRefusedMessage(claims, this.tokenAccepted)));
+    this.rpc = new RpcLink(location.origin, token);
     document.body.dataset.signedIn = "true";
     this.nav.hidden = false;
     this.signOutButton.hidden = false;
     this.who.textContent = claims.sub ? `${claims.sub} · ${claims.ws}${claims.role === "admin" ? " · admin" : ""}` : "";
+    this.who.dataset.testid = "who";
+    if (claims.sub) {
+      const exp = h("span", { class: "muted small expiry", title: claims.exp ? new Date(claims.exp * 1000).toISOString() : "" }, ` · token ${expiryText(claims.exp)}`);
+      this.who.append(exp);
+      clearInterval(this.whoTimer);
+      this.whoTimer = setInterval(() => (exp.textContent = ` · token ${expiryText(claims.exp)}`), 30000);
+    }
     this.session = new AbortController();
     this.followEvents(this.session.signal);
     if (!quiet) this.announce(`Signed in${claims.sub ? ` as ${claims.sub}` : ""}.`);
@@ -256,6 +263,7 @@ class Dashboard {
   signOut(message) {
     if (!this.api) return;
     sessionStorage.removeItem(TOKEN_KEY);
+    clearInterval(this.whoTimer);
     this.session?.abort();
     this.view?.abort();
     this.rpc?.close();
@@ -275,7 +283,10 @@ class Dashboard {
       const started = Date.now();
       try {
         this.setLive("connecting");
-        const onOpen = () => this.setLive("live");
+        const onOpen = () => {
+          this.tokenAccepted = true;
+          this.setLive("live");
+        };
         for await (const { event, data } of this.api.stream("GET", "/api/v1/events", { signal, onOpen })) {
           if (event.startsWith("node.") && data && data.name) this.updateNode(data);
         }
@@ -330,6 +341,7 @@ class Dashboard {
       else link.removeAttribute("aria-current");
     }
     if (parts[0] === "assistant") this.assistantView(signal, new URLSearchParams(rawQuery));
+    else if (parts[0] === "calls") recentCallsView(this.main, this.api, signal);
     else if (parts[0] === "nodes" && parts[1] && parts[2] === "audit") this.auditView(signal, parts[1]);
     else if (parts[0] === "nodes" && parts[1] && parts[2] === "processes") processesView(this, signal, parts[1]);
     else if (parts[0] === "nodes" && parts[1]) this.nodeView(signal, parts[1]);
@@ -369,9 +381,13 @@ class Dashboard {
       ),
       body,
     );
+    const noMatch = h("p", { class: "muted empty", hidden: true, "data-testid": "no-match" }, "No node matches the search.");
+    const filter = nodeFilterBar(() => render());
     const render = () => {
-      const nodes = [...this.nodes.values()].sort((a, b) => a.name.localeCompare(b.name));
-      empty.hidden = nodes.length > 0;
+      const all = [...this.nodes.values()].sort((a, b) => a.name.localeCompare(b.name));
+      const nodes = all.filter(filter.matches);
+      empty.hidden = all.length > 0;
+      noMatch.hidden = !(all.length > 0 && nodes.length === 0);
       table.hidden = nodes.length === 0;
       clear(
         body,
@@ -405,7 +421,11 @@ class Dashboard {
         "section",
         { "aria-labelledby": "nodes-title" },
         h("div", { class: "view-head" }, h("h1", { id: "nodes-title" }, "Nodes"), h("p", { class: "muted" }, "Live status, updated as nodes connect and leave.")),
-        h("div", { class: "card table-wrap" }, table, empty),
+        filter.element,
+        h("div", { class: "card table-wrap" }, table, empty, noMatch),
+        addNodePanel(location.origin, this.claims || {}, (nameInput) =>
+          this.claims?.role === "admin" ? enrollControls(this.api, nameInput, this.claims.ws) : null,
+        ),
       ),
     );
     render();
@@ -443,8 +463,11 @@ class Dashboard {
     const badge = h("span");
     const render = () => {
       const n = this.nodes.get(name);
-      clear(badge, n ? statusBadge(n.status) : statusBadge("disconnected"), n ? this.auditAlert(n) : null);
-      if (!n) return;
+      clear(badge, n ? statusBadge(n.status) : statusBadge("unknown"), n ? this.auditAlert(n) : null);
+      if (!n) {
+        clear(summary, h("p", { class: "warning-box", "data-testid": "unknown-node" }, `No node named ${name} in your workspace. `, h("a", { href: "#/nodes" }, "See all nodes"), "."));
+        return;
+      }
       const facts = [
         ["Host", n.info?.hostname],
         ["OS", [n.info?.os, n.info?.arch].filter(Boolean).join(" / ")],
@@ -462,7 +485,19 @@ class Dashboard {
       "div",
       { class: "view-head" },
       h("p", { class: "crumbs" }, h("a", { href: "#/nodes" }, "Nodes"), " / ", name),
-      h("div", { class: "title-row" }, h("h1", { id: "view-title" }, section === "audit" ? `Audit log of ${name}` : name), badge),
+      h(
+        "div",
+        { class: "title-row" },
+        h("h1", { id: "view-title" }, section === "audit" ? `Audit log of ${name}` : name),
+        badge,
+        this.claims?.role === "admin"
+          ? revokeButton(this.api, name, (text) => {
+              this.nodes.delete(name);
+              location.hash = "#/nodes";
+              this.announce(text);
+            })
+          : null,
+      ),
       summary,
       h(
         "nav",
@@ -555,11 +590,26 @@ class Dashboard {
       progress,
       output,
     );
+    const offline = h("p", { class: "warning-box", role: "status", "data-testid": "node-offline", hidden: true });
+    form.insertBefore(offline, form.querySelector(".actions"));
     clear(panel, form);
     let running = null;
+    const connected = () => {
+      const n = this.nodes.get(node);
+      return Boolean(n && n.status !== "disconnected");
+    };
+    const showReachable = () => {
+      const n = this.nodes.get(node);
+      const ok = connected();
+      offline.hidden = ok;
+      offline.textContent = ok ? "" : n ? `${node} is disconnected: a run would fail. It can run tools again once its agent reconnects.` : `No node named ${node} in your workspace.`;
+      if (!running) runButton.disabled = !ok;
+    };
+    showReachable();
+    this.onNodes(viewSignal, (n) => n.name === node && showReachable());
     const finish = () => {
       running = null;
-      runButton.disabled = false;
+      runButton.disabled = !connected();
       cancelButton.disabled = true;
       panel.removeAttribute("aria-busy");
     };
@@ -577,6 +627,11 @@ class Dashboard {
         args = fields.read();
       } catch (e) {
         if (e instanceof FieldError) {
+          clear(output);
+          clear(progress);
+          progress.hidden = true;
+          status.dataset.state = "invalid";
+          status.textContent = "Fix the highlighted argument, then run again.";
           e.show();
           return;
         }
@@ -611,6 +666,7 @@ class Dashboard {
         const ms = Math.round(performance.now() - started);
         status.dataset.state = result.isError ? "error" : "ok";
         status.textContent = `${tool.name} finished in ${ms} ms${result.isError ? " with an error" : ""}.`;
+        progress.hidden = true; // the live output was a preview: the result below holds all of it, once
         output.append(renderResult(result, this.api));
       } catch (e) {
         if (e instanceof RpcError && e.code === CANCELLED) {
@@ -678,8 +734,7 @@ class Dashboard {
     const argsCell = (r) => {
       const args = r.arguments ?? requested.get(r.request_id);
       if (!args || !Object.keys(args).length) return "—";
-      const text = JSON.stringify(args);
-      return h("code", { class: `args${r.arguments ? "" : " muted"}`, title: text }, text);
+      return argsDetails(args, !r.arguments);
     };
     const filtered = () =>
       records.filter((r) => {
@@ -735,6 +790,7 @@ class Dashboard {
       page = 0;
       render();
     });
+    let lastHeadSeq = null;
     const load = async () => {
       chain.dataset.state = "checking";
       chain.textContent = "Checking the chain…";
@@ -763,6 +819,7 @@ class Dashboard {
         return;
       }
       if (signal.aborted) return;
+      if (head) lastHeadSeq = head.seq;
       records = all.reverse();
       requested = new Map(records.filter((r) => r.request_id && r.arguments).map((r) => [r.request_id, r.arguments]));
       const tools = [...new Set(records.map((r) => r.tool).filter(Boolean))].sort();
@@ -799,7 +856,41 @@ class Dashboard {
       clear(chain, h("span", { class: "chain-icon", "aria-hidden": "true" }, state === "verified" ? "✔ " : "⚠ "), parts);
     };
     refresh.addEventListener("click", load);
+    const liveNote = h("p", { class: "muted small", "data-testid": "audit-live", "aria-live": "off" }, "Updates by itself.");
+    chain.after(liveNote);
     await load();
+    this.followAudit(signal, name, () => lastHeadSeq, load, liveNote);
+  }
+
+  /** The live audit view: poll for records after the head (1 s, doubling to 15 s while quiet); a
+   * node.updated event whose audit head moved wakes it at once. New records reload and re-verify. */
+  async followAudit(signal, name, headSeq, load, note) {
+    let delay = 1000;
+    let wake = null;
+    this.onNodes(signal, (n) => {
+      if (n.name === name && n.audit && headSeq() !== null && n.audit.seq > headSeq()) wake?.();
+    });
+    while (!signal.aborted) {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        wake = () => clearTimeout(timer) || resolve();
+        signal.addEventListener("abort", wake, { once: true });
+      });
+      if (signal.aborted) return;
+      try {
+        const { data } = await this.api.audit(name, headSeq() ?? 0, 1, signal);
+        note.textContent = `Updates by itself · checked ${new Date().toLocaleTimeString()}`;
+        if (data.records.length) {
+          await load();
+          delay = 1000;
+        } else {
+          delay = Math.min(delay * 2, 15000);
+        }
+      } catch {
+        if (signal.aborted) return;
+        delay = Math.min(delay * 2, 15000);
+      }
+    }
   }
 
   // ---- assistant view ------------------------------------------------------------------------

@@ -64,14 +64,19 @@ export function renderResult(result, api) {
   box.append(
     h("p", { class: "result-head" }, isError ? h("strong", {}, "The tool reported an error") : h("strong", {}, "Result")),
   );
-  for (const item of result?.content || []) box.append(renderContent(item, api));
+  // A text block that only repeats the structured content (MCP's compatibility copy) is shown once,
+  // as the structured JSON below.
+  for (const item of result?.content || []) {
+    if (!repeatsStructured(item, result.structuredContent)) box.append(renderContent(item, api));
+  }
   const artifact = result?._meta?.["cortex/artifact"];
   if (artifact?.uri) box.append(renderArtifactOffer(artifact, api));
   if (result && result.structuredContent !== undefined && result.structuredContent !== null) {
     box.append(
       h(
         "details",
-        { class: "structured", open: true },
+        // Folded when text blocks already show the output: each piece of output is shown once.
+        { class: "structured", open: !box.querySelector("pre.text-output, figure") },
         h("summary", {}, "Structured content"),
         h("pre", { class: "json" }, formatJson(result.structuredContent)),
       ),
@@ -104,6 +109,15 @@ export function renderArtifactOffer(ref, api) {
   });
   box.append(button);
   return box;
+}
+
+function repeatsStructured(item, structured) {
+  if (item?.type !== "text" || structured === undefined || structured === null) return false;
+  try {
+    return JSON.stringify(JSON.parse(item.text)) === JSON.stringify(structured);
+  } catch {
+    return false;
+  }
 }
 
 export function renderContent(item, api) {
