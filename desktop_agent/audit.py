@@ -672,7 +672,9 @@ def verify(path: Path, state_path: Path | None = None) -> VerifyReport:
 
 def cli_verify(home: Path) -> int:
     """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
-    if not (home / AUDIT_FILE).is_file():
+    # No log and no saved head: nothing was ever written here (a wrong --home). A saved head without its
+    # log is a deleted or moved log: that is a broken chain (exit 1), reported by `verify` below.
+    if not (home / AUDIT_FILE).is_file() and read_saved_head(home / STATE_FILE) is None:
         print(f"no audit log at {home / AUDIT_FILE} (is --home right?)", file=sys.stderr)
         return 2
     report = verify(home / AUDIT_FILE, home / STATE_FILE)
