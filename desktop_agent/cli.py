@@ -34,6 +34,7 @@ examples:
   cortex-agent tray                     # the system-tray agent
   cortex-agent audit verify             # check the hash chain of this node's audit log
   cortex-agent audit show -n 50         # the last 50 audit records
+  cortex-agent approvals                # tool calls waiting for your approval; approve ID / deny ID
 
 exit codes (run): 0 clean stop, 2 usage, 3 the server refuses the credential, 5 another agent runs on
 this home. The agent home is $CORTEX_HOME or ~/.cortex.
@@ -175,7 +176,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("-n", type=int, default=20, metavar="N", help="how many records (default 20)")
     home_arg(show)
+    _approval_parsers(sub, home_arg)
     return parser
+
+
+def _approval_parsers(sub: Any, home_arg: Any) -> None:
+    """`approvals`, `approve ID [--for MINUTES]`, `deny ID`: the owner's answers (desktop_agent.approval)."""
+    codes = "exit codes: 0 ok, 1 no agent running on this home or no call waits under that id, 2 usage."
+    approvals = _sub(sub, "approvals", "list the tool calls waiting for your approval", codes)
+    approvals.add_argument("--json", action="store_true", help="print JSON instead of one line each")
+    home_arg(approvals)
+    approve = _sub(
+        sub,
+        "approve",
+        "let a waiting tool call run",
+        "example:\n  cortex-agent approve 3f2a9c1b --for 15   # and this caller's later calls to that tool,"
+        " for 15 minutes\n\n" + codes,
+    )
+    approve.add_argument("id", metavar="ID", help="the approval id shown by `cortex-agent approvals`")
+    approve.add_argument(
+        "--for",
+        dest="minutes",
+        type=float,
+        metavar="MINUTES",
+        help="also allow this caller's later calls to this tool for MINUTES (default: this call only)",
+    )
+    home_arg(approve)
+    deny = _sub(sub, "deny", "refuse a waiting tool call (it returns an error, the tool never runs)", codes)
+    deny.add_argument("id", metavar="ID", help="the approval id shown by `cortex-agent approvals`")
+    home_arg(deny)
 
 
 def _login(args: argparse.Namespace, home: Path) -> int:
@@ -356,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.audit_command == "verify":
             return audit.cli_verify(home)
         return audit.cli_show(home, args.n)
+    if args.command in ("approvals", "approve", "deny"):
+        from desktop_agent import approval_socket
+
+        if args.command == "approvals":
+            return approval_socket.cli_list(home, args.json)
+        return approval_socket.cli_answer(
+            home, args.id, approve=args.command == "approve", minutes=getattr(args, "minutes", None)
+        )
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

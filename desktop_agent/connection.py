@@ -13,6 +13,8 @@ Rules:
    in a storm.
 4. When the link drops, the calls it was running are cancelled (process groups killed) and audited as
    ``cancelled``: nobody is left to receive their results.
+6. The calls waiting for the owner's approval are told to the server (`notifications/approvals`, the
+   whole list with a rising `seq`) whenever that list changes, so it can *show* them; it cannot answer.
 5. A connection closed with 4409 (another connection of this node replaced it: a second agent with the
    same credential) waits the cap interval before the next attempt, so two agents do not flap.
 """
@@ -158,6 +160,9 @@ class NodeAgent:
         self._sender = ResultSender(settings.max_frame_bytes)
         self.workspace: str | None = None  # from the last access token, for "connected" messages
         engine.on_tools_changed(self._tools_changed)
+        engine.approvals.node_name = settings.name
+        engine.approvals.on_change(self._approvals_changed)
+        self._approvals_seq = 0
 
     # -- state for the tray ------------------------------------------------------------------------
     @property
@@ -333,6 +338,14 @@ class NodeAgent:
         rpc = self._rpc
         if rpc is not None and not rpc.closed:
             self._background(rpc.notify("notifications/tools/list_changed"))
+
+    def _approvals_changed(self, waiting: list[Any]) -> None:
+        """Rule 6 (on the loop): tell the server what waits; it only shows it."""
+        rpc = self._rpc
+        if rpc is not None and not rpc.closed:
+            self._approvals_seq += 1
+            params = {"seq": self._approvals_seq, "approvals": [p.to_json() for p in waiting]}
+            self._background(rpc.notify("notifications/approvals", params))
 
     def _background(self, coro: Any) -> None:
         # Keep a reference until done: the loop holds tasks only weakly.

@@ -27,6 +27,10 @@ Rules of a call:
    again when agent.toml changes).
 5. The policy is a snapshot per call; agent.toml edits apply to later calls and fire `on_tools_changed`
    callbacks when the declared tool list changes.
+7. A tool in `[approval] require` waits for the node owner's answer (`desktop_agent.approval`) after
+   rule 1's checks and *before* rule 2's admission: a call waiting for its owner holds no slot. A
+   denial (denied, timeout, withdrawn) is an isError result and the tool never starts. The owner
+   answers through the control socket in the home (`desktop_agent.approval_socket`) or the tray.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from typing import Any, NoReturn
 
 from jsonschema import Draft202012Validator
 
+from desktop_agent.approval import ApprovalRoom
+from desktop_agent.approval_socket import ControlSocket
 from desktop_agent.audit import AUDIT_FILE, AuditLog, AuditSilenced
 from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, watch_config
 from desktop_agent.tools.base import ProgressFn, ToolContext, ToolFailure, ToolFunc, ToolResult
@@ -132,6 +138,8 @@ class ToolEngine:
         self._watch_poll_ms = watch_poll_ms
         self._on_tools_changed: list[Callable[[], None]] = []
         self._admission = _Admission(lambda: self._config.policy.max_concurrency)
+        self.approvals = ApprovalRoom(self._config.name or "")  # rule 7; the agent sets the node's name
+        self._control = ControlSocket(home, self.approvals)
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watch: asyncio.Event | None = None
         self._browser: Any = None
@@ -218,6 +226,10 @@ class ToolEngine:
     async def start(self) -> None:
         """Open the audit log and start watching agent.toml."""
         await self._audit.open()
+        try:
+            await self._control.start()
+        except OSError as exc:  # approvals can still be answered in the tray
+            logger.warning("approval control socket not available: %s", exc)
         if self._watcher is None:
             self._stop_watch = asyncio.Event()
             self._watcher = asyncio.create_task(self._watch(), name="cortex-policy-watch")
@@ -240,6 +252,7 @@ class ToolEngine:
 
     async def aclose(self) -> None:
         """Stop the watcher and the background processes, close the browser and the audit log."""
+        await self._control.aclose()
         if self._watcher is not None:
             assert self._stop_watch is not None
             self._stop_watch.set()
@@ -340,6 +353,10 @@ class ToolEngine:
         if problem is not None:
             message = f"invalid arguments for {name}: {problem}"
             await self._deny(INVALID_PARAMS, message, name, arguments, request_id, caller)
+        if name in policy.approval_required:  # rule 7: before admission, so no slot is held
+            refusal = await self._ask_owner(name, arguments, policy, request_id, caller, progress)
+            if refusal is not None:
+                return ToolResult.error(refusal).to_wire()
         if name in UNMETERED:
             return await self._run(tool, arguments, policy, request_id, caller, progress)
         try:
@@ -350,6 +367,33 @@ class ToolEngine:
             return await self._run(tool, arguments, policy, request_id, caller, progress, durable_finish)
         finally:
             self._admission.release()
+
+    async def _ask_owner(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        policy: Policy,
+        request_id: str | int,
+        caller: dict[str, Any],
+        progress: ProgressFn | None,
+    ) -> str | None:
+        try:
+            return await self.approvals.ask(
+                audit=self._audit.append,
+                tool=name,
+                arguments=arguments,
+                request_id=request_id,
+                caller=caller,
+                timeout_s=policy.approval_timeout_s,
+                progress=progress,
+            )
+        except AuditSilenced as exc:
+            return str(exc)
+        except OSError as exc:
+            logger.exception("audit log not writable; refusing to ask for %s", name)
+            raise RpcError(
+                INTERNAL_ERROR, "the node's audit log cannot be written; the tool did not run"
+            ) from exc
 
     async def _run(
         self,

@@ -33,6 +33,10 @@ agent.toml (every key optional)::
     max = 16                          # background processes running at once (process_start)
     buffer_bytes = 4194304            # output ring buffer of each
 
+    [approval]
+    require = ["shell_exec", "process_start"]   # the owner says yes first (default: none)
+    timeout_s = 120                   # no answer within this is a denial
+
     [limits]
     max_read_bytes = 8388608          # largest fs_read slice
     max_write_bytes = 16777216        # largest fs_write content (decoded)
@@ -90,6 +94,7 @@ _TOP_KEYS = {
     "browser",
     "limits",
     "processes",
+    "approval",
 }
 _SECTION_KEYS: dict[str, set[str]] = {
     "tls": {"ca", "client_cert", "client_key"},
@@ -98,6 +103,7 @@ _SECTION_KEYS: dict[str, set[str]] = {
     "browser": {"enabled", "executable", "idle_timeout_s", "allowed_schemes"},
     "limits": {"max_read_bytes", "max_write_bytes", "max_output_bytes"},
     "processes": {"max", "buffer_bytes"},
+    "approval": {"require", "timeout_s"},
 }
 
 
@@ -139,6 +145,8 @@ class Policy:
     protected_paths: tuple[Path, ...] = ()  # trees no tool may touch (desktop_agent.confine rule 3)
     max_processes: int = 16
     process_buffer_bytes: int = 4 * MIB
+    approval_required: frozenset[str] = frozenset()  # [approval] require: the owner answers first
+    approval_timeout_s: float = 120.0  # [approval] timeout_s: no answer within it is a denial
 
     def tool_enabled(self, name: str) -> bool:
         """The owner's switches for one tool (availability of the browser itself is the engine's business)."""
@@ -235,6 +243,7 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
     tls_t, tools_t, shell_t = (_section(data, s, where) for s in ("tls", "tools", "shell"))
     browser_t, limits_t = _section(data, "browser", where), _section(data, "limits", where)
     processes_t = _section(data, "processes", where)
+    approval_t = _section(data, "approval", where)
 
     def path_or_none(table: Mapping[str, Any], key: str) -> Path | None:
         value = _get(table, key, str, where)
@@ -263,6 +272,8 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
     executable = path_or_none(browser_t, "executable") if "executable" in browser_t else None
     max_processes = _positive(_get(processes_t, "max", int, where), "max", where)
     buffer_bytes = _positive(_get(processes_t, "buffer_bytes", int, where), "buffer_bytes", where)
+    require = _str_list(approval_t, "require", where) or []
+    approval_timeout = _positive(_get(approval_t, "timeout_s", (int, float), where), "timeout_s", where)
     policy = Policy(
         allowed_roots=roots,
         enabled_tools=frozenset(enabled) if enabled is not None else None,
@@ -278,6 +289,8 @@ def _parse(home: Path, data: Mapping[str, Any], where: str) -> AgentConfig:
         protected_paths=protected,
         max_processes=max_processes or defaults.max_processes,
         process_buffer_bytes=buffer_bytes or defaults.process_buffer_bytes,
+        approval_required=frozenset(require),
+        approval_timeout_s=float(approval_timeout) if approval_timeout else defaults.approval_timeout_s,
     )
     return AgentConfig(
         home=home,

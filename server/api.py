@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import sse
+from server.approvals import node_approvals
 from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.router import Caller
@@ -221,5 +222,6 @@ def routes() -> list[Route]:
         Route("/api/v1/nodes/{node}/tools", _endpoint(node_tools)),
         Route("/api/v1/nodes/{node}/tools/{tool}/call", _endpoint(call_tool), methods=["POST"]),
         Route("/api/v1/nodes/{node}/audit", _endpoint(node_audit)),
+        Route("/api/v1/nodes/{node}/approvals", _endpoint(node_approvals)),  # GET only: read-only
         Route("/api/v1/nodes/{node}/audit/acknowledge", _endpoint(acknowledge_audit), methods=["POST"]),
     ]

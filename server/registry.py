@@ -66,6 +66,9 @@ class NodeEntry:
     audit: dict[str, Any] | None = None
     """The server's persisted view of the node's audit head, ``{seq, hash, status}`` (server.audit_heads)."""
     validators: dict[str, Draft202012Validator] = field(default_factory=dict, repr=False)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    """Calls waiting for the node owner's approval, as the node last told (server.approvals)."""
+    approvals_seq: int = 0
 
     def set_tools(self, tools: list[dict[str, Any]], catalog: ToolCatalog | None = None) -> None:
         if catalog is not None:

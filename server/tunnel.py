@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server import approvals
 from server.artifact_store import artifact_store
 from server.audit_heads import audit_heads_of
 from server.auth import AuthError
@@ -163,6 +164,7 @@ class NodeSession:
                 RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
             )
             if self.state.registry.detach(self.name, self):
+                approvals.clear(self.entry)
                 self.state.metrics.node_disconnected()
                 logger.info("node %s disconnected", self.name)
 
@@ -280,6 +282,8 @@ class NodeSession:
             task = asyncio.create_task(self._refetch_tools())
             self._refetches.add(task)
             task.add_done_callback(self._refetches.discard)
+        elif method == "notifications/approvals":  # shown only: nothing here can answer (server.approvals)
+            approvals.observe(self.entry, params)
         elif method == "notifications/message":
             # Cut to one bounded line; control characters are escaped by the log formatter (server.limits).
             logger.info("node %s says: %.1000s", self.name, params.get("data"))

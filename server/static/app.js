@@ -651,6 +651,13 @@ class Dashboard {
       if (timeoutS) params.timeout_s = timeoutS;
       const call = this.rpc.call("tools/call", params, {
         onProgress: (p) => {
+          // The node's owner must say yes first (CONTRACT §8 Approval): show the call as waiting, not running.
+          if (p.message && p.message.startsWith("waiting for approval on ")) {
+            status.dataset.state = "waiting";
+            status.textContent = `Waiting for approval: the owner of ${node} must allow ${tool.name} on the node (tray or \`cortex-agent approve\`)…`;
+            return;
+          }
+          status.dataset.state = "running";
           if (p.message) {
             progress.hidden = false;
             progress.append(p.message.endsWith("\n") ? p.message : `${p.message}\n`);
