@@ -24,6 +24,12 @@ Rules:
    (the tray shows no notifications): it needs a session bus to start and raises GLib.Error on stop without a
    notification daemon. pystray would also reset SIGINT to its default (a kill without a clean
    close); our SIGINT/SIGTERM handlers run Quit instead.
+7. Approval (desktop_agent.approval): while calls wait for the owner the icon is blue, the tooltip names
+   the oldest request (tool, redacted arguments, caller), and the menu offers Allow once / Allow this
+   caller for `ALLOW_MINUTES` minutes / Deny for each (up to `MENU_APPROVALS`; the xorg menu window for
+   the oldest). A new request also raises a desktop notification where the desktop has one (notify-send
+   on a session bus, else pystray's notify), guarded: its failure changes nothing. The answers are
+   handed to the agent's loop like every other command (rule 2), audited with ``via`` tray.
 """
 
 from __future__ import annotations
@@ -48,10 +54,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from desktop_agent.approval import PendingApproval, UnknownApproval, local_user
 from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
 
 __all__ = [
+    "ALLOW_MINUTES",
     "AMBER",
+    "BLUE",
     "GREEN",
     "GREY",
     "LOGIN_HINT",
@@ -74,6 +83,9 @@ GREEN: Colour = (40, 170, 60)
 AMBER: Colour = (240, 160, 20)
 GREY: Colour = (128, 128, 128)
 RED: Colour = (210, 40, 40)
+BLUE: Colour = (30, 100, 220)
+ALLOW_MINUTES = 15  # "Allow this caller for N minutes" (rule 7)
+MENU_APPROVALS = 3  # requests offered in the menu at once; more wait their turn
 
 LOGIN_HINT = "cortex-agent login --server URL --name NAME"
 ICON_SIZE = 64
@@ -89,14 +101,27 @@ class TrayView:
     title: str  # the tooltip (the window name on xorg)
     can_connect: bool
     can_disconnect: bool
+    approvals: tuple[tuple[str, str], ...] = ()  # (approval id, one-line summary), oldest first (rule 7)
 
 
 def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
-def view_for(status: AgentStatus | None, name: str, now: float) -> TrayView:
-    """Map an agent status (None: no credentials) to colour, tooltip and which command applies."""
+def view_for(
+    status: AgentStatus | None, name: str, now: float, approvals: tuple[tuple[str, str], ...] = ()
+) -> TrayView:
+    """Map an agent status (None: no credentials) and the waiting approvals to colour, tooltip, commands."""
+    base = _status_view(status, name, now)
+    if not approvals or status is None:
+        return base
+    node = f"Cortex node {name}" if name else "Cortex node"
+    more = f" (+{len(approvals) - 1} more)" if len(approvals) > 1 else ""
+    title = f"{node}: waiting for your approval: {approvals[0][1]}{more}"
+    return TrayView(base.state, BLUE, title, base.can_connect, base.can_disconnect, approvals)
+
+
+def _status_view(status: AgentStatus | None, name: str, now: float) -> TrayView:
     if status is None or status.state is AgentState.NO_CREDENTIALS:
         return TrayView(
             AgentState.NO_CREDENTIALS, GREY, f"Cortex: no node credential. Run `{LOGIN_HINT}`", False, False
@@ -181,6 +206,8 @@ class TrayController:
     `agent` is None when the home holds no credential: the icon then explains how to log in.
     """
 
+    allow_minutes = ALLOW_MINUTES
+
     def __init__(
         self,
         agent: NodeAgent | None,
@@ -206,13 +233,22 @@ class TrayController:
         self._painter: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quitting = False
+        self._approvals: tuple[tuple[str, str], ...] = ()
+        self._notified: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------------
     @property
     def view(self) -> TrayView:
         with self._cond:
-            status = self._status
-        return view_for(status, self.name, self._clock())
+            status, approvals = self._status, self._approvals
+        return view_for(status, self.name, self._clock(), approvals)
+
+    def on_approvals(self, waiting: list[PendingApproval]) -> None:
+        """ApprovalRoom listener (agent's loop thread): record and wake the painter, never block (rule 1)."""
+        with self._cond:
+            self._approvals = tuple((p.id, p.summary()) for p in waiting)
+            self._dirty = True
+            self._cond.notify_all()
 
     def on_status(self, status: AgentStatus) -> None:
         """NodeAgent listener (runs on the agent's loop thread): record and wake the painter, never block."""
@@ -230,6 +266,7 @@ class TrayController:
         no_creds = self.agent is None
         return pystray.Menu(
             item(lambda _i: self.view.title, None, enabled=False),
+            *(self._approval_item(slot) for slot in range(MENU_APPROVALS)),
             item(f"Not set up: run `{LOGIN_HINT}`", None, enabled=False, visible=no_creds),
             sep,
             item("Toggle connection", self._action(self.toggle), default=True, visible=False),
@@ -241,6 +278,80 @@ class TrayController:
             sep,
             item("Quit", self._action(self.quit)),
         )
+
+    def _approval_item(self, slot: int) -> Any:
+        """Menu slot `slot`: the slot-th waiting request with its three answers (rule 7)."""
+        import pystray
+
+        item = pystray.MenuItem
+
+        def approval_id() -> str | None:
+            approvals = self.view.approvals
+            return approvals[slot][0] if slot < len(approvals) else None
+
+        def label(_i: Any) -> str:
+            approvals = self.view.approvals
+            return f"Approve? {approvals[slot][1]}" if slot < len(approvals) else ""
+
+        def answer(kind: str) -> Callable[[], None]:
+            def run() -> None:
+                target = approval_id()
+                if target is not None:
+                    self.answer(target, kind)
+
+            return run
+
+        return item(
+            label,
+            pystray.Menu(
+                item("Allow once", self._action(answer("once"))),
+                item(f"Allow this caller for {ALLOW_MINUTES} minutes", self._action(answer("caller"))),
+                item("Deny", self._action(answer("deny"))),
+            ),
+            visible=lambda _i: approval_id() is not None,
+        )
+
+    def answer(self, approval_id: str, kind: str) -> None:
+        """The owner's answer from the tray: kind is once | caller | deny (handed to the agent's loop)."""
+        if self.agent is None:
+            return
+        room = self.agent.engine.approvals
+        user = local_user()
+
+        def command() -> None:
+            try:
+                room.answer(
+                    approval_id,
+                    approve=kind != "deny",
+                    approver=user,
+                    via="tray",
+                    minutes=ALLOW_MINUTES if kind == "caller" else None,
+                )
+            except UnknownApproval:
+                logger.info("approval %s was already answered, timed out or withdrawn", approval_id)
+
+        self._submit(command)
+
+    def _notify_new(self, icon: Any, view: TrayView) -> None:
+        """Rule 7: one desktop notification per new request, where the desktop has a notifier."""
+        new = [(i, text) for i, text in view.approvals if i not in self._notified]
+        self._notified = {i for i, _ in view.approvals}
+        for _i, text in new:
+            message = f"{text}. Allow or deny it in the Cortex tray menu, or: cortex-agent approvals"
+            try:
+                notifier = shutil.which("notify-send")
+                if notifier and os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+                    subprocess.Popen(
+                        [notifier, "--app-name=cortex-agent", "Cortex: approval needed", message],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                else:
+                    icon.notify(message, "Cortex: approval needed")
+            except Exception:  # no notifier on this desktop: the icon and menu still say it
+                logger.debug("no desktop notification shown", exc_info=True)
 
     @staticmethod
     def _action(command: Callable[[], None]) -> Callable[[Any, Any], None]:
@@ -264,6 +375,8 @@ class TrayController:
         icon.title = view.title  # before the image: whoever sees the new colour also sees the new tooltip
         icon.icon = icon_for(view)
         icon.update_menu()
+        if view.approvals or self._notified:
+            self._notify_new(icon, view)
         with self._cond:
             self._painted = view
             self._cond.notify_all()
@@ -571,6 +684,7 @@ def start_agent_thread(engine: Any, agent: NodeAgent, controller: TrayController
             controller.close()
 
     agent.add_listener(controller.on_status)
+    agent.engine.approvals.on_change(controller.on_approvals)
     thread = threading.Thread(target=body, name="cortex-agent-loop", daemon=True)
     thread.start()
     return thread

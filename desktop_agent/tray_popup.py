@@ -12,10 +12,13 @@ Rules:
 3. The window's first line is the full status (the tooltip text), so a tray without tooltips still says
    what state the node is in and what to run.
 4. Every item logs its screen geometry at DEBUG, so a test can click it with a real X button press.
+5. While calls wait for approval, the oldest is shown under the status line with Allow once / Allow this
+   caller for N minutes / Deny (desktop_agent.tray rule 7); the others follow when it is answered.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -97,7 +100,16 @@ class MenuWindow:
             pady=8,
         ).pack(fill="x")
 
-        items: list[tuple[str, Callable[[], None], bool]] = [
+        items: list[tuple[str, Callable[[], None], bool]] = []
+        for approval_id, _summary in view.approvals[:1]:  # rule 5
+            answer = functools.partial(self.controller.answer, approval_id)
+            minutes = self.controller.allow_minutes
+            items += [
+                ("Allow once", functools.partial(answer, "once"), True),
+                (f"Allow this caller for {minutes} minutes", functools.partial(answer, "caller"), True),
+                ("Deny", functools.partial(answer, "deny"), True),
+            ]
+        items += [
             ("Connect", self.controller.connect, view.can_connect),
             ("Disconnect", self.controller.disconnect, view.can_disconnect),
             ("Open audit log", self.controller.open_audit_log, True),
