@@ -72,8 +72,11 @@ def _short_path(home: Path) -> Iterator[str]:
 
 
 def _peer_uid(sock: Any) -> int | None:
+    option = getattr(socket, "SO_PEERCRED", None)  # Linux; elsewhere every peer is refused (rule 1)
+    if option is None:
+        return None
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
     _pid, uid, _gid = struct.unpack("3i", raw)

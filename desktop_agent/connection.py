@@ -13,10 +13,10 @@ Rules:
    in a storm.
 4. When the link drops, the calls it was running are cancelled (process groups killed) and audited as
    ``cancelled``: nobody is left to receive their results.
-6. The calls waiting for the owner's approval are told to the server (`notifications/approvals`, the
-   whole list with a rising `seq`) whenever that list changes, so it can *show* them; it cannot answer.
 5. A connection closed with 4409 (another connection of this node replaced it: a second agent with the
    same credential) waits the cap interval before the next attempt, so two agents do not flap.
+6. The calls waiting for the owner's approval are told to the server (`notifications/approvals`, the
+   whole list with a rising `seq`) whenever that list changes, so it can *show* them; it cannot answer.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ class ToolEngine:
         await self._audit.open()
         try:
             await self._control.start()
-        except OSError as exc:  # approvals can still be answered in the tray
+        except (OSError, AttributeError) as exc:  # no AF_UNIX here: approvals are answered in the tray
             logger.warning("approval control socket not available: %s", exc)
         if self._watcher is None:
             self._stop_watch = asyncio.Event()

@@ -320,3 +320,12 @@ async def test_no_tool_can_rewrite_the_approval_policy(engine: ToolEngine, h: Ho
         await eng.aclose()
     assert result["isError"]
     assert (h.home / "agent.toml").read_text() == policy
+
+
+def test_the_node_offers_the_server_no_way_to_answer(tmp_path: Path) -> None:
+    from desktop_agent.connection import ConnectSettings, NodeAgent
+
+    agent = NodeAgent(ConnectSettings("http://s", "laptop", "x"), ToolEngine(tmp_path))
+    methods = set(agent._methods())
+    assert methods == {"initialize", "ping", "tools/list", "tools/call", "audit/read"}
+    assert not [m for m in methods if "approv" in m]
