@@ -205,3 +205,35 @@ async def test_nothing_remote_can_answer(
         await call.cancel()
         with pytest.raises(CallCancelled):
             await call
+
+
+async def test_mcp_sees_only_the_waiting_message(
+    server_proc: ServerProc, start_node: Callable[..., AgentProc], tmp_path: Path
+) -> None:
+    from tests.test_mcp import mcp_client
+
+    agent = approval_node(start_node, tmp_path, "laptop", 60)
+    marker = tmp_path / "laptop-root" / "mcp"
+    waiting = asyncio.Event()
+
+    async def on_progress(_progress: float, _total: float | None, message: str | None) -> None:
+        if message == "waiting for approval on laptop":
+            waiting.set()
+
+    async with mcp_client(server_proc, server_proc.token()) as session:
+        names = [t.name for t in (await session.list_tools()).tools]
+        assert "laptop__shell_exec" in names and not [n for n in names if "approv" in n]
+        call = asyncio.create_task(
+            session.call_tool(
+                "laptop__shell_exec", {"command": f"touch {marker}"}, progress_callback=on_progress
+            )
+        )
+        async with asyncio.timeout(20):
+            await waiting.wait()
+        (shown,) = await asyncio.to_thread(cli_list, agent.home)
+        done = await asyncio.to_thread(agent_cli, "deny", shown["id"], "--home", str(agent.home))
+        assert done.returncode == 0, done.stderr
+        async with asyncio.timeout(20):
+            result = await call
+    assert result.is_error and "denied" in result.content[0].text  # type: ignore[union-attr]
+    assert not marker.exists()
