@@ -23,6 +23,9 @@ Rules:
    agent's loop and must not block (the tray and the tunnel only record it and hand it on).
 6. What is shown of a request (tool, arguments, caller) is redacted like the audit log and cut short:
    it reaches the screen, a terminal and the server.
+7. At most `max_waiting` calls wait at once (default `MAX_WAITING`); one more is refused at once
+   (`ApprovalsFull`, the engine's OVERLOADED): a flood of calls cannot grow the room, the owner's
+   screen or the server's list without bound.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from typing import Any
 from desktop_agent.redaction import redact
 
 __all__ = [
+    "MAX_WAITING",
     "Answer",
     "ApprovalRoom",
+    "ApprovalsFull",
     "PendingApproval",
     "UnknownApproval",
     "local_user",
@@ -56,6 +61,11 @@ ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 SHOWN_STRING = 200  # characters of one argument string shown to the owner (rule 6)
 SHOWN_ITEMS = 20  # keys / list items shown
 MAX_ALLOW_MINUTES = 24 * 60
+MAX_WAITING = 64
+
+
+class ApprovalsFull(RuntimeError):
+    """Rule 7: `max_waiting` calls already wait for the owner."""
 
 
 class UnknownApproval(LookupError):
@@ -150,6 +160,7 @@ class ApprovalRoom:
 
     def __init__(self, node_name: str = "", *, clock: Callable[[], float] = time.time) -> None:
         self.node_name = node_name
+        self.max_waiting = MAX_WAITING
         self._clock = clock
         self._waiting: dict[str, PendingApproval] = {}
         self._allowances: dict[tuple[Any, Any, str], _Allowance] = {}
@@ -216,6 +227,8 @@ class ApprovalRoom:
                 )
                 return None
             del self._allowances[key]
+        if len(self._waiting) >= self.max_waiting:  # rule 7
+            raise ApprovalsFull(f"{len(self._waiting)} calls already wait for the owner's approval")
         approval_id = self._new_id()
         shown = shown_arguments(arguments)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()

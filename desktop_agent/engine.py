@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 
 from jsonschema import Draft202012Validator
 
-from desktop_agent.approval import ApprovalRoom
+from desktop_agent.approval import ApprovalRoom, ApprovalsFull
 from desktop_agent.approval_socket import ControlSocket
 from desktop_agent.audit import AUDIT_FILE, AuditLog, AuditSilenced
 from desktop_agent.policy import AgentConfig, Overrides, Policy, load_config, watch_config
@@ -387,6 +387,8 @@ class ToolEngine:
                 timeout_s=policy.approval_timeout_s,
                 progress=progress,
             )
+        except ApprovalsFull as exc:
+            await self._deny(OVERLOADED, f"node busy: {exc}", name, arguments, request_id, caller)
         except AuditSilenced as exc:
             return str(exc)
         except OSError as exc:

@@ -329,3 +329,22 @@ def test_the_node_offers_the_server_no_way_to_answer(tmp_path: Path) -> None:
     methods = set(agent._methods())
     assert methods == {"initialize", "ping", "tools/list", "tools/call", "audit/read"}
     assert not [m for m in methods if "approv" in m]
+
+
+async def test_a_flood_of_approval_requests_is_refused_not_queued(engine: ToolEngine, h: Home) -> None:
+    from spec.errors import OVERLOADED, RpcError
+
+    engine.approvals.max_waiting = 2
+    calls = [
+        asyncio.create_task(engine.call("echo", {"text": str(i)}, request_id=60 + i, caller=ALICE))
+        for i in range(2)
+    ]
+    await waiting(engine, 2)
+    async with asyncio.timeout(5):
+        with pytest.raises(RpcError) as info:
+            await engine.call("echo", {"text": "one too many"}, request_id=70, caller=ALICE)
+    assert info.value.code == OVERLOADED
+    assert len(engine.approvals.pending()) == 2 and h.records()[-1]["event"] == "tool.denied"
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
