@@ -12,8 +12,8 @@ Rules:
 1. Owner only: the socket file is mode 0600 in the agent home, and every connection's peer uid
    (SO_PEERCRED) must equal the agent's uid; any other peer is closed without a reply.
 2. Hostile input loses nothing: a line is at most `MAX_LINE` bytes, a connection idle for
-   `IDLE_TIMEOUT_S` is closed, at most `MAX_CLIENTS` connections are served at once; a bad request
-   gets ``bad_request`` and the connection stays usable.
+   `idle_timeout_s` (default `IDLE_TIMEOUT_S`) is closed, at most `MAX_CLIENTS` connections are served
+   at once; a bad request gets ``bad_request`` and the connection stays usable.
 3. A stale socket file (an agent that died) is replaced on start; the home lock (desktop_agent.home_lock)
    keeps two live agents off one home. The file is removed on close.
 4. Paths longer than a socket address allows are reached through ``/proc/self/fd/<home fd>/``.
@@ -93,6 +93,7 @@ class ControlSocket:
         self._server: asyncio.AbstractServer | None = None
         self._clients = 0
         self._uid = os.getuid()
+        self.idle_timeout_s = IDLE_TIMEOUT_S
 
     async def start(self) -> None:
         if self._server is not None:
@@ -153,7 +154,7 @@ class ControlSocket:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> None:
         while True:
             try:
-                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                async with asyncio.timeout(self.idle_timeout_s):
                     line = await reader.readline()
             except ValueError:  # longer than MAX_LINE: the stream cannot be resynchronised
                 writer.write(_reply(False, "bad_request", f"request longer than {MAX_LINE} bytes"))

@@ -348,3 +348,27 @@ async def test_a_flood_of_approval_requests_is_refused_not_queued(engine: ToolEn
     for call in calls:
         call.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def test_control_socket_bounds_lines_and_idle_connections(engine: ToolEngine, h: Home) -> None:
+    from desktop_agent.approval_socket import MAX_LINE
+
+    engine._control.idle_timeout_s = 0.3
+    path = str(h.home / SOCKET_FILE)
+
+    def oversized() -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(b'{"op":"list","pad":"' + b"x" * (MAX_LINE + 10) + b'"}\n')
+            return s.recv(4096)
+
+    def idle() -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)  # the agent must hang up long before this
+            s.connect(path)
+            return s.recv(4096)
+
+    assert json.loads(await asyncio.to_thread(oversized))["error"] == "bad_request"
+    assert await asyncio.to_thread(idle) == b""
+    assert (await owner(h, {"op": "list"}))["ok"] is True  # still serving
