@@ -21,9 +21,9 @@ Rules:
    status line and every action, rather than toggling the connection.
 6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left or a right click opens the
    menu (a left click never changes the connection by itself). pystray's D-Bus notifier is not used
-   (the tray shows no notifications but rule 7's): it needs a session bus to start and raises GLib.Error on stop without a
-   notification daemon. pystray would also reset SIGINT to its default (a kill without a clean
-   close); our SIGINT/SIGTERM handlers run Quit instead.
+   (the tray shows no notifications but rule 7's): it needs a session bus to start and raises
+   GLib.Error on stop without a notification daemon. pystray would also reset SIGINT to its default
+   (a kill without a clean close); our SIGINT/SIGTERM handlers run Quit instead.
 7. Approval (desktop_agent.approval): while calls wait for the owner the icon is blue, the tooltip names
    the oldest request (tool, redacted arguments, caller), and the menu offers Allow once / Allow this
    caller for `ALLOW_MINUTES` minutes / Deny for each (up to `MENU_APPROVALS`; the xorg menu window for
