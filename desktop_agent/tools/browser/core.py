@@ -312,17 +312,21 @@ class BrowserCore:
             session = self._session = await self._launch(settings.executable)
         if session.page.is_closed():
             # The tools' page was closed (window.close()): fall back to another tab or a new one.
-            open_pages = [p for p in session.context.pages if not p.is_closed()]
-            if open_pages:
-                session.page = open_pages[-1]
-            else:
-                self._opening_page = True
-                try:
-                    session.page = await session.context.new_page()
-                finally:
-                    self._opening_page = False
-            session.refs = {}
+            await self._replace_page(session)
         return session
+
+    async def _replace_page(self, session: Session) -> None:
+        """Make the newest open tab the tools' page, or open a new one when none is left."""
+        open_pages = [p for p in session.context.pages if not p.is_closed()]
+        if open_pages:
+            session.page = open_pages[-1]
+        else:
+            self._opening_page = True
+            try:
+                session.page = await session.context.new_page()
+            finally:
+                self._opening_page = False
+        session.refs = {}
 
     async def _launch(self, executable: str) -> Session:
         playwright = await async_playwright().start()

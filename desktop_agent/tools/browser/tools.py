@@ -215,16 +215,7 @@ class BrowserTools(BrowserCore):
                 victim = pages[index] if index is not None else session.page
                 await victim.close()
                 if victim is session.page:
-                    rest = [p for p in session.context.pages if not p.is_closed()]
-                    if rest:
-                        session.page = rest[-1]
-                    else:
-                        self._opening_page = True
-                        try:
-                            session.page = await session.context.new_page()
-                        finally:
-                            self._opening_page = False
-                    session.refs = {}
+                    await self._replace_page(session)
             return await self._tab_list(session)
 
         return await self._run("browser_tabs", work, self._timeouts.navigation_s + self._timeouts.action_s)
