@@ -52,6 +52,7 @@ __all__ = [
     "ArtifactUpload",
     "DiskArtifactStore",
     "artifact_store",
+    "artifact_uri",
 ]
 
 MIB = 1024 * 1024
@@ -356,3 +357,8 @@ def artifact_store(state: ServerState) -> DiskArtifactStore:
         )
         state.extras["artifacts"] = store
     return store
+
+
+def artifact_uri(artifact_id: str) -> str:
+    """An artifact's short, origin-free name: the MCP resource URI (`resources/read`) besides its HTTP URL."""
+    return f"cortex://artifacts/{artifact_id}"

@@ -60,10 +60,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from server.artifact_store import artifact_uri
 from server.artifacts import artifact_store
 from server.auth import AuthError
 from server.mcp_reply import serve_with_json_reply
-from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources, artifact_uri
+from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources
 from server.registry import NodeEntry
 from server.results import expand_for_mcp
 from server.router import Caller

@@ -49,7 +49,6 @@ __all__ = [
     "STATIC_LIST_TTL_MS",
     "AuditRef",
     "McpResources",
-    "artifact_uri",
     "audit_uri",
     "parse_resource_uri",
 ]
@@ -62,10 +61,6 @@ STATIC_LIST_TTL_MS = 3_600_000
 
 _ARTIFACT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-
-
-def artifact_uri(artifact_id: str) -> str:
-    return f"cortex://artifacts/{artifact_id}"
 
 
 def audit_uri(node: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from server.artifact_store import ArtifactBudgetExceeded, ArtifactUpload, DiskArtifactStore
+from server.artifact_store import ArtifactBudgetExceeded, ArtifactUpload, DiskArtifactStore, artifact_uri
 from spec.errors import INVALID_PARAMS, OVERLOADED, RpcError
 
 __all__ = [
@@ -239,13 +239,22 @@ async def _image_link(
         return store.put(data, mime, node=node, workspace=workspace), len(data)
 
     artifact_id, size = await asyncio.to_thread(put)
+    return _link(
+        base, artifact_id, f"{node}-image-{artifact_id[:8]}", "Image too large to inline", mime, size
+    )
+
+
+def _link(base: str, artifact_id: str, name: str, what: str, mime: str, size: Any) -> dict[str, Any]:
+    """A `resource_link` to an artifact: its HTTP URL, readable with `resources/read` in the same MCP
+    session too, and its short name in ``_meta["cortex/uri"]``."""
     return {
         "type": "resource_link",
         "uri": f"{base}/api/v1/artifacts/{artifact_id}",
-        "name": f"{node}-image-{artifact_id[:8]}",
-        "description": "Image too large to inline; GET it with the same bearer token.",
+        "name": name,
+        "description": f"{what}; read it with resources/read, or GET it with the same bearer token.",
         "mimeType": mime,
         "size": size,
+        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
     }
 
 
@@ -260,14 +269,14 @@ async def expand_for_mcp(
         return result
     base = base_url.rstrip("/")
     whole_uri = f"{base}/api/v1/artifacts/{ref['id']}"
-    whole_link = {
-        "type": "resource_link",
-        "uri": whole_uri,
-        "name": f"{node}-result-{str(ref['id'])[:8]}.json",
-        "description": "The whole CallToolResult (JSON); GET it with the same bearer token.",
-        "mimeType": "application/json",
-        "size": ref.get("bytes"),
-    }
+    whole_link = _link(
+        base,
+        str(ref["id"]),
+        f"{node}-result-{str(ref['id'])[:8]}.json",
+        "The whole CallToolResult (JSON)",
+        "application/json",
+        ref.get("bytes"),
+    )
     full = await load_full_result(store, ref)
     if full is None:  # expired meanwhile: the summary still says what happened
         return {"content": [*(result.get("content") or []), whole_link], "isError": result.get("isError")}
@@ -287,14 +296,14 @@ async def expand_for_mcp(
         )
         content.append({"type": "text", "text": _shrink(text, f"{base}/api/v1/artifacts/{artifact_id}")})
         content.append(
-            {
-                "type": "resource_link",
-                "uri": f"{base}/api/v1/artifacts/{artifact_id}",
-                "name": f"{node}-text-{artifact_id[:8]}.txt",
-                "description": "Text too large to inline; GET it with the same bearer token.",
-                "mimeType": "text/plain",
-                "size": len(data),
-            }
+            _link(
+                base,
+                artifact_id,
+                f"{node}-text-{artifact_id[:8]}.txt",
+                "Text too large to inline",
+                "text/plain",
+                len(data),
+            )
         )
     content.append(whole_link)
     expanded: dict[str, Any] = {"content": content, "isError": bool(full.get("isError"))}

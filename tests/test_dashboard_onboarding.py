@@ -229,6 +229,8 @@ async def test_admin_enrolls_and_revokes_from_the_dashboard(
 
     # A member sees no revoke button and cannot enroll.
     member = server_proc.token("alice", "ws1")
+    # Signed out first: a link for another identity would otherwise ask before switching (identity test).
+    await pg.get_by_role("button", name="Sign out").click()
     await _sign_in_by_link(pg, server_proc, member)
     await pg.goto(f"{server_proc.url}/#/nodes/newbie")
     await expect(pg.get_by_role("heading", name="newbie")).to_be_visible()

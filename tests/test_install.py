@@ -109,7 +109,8 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
                 listening.set()
         listening.set()  # the server exited: stop waiting
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
     try:
         assert listening.wait(60) and url, "".join(lines)
         call: subprocess.CompletedProcess[str] | None = None
@@ -143,4 +144,7 @@ def test_wheel_installs_and_serves_outside_the_checkout(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(5)
+        pumping.join(10)  # the pipe is at EOF once the server is gone
+        if server.stdout is not None:
+            server.stdout.close()
     assert not any("Traceback" in line for line in lines), "".join(lines)

@@ -59,7 +59,7 @@ async def test_a_large_image_is_read_with_the_same_session(
         result = await session.call_tool("laptop__fs_read", {"path": str(big)})
         links = [c for c in result.content if isinstance(c, types.ResourceLink)]
         assert links and not any(isinstance(c, types.ImageContent) for c in result.content)
-        link = links[0]
+        (link,) = [c for c in links if c.mime_type == "image/png"]
         assert f"{server_proc.url}/api/v1/artifacts/" in str(link.uri) and link.mime_type == "image/png"
         # The default client caps one SSE event at 1 MiB: the answer must come whole all the same.
         read = await session.read_resource(str(link.uri))
@@ -184,7 +184,10 @@ async def test_the_stdio_bridge_relays_resources(
             assert len((await session.list_resource_templates()).resource_templates) == 2
             assert (await session.list_prompts()).prompts == []
             result = await session.call_tool("laptop__fs_read", {"path": str(big)})
-            (link,) = [c for c in result.content if isinstance(c, types.ResourceLink)]
+            # The image's link (a result too big for one frame also links its whole CallToolResult).
+            (link,) = [
+                c for c in result.content if isinstance(c, types.ResourceLink) and c.mime_type == "image/png"
+            ]
             blob = (await session.read_resource(str(link.uri))).contents[0]
             assert isinstance(blob, types.BlobResourceContents) and base64.b64decode(blob.blob) == image
 
