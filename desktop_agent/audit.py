@@ -694,7 +694,17 @@ def _describe(record: dict[str, Any]) -> str:
         parts.append(f"by {caller.get('sub')}@{caller.get('ws')}")
     if record.get("request_id") is not None:
         parts.append(f"req={record['request_id']}")
-    for key in ("status", "exit_code", "duration_ms", "reason", "approval_id", "approver", "via", "scope", "until"):
+    for key in (
+        "status",
+        "exit_code",
+        "duration_ms",
+        "reason",
+        "approval_id",
+        "approver",
+        "via",
+        "scope",
+        "until",
+    ):
         if key in record and record[key] is not None:
             parts.append(f"{key}={record[key]}")
     if record.get("arguments"):
