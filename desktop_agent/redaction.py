@@ -105,6 +105,8 @@ def is_secret_key(name: str) -> bool:
         if not rest.startswith("OR") or rest.startswith("ORIZ"):
             return True
         at = upper.find("AUTH", at + 4)
+    if upper.isascii() and upper.isalnum():  # one word (`text`, `path`): no split needed
+        return _word_is_secret(upper)
     return any(_word_is_secret(w) for w in _WORD_SPLIT.split(upper) if w)
 
 

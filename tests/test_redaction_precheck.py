@@ -1,6 +1,7 @@
 """The redaction pre-check (`desktop_agent.redaction._ANY`): one search that lets an ordinary string skip
 the ten redaction passes. It must be exact: whenever any pass would change a text, the pre-check matches.
-Checked against the full passes over the shapes of CONTRACT §8 and ordinary text, and per pattern."""
+Checked against the full passes over the shapes of CONTRACT §8 and ordinary text, and per pattern; and
+the one-word fast path of `is_secret_key` against its RE2 split."""
 
 from __future__ import annotations
 
@@ -44,3 +45,26 @@ def test_precheck_gives_what_the_full_passes_give(text: str) -> None:
     assert redact_text(text) == _redact_passes(text)
     if not _ANY.search(text):
         assert _redact_passes(text) == text  # skipping the passes lost nothing
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "text",
+        "PWD",
+        "pat",
+        "apikey",
+        "passcode",
+        "keyboard",
+        "monkey",
+        "path",
+        "KEY",
+        "x9",
+        "DBPWD",
+        "\u0131",  # dotless i: upper-cases to ASCII I
+        "\u017f",  # long s: upper-cases to ASCII S
+    ],
+)
+def test_one_word_key_fast_path_agrees_with_the_split(name: str) -> None:
+    # A trailing "_" sends the same words through the RE2 split: both paths must agree.
+    assert redaction.is_secret_key(name) == redaction.is_secret_key(name + "_")
