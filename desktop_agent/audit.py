@@ -61,7 +61,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from desktop_agent.redaction import redact
 
@@ -96,6 +96,9 @@ GENESIS = "0" * 64
 RECORD_VERSION = 1
 MAX_READ_LIMIT = 1000
 _TAIL_BLOCK = 1 << 16
+
+
+_F = TypeVar("_F", asyncio.Future[Any], None)
 
 
 class AuditError(OSError):
@@ -137,26 +140,31 @@ class AuditSilenced(AuditError):
 
 @dataclass
 class _Pending:
-    """One queued append; `event` None is a barrier (resolves with the head once everything before it ran)."""
+    """One queued append; `event` None is a barrier (resolves with the head once everything before it ran).
+
+    `future` None: queued by `enqueue`, nobody waits for it (a failure is logged instead).
+    """
 
     event: str | None
     fields: dict[str, Any]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+_Outcome = tuple[asyncio.Future[Any] | None, Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
     for future, value, exc in outcomes:
+        if future is None:
+            if exc is not None:
+                logger.error("a queued audit record could not be written: %s", exc)
+            continue
         if future.done():
             continue
         if exc is not None:
             future.set_exception(exc)
         else:
             future.set_result(value)
-
-
-def _log_lost(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        logger.error("a queued audit record could not be written: %s", future.exception())
 
 
 class AuditLog:
@@ -178,6 +186,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
         self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
 
     # -- the caller's side (event loop) ---------------------------------------------------------
@@ -199,16 +208,17 @@ class AuditLog:
 
     async def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record (fsync'd with whatever else is waiting) and return it; see rule 1."""
-        record: dict[str, Any] = await self._wait(self._submit(event, fields))
+        future = self._submit(event, fields, asyncio.get_running_loop().create_future())
+        record: dict[str, Any] = await self._wait(future)
         return record
 
     def enqueue(self, event: str, **fields: Any) -> None:
         """Queue a record for the next group commit without waiting for it (rule 2)."""
-        self._submit(event, fields).add_done_callback(_log_lost)
+        self._submit(event, fields, None)  # no future: nothing to create, resolve or call back per record
 
     async def flush(self) -> None:
         """Return once every record queued before this call has been written (or has failed)."""
-        await self._wait(self._submit(None, {}))
+        await self._wait(self._submit(None, {}, asyncio.get_running_loop().create_future()))
 
     def head(self) -> dict[str, Any]:
         seq, digest = self._head
@@ -240,14 +250,17 @@ class AuditLog:
                 await asyncio.wait([future])
             raise
 
-    def _submit(self, event: str | None, fields: dict[str, Any]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def _submit(self, event: str | None, fields: dict[str, Any], future: _F) -> _F:
+        """Queue one record; `future` (None for `enqueue`) resolves once it is durable. Returns `future`."""
+        refusal: AuditError | None = None
         if self._failure is not None and event is not None:
-            future.set_exception(AuditSilenced(self._failure))
+            refusal = AuditSilenced(self._failure)
+        elif self._closing:
+            refusal = AuditError(f"{self.path} is being closed")
+        if refusal is not None:
+            _settle([(future, None, refusal)])
             return future
-        if self._closing:
-            future.set_exception(AuditError(f"{self.path} is being closed"))
-            return future
+        loop = self._loop = asyncio.get_running_loop()
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer, name="cortex-audit-writer", daemon=True)
             self._thread.start()
@@ -256,7 +269,7 @@ class AuditLog:
             if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
                 if not self._inline_scheduled:
                     self._inline_scheduled = True
-                    future.get_loop().call_soon(self._commit_inline)
+                    loop.call_soon(self._commit_inline)
             elif len(self._queue) == 1:  # the writer sleeps only on an empty queue
                 self._cond.notify()
         return future
@@ -285,9 +298,12 @@ class AuditLog:
                     if not batch:
                         continue  # an inline commit took it
                     outcomes = self._commit(batch)
-                loop = batch[0].future.get_loop()
+                loop = self._loop
                 try:
-                    loop.call_soon_threadsafe(_settle, outcomes)
+                    if loop is not None and any(future is not None for future, _v, _e in outcomes):
+                        loop.call_soon_threadsafe(_settle, outcomes)
+                    else:
+                        _settle(outcomes)  # only queued records: nothing to wake, failures are logged
                 except RuntimeError:  # the loop is gone: nobody waits for these any more
                     pass
         finally:
@@ -297,9 +313,9 @@ class AuditLog:
             self._fd = self._state_fd = None
             self._needs_open = True
 
-    def _commit(self, batch: list[_Pending]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    def _commit(self, batch: list[_Pending]) -> list[_Outcome]:
         """Rule 1: build every waiting record on the chain, one write, one fsync, then the identity check."""
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             if self._failure is not None:
                 raise AuditSilenced(self._failure)
@@ -314,8 +330,8 @@ class AuditLog:
         seq, prev = self._head
         ts = _now()  # one clock reading per batch: its records become durable together
         chunks: list[bytes] = []
-        built: list[tuple[asyncio.Future[Any], dict[str, Any]]] = []
-        barriers: list[asyncio.Future[Any]] = []
+        built: list[tuple[asyncio.Future[Any] | None, dict[str, Any]]] = []
+        barriers: list[asyncio.Future[Any] | None] = []
         for pending in batch:
             if pending.event is None:
                 barriers.append(pending.future)

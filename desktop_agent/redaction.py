@@ -105,6 +105,8 @@ def is_secret_key(name: str) -> bool:
         if not rest.startswith("OR") or rest.startswith("ORIZ"):
             return True
         at = upper.find("AUTH", at + 4)
+    if upper.isascii() and upper.isalnum():  # one word (`text`, `path`): no split needed
+        return _word_is_secret(upper)
     return any(_word_is_secret(w) for w in _WORD_SPLIT.split(upper) if w)
 
 
@@ -155,7 +157,25 @@ def _keep_name(name_group: int, value_group: int) -> Any:
     return replace
 
 
+# Every pattern above in one alternation (flags stay scoped to their own group): a text none of them
+# matches comes out of `_redact_window` unchanged, so one search replaces its ten passes for the common
+# case of an ordinary string. Any match, even a harmless `a=b`, takes the full path.
+_ANY = _rx(
+    "|".join(
+        f"(?:{rx.pattern})"
+        for rx in (
+            _PEM, _TOKENS, _HEADER, _BEARER, _URL_CREDENTIALS, _USER_OPTION, _MYSQL, _SSHPASS, _OPTION,
+            _ASSIGN,
+        )
+    )
+)  # fmt: skip
+
+
 def _redact_window(text: str) -> str:
+    return _redact_passes(text) if _ANY.search(text) else text
+
+
+def _redact_passes(text: str) -> str:
     text = _PEM.sub(REDACTED, text)
     text = _TOKENS.sub(REDACTED, text)
     text = _HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
