@@ -18,7 +18,7 @@ import pytest
 
 from server.demo import demo_root, write_demo_policy
 from tests.support.pids import descendants_with, wait_gone
-from tests.support.procs import REPO, ServerProc
+from tests.support.procs import ServerProc
 
 
 @pytest.fixture
@@ -86,14 +86,6 @@ def test_an_owners_agent_toml_is_kept_but_the_protection_is_restored(tmp_path: P
     assert (home / "agent.toml").stat().st_mode & 0o777 == 0o600
 
 
-AGENT_HONOURS_PROTECTED_PATHS = "protected_paths" in (REPO / "desktop_agent" / "policy.py").read_text(
-    encoding="utf-8"
-)
-
-
-@pytest.mark.skipif(
-    not AGENT_HONOURS_PROTECTED_PATHS, reason="the agent does not read protected_paths yet (helper 'confine')"
-)
 def test_widened_roots_still_refuse_the_data_dir(demo_server: ServerProc, tmp_path: Path) -> None:
     data_dir = Path(os.path.realpath(demo_server.data_dir))
     toml = data_dir / "demo-agent" / "agent.toml"

@@ -70,7 +70,9 @@ def test_wrong_or_unknown_credential_is_refused(
     store: ServerStore, name: str, credential_of: str | None
 ) -> None:
     creds = {"laptop": store.enroll_node("laptop", "team"), "desktop": store.enroll_node("desktop", "team")}
-    guess = creds[credential_of] if credential_of else creds["laptop"][:-1] + "A"
+    laptop = creds["laptop"]
+    # One character off (never the same one: a credential ending in "A" would otherwise be guessed right).
+    guess = creds[credential_of] if credential_of else laptop[:-1] + ("B" if laptop.endswith("A") else "A")
     assert store.verify_credential(name, guess) is None
 
 
