@@ -19,6 +19,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from server import api, artifacts, dashboard, fleet, oauth, planner
 from server import mcp as mcp_surface
+from server.artifact_store import artifact_store
 from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
 from server.config import ServerConfig
@@ -124,7 +125,7 @@ def build_app(config: ServerConfig) -> Starlette:
         )
         user_watcher = asyncio.create_task(user_feed.watch(state.on_user_revoked), name="user-revocations")
         # The artifact store is made now (it empties its directory) and swept every minute.
-        sweeper = asyncio.create_task(artifacts.artifact_store(state).sweep_every(60.0), name="artifacts")
+        sweeper = asyncio.create_task(artifact_store(state).sweep_every(60.0), name="artifacts")
         state.extras["planner"] = planner.PlannerService.from_env(state)
         try:
             async with mcp_surface.serving(state):

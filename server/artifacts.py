@@ -1,7 +1,7 @@
 """`GET /api/v1/artifacts/{id}`: serves the artifacts of `server.artifact_store` back to callers.
 
-Layering: an HTTP surface over the store (`server.artifact_store`, re-exported here for the surfaces
-that reach the store through this module). Same authorization as the node that produced an artifact:
+Layering: an HTTP surface over the store (`server.artifact_store`, which the other surfaces import
+directly). Same authorization as the node that produced an artifact:
 a caller of another workspace gets 404, as for the node itself.
 
 Rules:
@@ -24,33 +24,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from server.api import ApiError, authenticate, state_of
-from server.artifact_store import (
-    Artifact,
-    ArtifactBudgetExceeded,
-    ArtifactInfo,
-    ArtifactLimits,
-    ArtifactStore,
-    ArtifactUpload,
-    DiskArtifactStore,
-    artifact_store,
-)
+from server.artifact_store import DiskArtifactStore, artifact_store
 
 if TYPE_CHECKING:
     from server.router import Caller
 
-__all__ = [
-    "INLINE_TYPES",
-    "Artifact",
-    "ArtifactBudgetExceeded",
-    "ArtifactInfo",
-    "ArtifactLimits",
-    "ArtifactStore",
-    "ArtifactUpload",
-    "DiskArtifactStore",
-    "artifact_store",
-    "response_headers",
-    "routes",
-]
+__all__ = ["INLINE_TYPES", "response_headers", "routes"]
 
 INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 """Content types an artifact may be served inline with; every other one is an attachment."""

@@ -60,8 +60,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from server.artifact_store import artifact_uri
-from server.artifacts import artifact_store
+from server.artifact_store import artifact_store, artifact_uri
 from server.auth import AuthError
 from server.mcp_reply import serve_with_json_reply
 from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from server.artifacts import artifact_store
+from server.artifact_store import artifact_store
 from server.router import Caller
 from spec import errors
 from spec.errors import RpcError

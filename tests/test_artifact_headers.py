@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from server import admin
 from server.app import build_app
-from server.artifacts import artifact_store
+from server.artifact_store import artifact_store
 from server.config import ServerConfig
 
 

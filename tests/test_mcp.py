@@ -237,7 +237,7 @@ def test_readme_documents_mcp() -> None:
 
 
 def test_artifact_store_bounds_and_workspaces(tmp_path: Path) -> None:
-    from server.artifacts import ArtifactLimits, DiskArtifactStore
+    from server.artifact_store import ArtifactLimits, DiskArtifactStore
     from server.router import Caller
 
     store = DiskArtifactStore(tmp_path / "a", ArtifactLimits(ttl_s=60, total_bytes=10))
