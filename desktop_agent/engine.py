@@ -57,7 +57,7 @@ from desktop_agent.tools.basic import echo, system_info
 from desktop_agent.tools.fs import FsTools
 from desktop_agent.tools.process import ProcessTable, ProcessTools
 from desktop_agent.tools.shell import shell_exec
-from desktop_agent.uploads import BIG_RESULT_BYTES, json_digest, size_bound
+from desktop_agent.uploads import BIG_RESULT_BYTES, EncodedList, json_digest_kept, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
 
@@ -417,7 +417,12 @@ class ToolEngine:
             if size_bound(result.content) > BIG_RESULT_BYTES:
                 # A big result's digest (serialise + SHA-256 of megabytes) runs in a worker thread:
                 # on the loop it would stall every other call of the node meanwhile.
-                return await asyncio.to_thread(json_digest, result.content, sort_keys=True)
+                # The pieces are kept on the content (an EncodedList) for the upload to send as they are.
+                digest, size, pieces = await asyncio.to_thread(
+                    json_digest_kept, result.content, sort_keys=True
+                )
+                result.content = EncodedList(result.content, pieces)
+                return digest, size
             return _content_digest(result)
 
         def finished(status: str, result: ToolResult | None, digest: str | None, size: int) -> dict[str, Any]:

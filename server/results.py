@@ -72,22 +72,18 @@ class ResultUploads:
         ctx: Any,
         id: str,
         offset: int,
-        data: str,
+        data: str | None = None,
         final: bool = False,
         size: int | None = None,
         sha256: str | None = None,
         mimeType: str = "application/json",
+        text: str | None = None,
     ) -> dict[str, Any]:
         if not isinstance(id, str) or not 0 < len(id) <= MAX_UPLOAD_ID:
             raise RpcError(INVALID_PARAMS, f"id must be a string of 1 to {MAX_UPLOAD_ID} characters")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise RpcError(INVALID_PARAMS, "offset must be a non-negative integer")
-        if not isinstance(data, str) or len(data) > (self.max_chunk * 4) // 3 + 4:
-            raise RpcError(INVALID_PARAMS, f"data must be base64 of at most {self.max_chunk} bytes")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise RpcError(INVALID_PARAMS, "data is not valid base64") from None
+        raw = self._chunk(data, text)
         if len(raw) > self.max_chunk:
             raise RpcError(INVALID_PARAMS, f"a chunk is at most {self.max_chunk} bytes")
         entry = self._open.get(id)
@@ -116,6 +112,25 @@ class ResultUploads:
         return {
             "artifact": {"id": info.id, "bytes": info.size, "sha256": info.sha256, "mimeType": info.mime_type}
         }
+
+    def _chunk(self, data: str | None, text: str | None) -> bytes:
+        """The chunk's bytes: `data` (base64) or `text` (the bytes' UTF-8 text), exactly one of them."""
+        if (data is None) == (text is None):
+            raise RpcError(INVALID_PARAMS, "a chunk carries exactly one of data (base64) and text (UTF-8)")
+        if text is not None:
+            # The encoded size is checked below, as for base64 (the frame limit bounds the work).
+            if not isinstance(text, str) or len(text) > self.max_chunk:
+                raise RpcError(INVALID_PARAMS, f"text must be a string of at most {self.max_chunk} bytes")
+            try:
+                return text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: JSON can escape one, UTF-8 cannot hold it
+                raise RpcError(INVALID_PARAMS, "text is not valid Unicode") from None
+        if not isinstance(data, str) or len(data) > (self.max_chunk * 4) // 3 + 4:
+            raise RpcError(INVALID_PARAMS, f"data must be base64 of at most {self.max_chunk} bytes")
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RpcError(INVALID_PARAMS, "data is not valid base64") from None
 
     def _begin(
         self, id: str, offset: int, size: int | None, mime_type: str

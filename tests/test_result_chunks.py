@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from desktop_agent.uploads import ResultSender
+from desktop_agent.uploads import EncodedList, ResultSender, json_digest_kept
 from server.artifact_store import ArtifactLimits, DiskArtifactStore
 from server.results import ResultUploads, checked_result
 from spec import errors
@@ -50,7 +50,7 @@ async def linked(tmp_path: Path, frame: int, limits: ArtifactLimits | None = Non
     in_flight = 0
 
     async def node_send(text: str) -> None:
-        link.node_frames.append(len(text.encode()))
+        link.node_frames.append(len(text.encode("utf-8", "surrogatepass")))  # a hostile node may send one
         link.node_texts.append(text)
         await to_server.put(text)
 
@@ -97,8 +97,9 @@ async def test_a_large_result_arrives_whole_in_frames_under_the_limit(tmp_path: 
         assert max(link.node_frames) <= MIB
         assert len(link.node_frames) > 8
         assert 1 < link.in_flight_max <= 4  # a bounded window, not one chunk at a time
-        for text in link.node_texts:  # every frame is what spec/schemas says
+        for text in link.node_texts:  # every frame is what spec/schemas says, the chunk as UTF-8 text
             assert message_problems(json.loads(text), "artifacts/write") == []
+            assert "text" in json.loads(text)["params"]
         assert message_problems({"jsonrpc": "2.0", "id": 1, "result": answer}, "tools/call") == []
         stored = link.store.read_bytes(ref["id"])
         assert stored == _wire(result)
@@ -175,6 +176,58 @@ async def test_the_server_refuses_bad_chunks_and_keeps_nothing_partial(tmp_path:
             sha256=hashlib.sha256(b"abc").hexdigest(),
         )
         assert link.store.read_bytes(good["artifact"]["id"]) == b"abc"
+
+
+async def test_a_chunk_that_would_grow_past_the_frame_as_text_goes_as_base64(tmp_path: Path) -> None:
+    # Quotes and backslashes double when a JSON text is escaped again: such a chunk goes as base64.
+    result = {"content": [{"type": "text", "text": '"\\' * (MIB // 2) + "é" * MIB}], "isError": False}
+    async with linked(tmp_path, MIB) as link:
+        async with asyncio.timeout(20):
+            answer = await ResultSender(MIB).deliver(link.node, result)
+        kinds = {next(k for k in ("data", "text") if k in json.loads(t)["params"]) for t in link.node_texts}
+        assert kinds == {"data", "text"}
+        assert max(link.node_frames) <= MIB
+        assert link.store.read_bytes(answer["_meta"]["cortex/artifact"]["id"]) == _wire(result)
+
+
+async def test_the_audit_digests_serialisation_is_the_one_uploaded(tmp_path: Path) -> None:
+    content = [{"type": "text", "text": "€" * (2 * MIB)}]
+    digest, size, pieces = json_digest_kept(content, sort_keys=True)
+    result = {"content": EncodedList(content, pieces), "isError": False}
+    async with linked(tmp_path, MIB) as link:
+        async with asyncio.timeout(20):
+            answer = await ResultSender(MIB).deliver(link.node, result)
+        stored = link.store.read_bytes(answer["_meta"]["cortex/artifact"]["id"])
+        assert stored is not None
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert stored == b'{"content":' + canonical + b',"isError":false}'
+        assert hashlib.sha256(canonical).hexdigest() == digest and len(canonical) == size
+        assert json.loads(stored) == {"content": content, "isError": False}
+
+
+async def test_the_server_refuses_bad_text_chunks(tmp_path: Path) -> None:
+    async with linked(tmp_path, MIB) as link:
+        for params in (
+            {"id": "t1", "offset": 0, "final": False, "size": 3},  # neither data nor text
+            {"id": "t2", "offset": 0, "data": _b64(b"abc"), "text": "abc", "final": False, "size": 3},
+            {"id": "t3", "offset": 0, "text": "a\ud800b", "final": False, "size": 3},  # a lone surrogate
+            {"id": "t4", "offset": 0, "text": "€" * (MIB // 2), "final": False, "size": 2 * MIB},  # 1.5 MiB
+            {"id": "t5", "offset": 0, "text": 7, "final": False, "size": 3},
+        ):
+            with pytest.raises(RpcError) as bad:
+                await _write(link, **params)
+            assert bad.value.code == errors.INVALID_PARAMS, params
+        assert list((tmp_path / "artifacts").iterdir()) == []
+        good = await _write(
+            link,
+            id="t6",
+            offset=0,
+            text="é",
+            final=True,
+            size=2,
+            sha256=hashlib.sha256("é".encode()).hexdigest(),
+        )
+        assert link.store.read_bytes(good["artifact"]["id"]) == "é".encode()
 
 
 async def test_open_uploads_die_with_the_link(tmp_path: Path) -> None:
