@@ -58,7 +58,7 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.artifact_store import artifact_uri
 from server.auth import AuthError
@@ -551,7 +551,7 @@ def transport_security(state: ServerState) -> TransportSecuritySettings:
     )
 
 
-def _endpoint_of(scope: Scope) -> McpEndpoint:
+def _endpoint_of(scope: Scope) -> ASGIApp:
     state: ServerState = scope["app"].state.cortex
     endpoint = state.mcp
     if endpoint is None:

@@ -10,7 +10,9 @@ Rules:
 
 1. Each service is a named, typed field, built eagerly by `build_state`; there is no untyped bag of
    extras. The two surface services that need the running loop — `planner` and `mcp` — are None until
-   the app's lifespan (`server.app.build_app`) sets them, before any request is served.
+   the app's lifespan (`server.app.build_app`) sets them, before any request is served. They are typed by
+   what the state needs of them (an ASGI app, `PlannerRuns`), so this module imports no surface, not
+   even for type checking (no import cycle through the state: ``python3 -m bench.import_graph``).
 2. Behaviour lives in the services: revocation of nodes in `NodeDirectory`, of users in
    `UserRevocations`; `change_handler` only routes a change from the feed to its owner.
 3. The engines a deployment picks (the store, the registry, the change feed) are chosen here and typed by
@@ -20,7 +22,9 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from starlette.types import ASGIApp
 
 from server.artifact_store import ArtifactLimits, DiskArtifactStore
 from server.audit_heads import AuditHeads
@@ -31,16 +35,19 @@ from server.config import ServerConfig
 from server.metrics import Metrics
 from server.nodes import NodeDirectory
 from server.registry import LocalRegistry, NodeRegistry
-from server.router import CallRouter
+from server.router import Caller, CallRouter
 from server.store import ServerStore
 from server.user_revocation import LiveCallers, UserRevocations
 from spec.version import VERSION
 
-if TYPE_CHECKING:
-    from server.mcp import McpEndpoint
-    from server.planner import PlannerService
+__all__ = ["PlannerRuns", "ServerState", "build_state", "change_handler"]
 
-__all__ = ["ServerState", "build_state", "change_handler"]
+
+class PlannerRuns(Protocol):
+    """What the state promises of the planner service (`server.planner.PlannerService`, which narrows
+    to its own type). Typed by this Protocol, not the class, so the state never depends on a surface."""
+
+    def cancel(self, run_id: str, caller: Caller) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -59,10 +66,10 @@ class ServerState:
     oauth_backoff: OAuthBackoff
     changes: ChangeFeed
     version: str = VERSION
-    planner: PlannerService | None = None
+    planner: PlannerRuns | None = None
     """Set in the lifespan (rule 1)."""
-    mcp: McpEndpoint | None = None
-    """Set in the lifespan (rule 1)."""
+    mcp: ASGIApp | None = None
+    """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
 
 
 def build_state(config: ServerConfig) -> ServerState:

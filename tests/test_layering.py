@@ -78,16 +78,19 @@ def test_only_the_cli_imports_the_composition_root() -> None:
 
 
 def test_server_state_is_typed_services_without_extras() -> None:
-    from server.mcp import McpEndpoint
-    from server.planner import PlannerService
     from server.state import ServerState
 
     names = {f.name for f in dataclasses.fields(ServerState)}
     assert "extras" not in names
     assert not hasattr(ServerState, "extras")
-    hints = typing.get_type_hints(
-        ServerState, localns={"McpEndpoint": McpEndpoint, "PlannerService": PlannerService}
-    )
+    hints = typing.get_type_hints(ServerState)
     assert all(hints[name] is not typing.Any and typing.get_origin(hints[name]) is not dict for name in names)
     # Behaviour lives in the services, not on the state (node_record/on_revoked: server.nodes).
     assert [n for n in vars(ServerState) if callable(vars(ServerState)[n]) and not n.startswith("_")] == []
+
+
+def test_product_packages_have_no_import_cycle() -> None:
+    # TYPE_CHECKING imports count too: a cycle there is still a dependency loop between layers.
+    from bench.import_graph import import_graph, strongly_connected
+
+    assert strongly_connected(import_graph(REPO, typing=True)) == []

@@ -112,7 +112,7 @@ def _error_text(exc: BaseException) -> str:
 
 def planner_service(state: ServerState) -> PlannerService:
     service = state.planner
-    if service is None:
+    if not isinstance(service, PlannerService):
         raise RuntimeError("the planner is not running (build_app's lifespan starts it)")
     return service
 
