@@ -2,7 +2,8 @@
 
 Layering: pystray (the tray icon, main thread) → `TrayController` (this module: state → icon mapping and
 menu actions, no pystray import of its own) → `NodeAgent` (desktop_agent.connection, the same core as
-`cortex-agent run`, on its own asyncio loop in a second thread) → `ToolEngine`.
+`cortex-agent run`, built by desktop_agent.assembly, on its own asyncio loop in a second thread) →
+`ToolEngine`. This module never imports desktop_agent.cli (the command line dispatches here).
 
 Rules:
 1. The agent's loop never waits for the GUI: its status listener only records the newest status and
@@ -55,6 +56,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from desktop_agent.approval import PendingApproval, UnknownApproval, local_user
+from desktop_agent.assembly import AgentOptions, build_agent, node_identity
 from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
 
 __all__ = [
@@ -694,22 +696,16 @@ def tray_main(args: argparse.Namespace, home: Path) -> int:
     """`cortex-agent tray`: run the agent with a tray icon until Quit (or SIGTERM/SIGINT)."""
     if args.autostart:
         return _autostart(args, home)
-    from desktop_agent.cli import DEFAULT_SERVER, build_agent
-    from desktop_agent.credentials import load_credentials
-
     backend = choose_backend()
-    built = build_agent(args, home)
+    options = AgentOptions.from_args(args)
+    built = build_agent(options, home)
     agent: NodeAgent | None = None
     engine: Any = None
     if built is not None:
-        engine, node_agent = built
-        assert isinstance(node_agent, NodeAgent)
-        agent = node_agent
+        engine, agent = built
         server, name = agent.settings.server, agent.settings.name
     else:
-        creds = load_credentials(home)
-        server = args.server or (creds.server if creds else None) or DEFAULT_SERVER
-        name = args.name or (creds.name if creds else None) or ""
+        server, name = node_identity(home, options)
         print(f"no node credential in {home}: run `{LOGIN_HINT}`", file=sys.stderr)
     controller = TrayController(
         agent, home=home, name=name, dashboard_url=args.dashboard_url or server.rstrip("/") + "/"

@@ -32,7 +32,8 @@ def demo_server(tmp_path: Path) -> Iterator[ServerProc]:
     agents: list[int] = []
     try:
         server.wait_status("local", "connected", timeout=40)
-        agents = descendants_with(server.pid, "desktop_agent.cli")
+        # Started through the agent's public entry point: `python -m desktop_agent run ...`.
+        agents = descendants_with(server.pid, "desktop_agent\0run")
         assert len(agents) == 1
         yield server
     finally:
