@@ -25,19 +25,9 @@ from desktop_agent.autostart import autostart_path, desktop_entry
 from desktop_agent.connection import AgentState, AgentStatus, ConnectSettings, NodeAgent
 from desktop_agent.credentials import Credentials, save_credentials
 from desktop_agent.engine import ToolEngine
-from desktop_agent.tray import (
-    AMBER,
-    GREEN,
-    GREY,
-    LOGIN_HINT,
-    RED,
-    TrayController,
-    TrayView,
-    choose_backend,
-    icon_image,
-    start_agent_thread,
-    view_for,
-)
+from desktop_agent.tray import TrayController, start_agent_thread
+from desktop_agent.tray_backends import choose_backend
+from desktop_agent.tray_view import AMBER, GREEN, GREY, LOGIN_HINT, RED, TrayView, icon_image, view_for
 from tests.support.procs import REPO, ServerProc
 
 SERVER = "http://127.0.0.1:9"

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from desktop_agent.credentials import Credentials, save_credentials
-from desktop_agent.tray import GREEN, GREY
+from desktop_agent.tray_view import GREEN, GREY
 from tests.support.procs import ServerProc
 from tests.support.xdisplay import x_display
 from tests.test_tray_x11 import IconWatcher, TrayProc, XSession, xsession

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from desktop_agent.credentials import Credentials, save_credentials
-from desktop_agent.tray import AMBER, GREEN, GREY
+from desktop_agent.tray_view import AMBER, GREEN, GREY
 from tests.support.procs import REPO, ServerProc
 from tests.support.xdisplay import x_display
 
