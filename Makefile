@@ -2,7 +2,7 @@
 PYTHON ?= python3
 DATA_DIR ?= $(HOME)/.cortex-server
 
-.PHONY: install run test lint typecheck bench bench-quick
+.PHONY: install run test test-unit test-inprocess test-e2e lint typecheck bench bench-quick
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
@@ -19,6 +19,10 @@ typecheck:
 
 test: install lint typecheck
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# One test tier each (markers from tests/tiers.py; `make test` runs all three).
+test-unit test-inprocess test-e2e: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m $(patsubst test-%,%,$@)
 
 bench: install
 	$(PYTHON) -m bench

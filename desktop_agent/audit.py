@@ -2,7 +2,8 @@
 
 Sits under the engine (`desktop_agent.engine`), which appends `tool.*` records around every call, and the
 connection, which appends `node.*` records; `cortex-agent audit verify|show` use `cli_verify`/`cli_show`.
-No I/O library beyond the file system.
+The read side (hash, parsing, saved head, ranged reads, `verify`) is desktop_agent.audit_file, whose
+public names this module re-exports. No I/O library beyond the file system.
 
 Record: ``v`` (1), ``seq`` (1, 2, 3 ... no gaps), ``ts`` (RFC 3339 UTC), ``event``, ``request_id``, ``tool``,
 ``arguments``, ``caller``, extra fields of the event (``status``, ``exit_code``, ``duration_ms``,
@@ -61,8 +62,22 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
+from desktop_agent.audit_file import (
+    AUDIT_FILE,
+    GENESIS,
+    RECORD_VERSION,
+    STATE_BYTES,
+    STATE_FILE,
+    VerifyReport,
+    read_records,
+    read_saved_head,
+    read_state,
+    record_hash,
+    scan_tail,
+    verify,
+)
 from desktop_agent.redaction import redact
 
 __all__ = [
@@ -83,19 +98,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AUDIT_FILE = "audit.log"
-STATE_FILE = "audit.head"  # the last durable head, for rule 6 (a cut tail is visible to `verify`)
-_STATE_BYTES = 1024
 _MAX_FAILURE_CHARS = 800
 # A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs, far more when the
 # cores are busy; on a file system in memory a write + fsync costs a few µs, so it is done on the loop.
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 # CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-GENESIS = "0" * 64
-RECORD_VERSION = 1
-MAX_READ_LIMIT = 1000
-_TAIL_BLOCK = 1 << 16
 
 
 _F = TypeVar("_F", asyncio.Future[Any], None)
@@ -105,33 +113,8 @@ class AuditError(OSError):
     """The audit log could not be read or written."""
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    """SHA-256 hex of `record` without its ``hash`` key, serialised as CONTRACT §8 says."""
-    body = {k: v for k, v in record.items() if k != "hash"}
-    data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _parse_line(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or "hash" not in record:
-        return None
-    return record
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    ok: bool
-    count: int
-    bad_seq: int | None = None
-    reason: str | None = None
 
 
 class AuditSilenced(AuditError):
@@ -419,7 +402,7 @@ class AuditLog:
                 self._failure = f"the audit log {self.path} was replaced by another file"
                 self._save_state()
                 raise AuditSilenced(self._failure)
-            last_good, torn, ends_with_newline = _scan_tail(fd)
+            last_good, torn, ends_with_newline = scan_tail(fd)
             self._head = (last_good["seq"], last_good["hash"]) if last_good else (0, GENESIS)
             self._fd, self._identity, self._size = fd, (own.st_dev, own.st_ino), own.st_size
             self._inline = filesystem_type(self.path) in MEMORY_FILESYSTEMS
@@ -444,7 +427,7 @@ class AuditLog:
 
     def _check_saved_head(self) -> None:
         """Rule 6: the log must still hold the head this agent last wrote, or it says what was lost."""
-        state = _read_state(self.state_path)
+        state = read_state(self.state_path)
         if state is None:
             return
         seq, digest, failure = state
@@ -472,7 +455,7 @@ class AuditLog:
         state: dict[str, Any] = {"seq": seq, "hash": digest}
         if self._failure is not None:
             state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
-        data = json.dumps(state).encode("ascii").ljust(_STATE_BYTES - 1) + b"\n"
+        data = json.dumps(state).encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
         try:
             if self._state_fd is None:
                 self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -526,166 +509,6 @@ def filesystem_type(path: Path) -> str | None:
     return fstype
 
 
-def read_saved_head(path: Path) -> tuple[int, str] | None:
-    """(seq, hash) from an `audit.head` file, or None when it is missing or unreadable."""
-    state = _read_state(path)
-    return None if state is None else (state[0], state[1])
-
-
-def _read_state(path: Path) -> tuple[int, str, str | None] | None:
-    """(seq, hash, failure or None) from an `audit.head` file (rule 6)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    seq, digest, failure = data.get("seq"), data.get("hash"), data.get("failure")
-    if type(seq) is not int or seq < 0 or not isinstance(digest, str) or len(digest) != 64:
-        return None
-    return seq, digest, failure if isinstance(failure, str) else None
-
-
-def _scan_tail(fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool]:
-    """(last good record, torn last line or None, file ends with a newline) by reading backwards."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return None, None, True
-    ends_with_newline = os.pread(fd, 1, size - 1) == b"\n"
-    buf, pos, torn = b"", size, None
-    first = True
-    while True:
-        # Collect whole lines from the end; the first (partial) piece of buf is kept for the next block.
-        lines = buf.split(b"\n")
-        carry = lines[0] if pos > 0 else None
-        complete = lines[1:] if pos > 0 else lines
-        for line in reversed(complete):
-            if not line:
-                continue
-            record = _parse_line(line)
-            if record is not None:
-                return record, torn, ends_with_newline
-            if first:
-                torn = line
-            first = False
-        if pos == 0:
-            return None, torn, ends_with_newline
-        step = min(_TAIL_BLOCK, pos)
-        pos -= step
-        buf = os.pread(fd, step, pos) + (carry or b"")
-
-
-def _iter_lines(f: IO[bytes]) -> Any:
-    for raw in f:
-        yield raw[:-1] if raw.endswith(b"\n") else raw
-
-
-def _first_offset_after(f: IO[bytes], size: int, after_seq: int) -> int:
-    """Byte offset of a line start at or before the first record with seq > after_seq (binary search)."""
-    lo, hi = 0, size
-    while hi - lo > _TAIL_BLOCK:
-        mid = (lo + hi) // 2
-        f.seek(mid)
-        f.readline()  # skip to the next line start
-        start = f.tell()
-        seq = None
-        for _ in range(4):  # step over torn lines
-            line = f.readline()
-            if not line:
-                break
-            record = _parse_line(line)
-            if record is not None:
-                seq = record["seq"]
-                break
-        if seq is None or seq > after_seq:
-            hi = mid
-        else:
-            lo = start
-    return lo
-
-
-def read_records(path: Path, after_seq: int, limit: int) -> list[dict[str, Any]]:
-    """Blocking read of records with seq > after_seq (for `AuditLog.read` and the CLI)."""
-    limit = max(0, min(limit, MAX_READ_LIMIT))
-    out: list[dict[str, Any]] = []
-    if limit == 0:
-        return out
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return out
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        offset = _first_offset_after(f, size, after_seq) if after_seq > 0 else 0
-        f.seek(offset)
-        if offset:
-            f.seek(offset - 1)
-            f.readline()
-        for line in _iter_lines(f):
-            record = _parse_line(line)
-            if record is not None and record["seq"] > after_seq:
-                out.append(record)
-                if len(out) >= limit:
-                    break
-    return out
-
-
-def verify(path: Path, state_path: Path | None = None) -> VerifyReport:
-    """Check the whole chain (rules 3, 4 and 6); a missing file with no saved head is an empty, intact log.
-
-    *state_path* is the agent's saved head (default `audit.head` beside the log). It is read before the
-    log: the agent saves it only after the records it names are durable, so a log read afterwards that
-    does not reach it, or holds another record at its seq, was cut or replaced.
-    """
-    saved = read_saved_head(state_path if state_path is not None else path.with_name(STATE_FILE))
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        if saved is not None and saved[0] > 0:
-            return VerifyReport(False, 0, 1, f"the log is gone; the agent last wrote seq {saved[0]}")
-        return VerifyReport(ok=True, count=0)
-    count, expected_prev, expected_seq = 0, GENESIS, 1
-    pending_torn: bytes | None = None
-    with f:
-        for line in _iter_lines(f):
-            if not line and pending_torn is None:
-                continue
-            record = _parse_line(line)
-            if pending_torn is not None:
-                digest = hashlib.sha256(pending_torn).hexdigest()
-                if (
-                    record is None
-                    or record.get("event") != "audit.recovered"
-                    or (record.get("torn_line_sha256") != digest)
-                ):
-                    return VerifyReport(
-                        False, count, expected_seq, "unparseable line not marked as recovered"
-                    )
-                pending_torn = None
-            if record is None:
-                pending_torn = line
-                continue
-            seq = record["seq"]
-            if seq != expected_seq:
-                return VerifyReport(False, count, seq, f"seq {seq} where {expected_seq} was expected")
-            if record.get("prev") != expected_prev:
-                return VerifyReport(False, count, seq, "prev does not match the previous record's hash")
-            if record_hash(record) != record["hash"]:
-                return VerifyReport(False, count, seq, "hash does not match the record")
-            if saved is not None and seq == saved[0] and record["hash"] != saved[1]:
-                return VerifyReport(
-                    False, count, seq, "not the record the agent wrote at this seq (replaced)"
-                )
-            count, expected_prev, expected_seq = count + 1, record["hash"], seq + 1
-    if saved is not None and saved[0] >= expected_seq:
-        return VerifyReport(
-            False, count, expected_seq, f"cut tail: the agent wrote up to seq {saved[0]}, the log ends before"
-        )
-    if pending_torn is not None:
-        return VerifyReport(True, count, None, "torn last line awaiting recovery")
-    return VerifyReport(True, count)
-
-
 def cli_verify(home: Path) -> int:
     """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
     # No log and no saved head: nothing was ever written here (a wrong --home). A saved head without its
@@ -734,7 +557,7 @@ def cli_show(home: Path, n: int = 20) -> int:
     path = home / AUDIT_FILE
     try:
         with open(path, "rb") as f:
-            last, _torn, _nl = _scan_tail(f.fileno())
+            last, _torn, _nl = scan_tail(f.fileno())
     except FileNotFoundError:
         print(f"no audit log at {path} (is --home right?)", file=sys.stderr)
         return 2

@@ -1,4 +1,9 @@
-"""`cortex-agent`: the node daemon's command line (run, login, tray, audit)."""
+"""`cortex-agent`: the node daemon's command line (run, login, tray, audit, approvals).
+
+Layering: a front end. It parses arguments and hands over: `run` builds its agent through
+desktop_agent.assembly (as `tray` does, in desktop_agent.tray, which it loads by name and never the
+other way round), `login` goes to desktop_agent.login, `audit` and the approval answers to their modules.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop_agent.connection import AgentState, AgentStatus, ConnectSettings, NodeAgent
-from desktop_agent.credentials import Credentials, default_home, load_credentials, save_credentials
-from desktop_agent.engine import ToolEngine
-from desktop_agent.policy import Overrides, load_config
+from desktop_agent.assembly import DEFAULT_FRAME_BYTES, AgentOptions, build_agent
+from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
+from desktop_agent.credentials import Credentials, default_home, save_credentials
 from spec.urls import normalize_server_url
 from spec.version import VERSION
 
-__all__ = ["main"]
-
-DEFAULT_SERVER = "http://127.0.0.1:8765"
-
+__all__ = ["StatusReporter", "main"]
 
 EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_LOCKED = 0, 2, 3, 5
 
@@ -134,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-frame-bytes",
         type=int,
-        default=16 * 1024 * 1024,
+        default=DEFAULT_FRAME_BYTES,
         metavar="BYTES",
         help="largest WebSocket frame accepted (default 16777216 = 16 MiB)",
     )
@@ -254,34 +255,6 @@ def _login(args: argparse.Namespace, home: Path) -> int:
     return EXIT_OK
 
 
-def build_agent(args: argparse.Namespace, home: Path) -> tuple[ToolEngine, NodeAgent] | None:
-    """The engine and agent for `run` and `tray`; None when there is no credential."""
-    overrides = Overrides(
-        allowed_roots=tuple(Path(p) for p in getattr(args, "allow_roots", []) or []),
-        max_concurrency=getattr(args, "max_concurrency", None),
-        browser_enabled=False if getattr(args, "no_browser", False) else None,
-    )
-    config = load_config(home, overrides)
-    creds = load_credentials(home)
-    server = normalize_server_url(
-        args.server or (creds.server if creds else None) or config.server or DEFAULT_SERVER
-    )
-    name = args.name or (creds.name if creds else None) or config.name
-    if creds is None or not name:
-        return None
-    settings = ConnectSettings(
-        server=server,
-        name=name,
-        credential=creds.credential,
-        ca=getattr(args, "ca", None) or config.tls.ca,
-        client_cert=getattr(args, "client_cert", None) or config.tls.client_cert,
-        client_key=getattr(args, "client_key", None) or config.tls.client_key,
-        max_frame_bytes=getattr(args, "max_frame_bytes", 16 * 1024 * 1024),
-    )
-    engine = ToolEngine(home, overrides)
-    return engine, NodeAgent(settings, engine)
-
-
 class StatusReporter:
     """Says on stderr what the agent is doing: one line per change, never the credential.
 
@@ -329,7 +302,7 @@ class StatusReporter:
 
 
 async def _run(args: argparse.Namespace, home: Path) -> int:
-    built = build_agent(args, home)
+    built = build_agent(AgentOptions.from_args(args), home)
     if built is None:
         print(
             "cortex-agent: no node credential in "

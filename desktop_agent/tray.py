@@ -1,8 +1,10 @@
 """`cortex-agent tray`: the system-tray desktop agent.
 
 Layering: pystray (the tray icon, main thread) → `TrayController` (this module: state → icon mapping and
-menu actions, no pystray import of its own) → `NodeAgent` (desktop_agent.connection, the same core as
-`cortex-agent run`, on its own asyncio loop in a second thread) → `ToolEngine`.
+menu actions, no pystray import of its own; what the icon shows is desktop_agent.tray_view, the
+pystray backends desktop_agent.tray_backends) → `NodeAgent` (desktop_agent.connection, the same core as
+`cortex-agent run`, built by desktop_agent.assembly, on its own asyncio loop in a second thread) →
+`ToolEngine`. This module never imports desktop_agent.cli (the command line dispatches here).
 
 Rules:
 1. The agent's loop never waits for the GUI: its status listener only records the newest status and
@@ -36,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -47,142 +47,28 @@ import sys
 import threading
 import time
 import webbrowser
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
 from desktop_agent.approval import PendingApproval, UnknownApproval, local_user
-from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
+from desktop_agent.assembly import AgentOptions, build_agent, node_identity
+from desktop_agent.connection import AgentStatus, NodeAgent
+from desktop_agent.tray_backends import choose_backend, icon_class
+from desktop_agent.tray_view import LOGIN_HINT, TrayView, icon_for, view_for
 
 __all__ = [
     "ALLOW_MINUTES",
-    "AMBER",
-    "BLUE",
-    "GREEN",
-    "GREY",
-    "LOGIN_HINT",
-    "RED",
     "TrayController",
-    "TrayView",
-    "choose_backend",
-    "icon_for",
-    "icon_image",
     "open_target",
     "start_agent_thread",
     "tray_main",
-    "view_for",
 ]
 
 logger = logging.getLogger(__name__)
 
-Colour = tuple[int, int, int]
-GREEN: Colour = (40, 170, 60)
-AMBER: Colour = (240, 160, 20)
-GREY: Colour = (128, 128, 128)
-RED: Colour = (210, 40, 40)
-BLUE: Colour = (30, 100, 220)
 ALLOW_MINUTES = 15  # "Allow this caller for N minutes" (rule 7)
 MENU_APPROVALS = 3  # requests offered in the menu at once; more wait their turn
-
-LOGIN_HINT = "cortex-agent login --server URL --name NAME"
-ICON_SIZE = 64
-XORG_QUEUE_CHECK_S = 0.1
-
-
-@dataclass(frozen=True)
-class TrayView:
-    """Everything the icon shows for one agent status."""
-
-    state: AgentState
-    colour: Colour
-    title: str  # the tooltip (the window name on xorg)
-    can_connect: bool
-    can_disconnect: bool
-    approvals: tuple[tuple[str, str], ...] = ()  # (approval id, one-line summary), oldest first (rule 7)
-
-
-def _clock(at: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at))
-
-
-def view_for(
-    status: AgentStatus | None, name: str, now: float, approvals: tuple[tuple[str, str], ...] = ()
-) -> TrayView:
-    """Map an agent status (None: no credentials) and the waiting approvals to colour, tooltip, commands."""
-    base = _status_view(status, name, now)
-    if not approvals or status is None:
-        return base
-    node = f"Cortex node {name}" if name else "Cortex node"
-    more = f" (+{len(approvals) - 1} more)" if len(approvals) > 1 else ""
-    title = f"{node}: waiting for your approval: {approvals[0][1]}{more}"
-    return TrayView(base.state, BLUE, title, base.can_connect, base.can_disconnect, approvals)
-
-
-def _status_view(status: AgentStatus | None, name: str, now: float) -> TrayView:
-    if status is None or status.state is AgentState.NO_CREDENTIALS:
-        return TrayView(
-            AgentState.NO_CREDENTIALS, GREY, f"Cortex: no node credential. Run `{LOGIN_HINT}`", False, False
-        )
-    node = f"Cortex node {name}" if name else "Cortex node"
-    state, server = status.state, status.server
-    if state is AgentState.CONNECTED:
-        return TrayView(state, GREEN, f"{node}: connected to {server}", False, True)
-    if state is AgentState.CONNECTING:
-        return TrayView(state, AMBER, f"{node}: connecting to {server}", False, True)
-    if state is AgentState.BACKOFF:
-        retry = ""
-        if status.next_retry_at is not None:
-            wait = max(0, round(status.next_retry_at - now))
-            retry = f"; next retry at {_clock(status.next_retry_at)} (in {wait} s)"
-        reason = f" ({status.detail})" if status.detail else ""
-        return TrayView(state, AMBER, f"{node}: reconnecting to {server}{retry}{reason}", False, True)
-    if state is AgentState.AUTH_FAILED:
-        retry = f"; retrying at {_clock(status.next_retry_at)}" if status.next_retry_at is not None else ""
-        return TrayView(
-            state,
-            RED,
-            f"{node}: {server} refused the node credential{retry}. Run `{LOGIN_HINT}`",
-            True,
-            False,
-        )
-    return TrayView(AgentState.DISCONNECTED, GREY, f"{node}: disconnected from {server}", True, False)
-
-
-def icon_image(colour: Colour, size: int = ICON_SIZE, *, not_set_up: bool = False) -> Image.Image:
-    """The tray icon: an anti-aliased disc of `colour` on a transparent square.
-
-    Drawn at 4x and downscaled with LANCZOS, so its edge is smooth at any tray size. A thin white ring
-    inside the disc gives it a shape on a tray of the same colour; the centre keeps the state's colour.
-    `not_set_up` draws a ring with a dot instead of a disc: the node has no credential yet, a state that
-    must not look like "disconnected".
-    """
-    scale = 4
-    big = size * scale
-    image = Image.new("RGBA", (big, big), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    margin = max(scale, big // 16)
-    box = (margin, margin, big - 1 - margin, big - 1 - margin)
-    fill = (*colour, 255)
-    if not_set_up:
-        draw.ellipse(box, outline=fill, width=max(scale, big // 9))
-        dot = big // 6
-        draw.ellipse((big // 2 - dot, big // 2 - dot, big // 2 + dot, big // 2 + dot), fill=fill)
-    else:
-        draw.ellipse(box, fill=fill)
-        inset = big * 7 // 32
-        draw.ellipse(
-            (inset, inset, big - 1 - inset, big - 1 - inset),
-            outline=(255, 255, 255, 230),
-            width=max(scale, big // 24),
-        )
-    return image.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def icon_for(view: TrayView, size: int = ICON_SIZE) -> Image.Image:
-    return icon_image(view.colour, size, not_set_up=view.state is AgentState.NO_CREDENTIALS)
 
 
 def open_target(target: str) -> None:
@@ -469,147 +355,9 @@ class TrayController:
         return self._quitting
 
 
-# -- backends ------------------------------------------------------------------------------------------
-def choose_backend(env: dict[str, str] | None = None) -> str:
-    """PYSTRAY_BACKEND if set; gtk when PyGObject is importable and there is a display; else xorg."""
-    env = dict(os.environ) if env is None else env
-    forced = env.get("PYSTRAY_BACKEND")
-    if forced:
-        return forced
-    if env.get("DISPLAY") and importlib.util.find_spec("gi") is not None:
-        return "gtk"
-    return "xorg"
-
-
-def _clickable_xorg_icon(base: type) -> type:
-    """pystray's xorg Icon with ButtonPress selected on its window, so clicks reach `_on_button_press`."""
-    import Xlib.X
-
-    class ClickableXorgIcon(base):  # type: ignore[misc]
-        def _create_window(self) -> Any:
-            window = super()._create_window()
-            window.change_attributes(
-                event_mask=Xlib.X.ExposureMask
-                | Xlib.X.StructureNotifyMask
-                | Xlib.X.ButtonPressMask
-                | Xlib.X.EnterWindowMask
-                | Xlib.X.LeaveWindowMask
-            )
-            return window
-
-        def _run(self) -> None:
-            # pystray sets `_thread` only after releasing the setup thread, which may already be calling
-            # methods that dispatch on it.
-            self._thread = threading.current_thread()
-            super()._run()
-
-        def _events(self) -> Iterator[Any]:
-            # pystray blocks in `next_event()` while other threads (icon updates, stop) talk to the same
-            # display; python-xlib may then read our events off the socket in *their* thread and queue
-            # them without waking this one (seen as a missed Expose or DestroyNotify). So wait on the
-            # socket with a short timeout and always drain the queue.
-            display = self._display
-            while True:
-                while display.pending_events():
-                    event = display.next_event()
-                    if not self._hover(event):
-                        yield event
-                select.select([display.fileno()], [], [], XORG_QUEUE_CHECK_S)
-
-        def _hover(self, event: Any) -> bool:
-            """Enter/Leave on the icon show and hide our tooltip (xorg has none); True when handled."""
-            tooltip = getattr(self, "tooltip", None)
-            if event.type == Xlib.X.EnterNotify and tooltip is not None:
-                tooltip.show(int(event.root_x), int(event.root_y))
-                return True
-            if event.type == Xlib.X.LeaveNotify and tooltip is not None:
-                tooltip.hide()
-                return True
-            return False
-
-        def _on_button_press(self, event: Any) -> None:
-            # pystray runs the default action (toggle the connection) on a left click; a tray icon's
-            # click should offer the actions instead: open our menu window at the pointer (rule 5).
-            window = getattr(self, "menu_window", None)
-            if window is None:
-                super()._on_button_press(event)
-            elif event.detail in (1, 3):
-                tooltip = getattr(self, "tooltip", None)
-                if tooltip is not None:
-                    tooltip.hide()
-                window.toggle(int(event.root_x), int(event.root_y))
-
-        def _assert_docked(self) -> None:
-            # pystray re-sends the dock request on every icon update; once docked, redrawing is enough.
-            if self._systray_manager is None:
-                super()._assert_docked()
-
-    return ClickableXorgIcon
-
-
-def _gtk_status_icon(base: type) -> type:
-    """pystray's gtk Icon (a Gtk.StatusIcon) without its notifier, with the title as the tooltip (rule 6)."""
-    from gi.repository import GLib
-
-    class GtkStatusTrayIcon(base):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._update_title()  # pystray applies only titles changed after construction
-
-        def _on_status_icon_activate(self, status_icon: Any) -> None:
-            # A left click opens the same menu as a right click, rather than running the default
-            # action (which would disconnect at once, without asking).
-            from gi.repository import Gtk
-
-            self._on_status_icon_popup_menu(status_icon, 1, Gtk.get_current_event_time())
-
-        def _initialize(self) -> None:
-            # pystray would reset SIGINT to SIG_DFL and open a D-Bus notifier here (rule 6).
-            self._mark_ready()
-
-        def _finalize(self) -> None:
-            self._remove_fs_icon()
-
-        def _notify(self, message: str, title: str | None = None) -> None:
-            logger.info("notification (not shown): %s", message)
-
-        def _remove_notification(self) -> None:
-            pass
-
-        def _update_title(self) -> None:
-            title = self.title
-
-            def apply() -> bool:
-                self._status_icon.set_title(title)
-                self._status_icon.set_tooltip_text(title)  # pystray sets only the title, which no tray shows
-                return False  # run once
-
-            GLib.idle_add(apply)
-
-    return GtkStatusTrayIcon
-
-
-def _icon_class(backend: str) -> type:
-    """The pystray Icon class for `backend` (importing pystray with that backend on first use)."""
-    os.environ["PYSTRAY_BACKEND"] = backend  # read by `pystray/__init__` on its first (successful) import
-    # The backend's own module: pystray may already be loaded with another backend (a gtk → xorg fallback).
-    # Gtk initialises on import and parses sys.argv as its own options (it would take our `--name NODE` as
-    # the program's WM_CLASS): let it see only a program name.
-    argv, sys.argv = sys.argv, ["cortex-agent"]
-    try:
-        module = importlib.import_module(f"pystray._{backend}")
-    finally:
-        sys.argv = argv
-    if backend == "xorg":
-        return _clickable_xorg_icon(module.Icon)
-    if backend == "gtk":
-        return _gtk_status_icon(module.Icon)
-    return module.Icon  # type: ignore[no-any-return]
-
-
 def _make_icon(backend: str, controller: TrayController) -> Any:
     view = controller.view
-    icon = _icon_class(backend)("cortex-agent", icon_for(view), view.title, controller.menu())
+    icon = icon_class(backend)("cortex-agent", icon_for(view), view.title, controller.menu())
     if backend == "xorg":
         from desktop_agent.tray_popup import MenuWindow, Tooltip
 
@@ -694,22 +442,16 @@ def tray_main(args: argparse.Namespace, home: Path) -> int:
     """`cortex-agent tray`: run the agent with a tray icon until Quit (or SIGTERM/SIGINT)."""
     if args.autostart:
         return _autostart(args, home)
-    from desktop_agent.cli import DEFAULT_SERVER, build_agent
-    from desktop_agent.credentials import load_credentials
-
     backend = choose_backend()
-    built = build_agent(args, home)
+    options = AgentOptions.from_args(args)
+    built = build_agent(options, home)
     agent: NodeAgent | None = None
     engine: Any = None
     if built is not None:
-        engine, node_agent = built
-        assert isinstance(node_agent, NodeAgent)
-        agent = node_agent
+        engine, agent = built
         server, name = agent.settings.server, agent.settings.name
     else:
-        creds = load_credentials(home)
-        server = args.server or (creds.server if creds else None) or DEFAULT_SERVER
-        name = args.name or (creds.name if creds else None) or ""
+        server, name = node_identity(home, options)
         print(f"no node credential in {home}: run `{LOGIN_HINT}`", file=sys.stderr)
     controller = TrayController(
         agent, home=home, name=name, dashboard_url=args.dashboard_url or server.rstrip("/") + "/"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from server import admin
+from server.serve import ChildSetupError
 from server.store import StoreError
 from spec.version import VERSION
 
@@ -144,7 +145,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         backlog=limits.accept_backlog,  # also the accept burst per loop turn (server.limits rule 4)
     )
     server = uvicorn.Server(uv_config)
-    from server.demo import serve_with_extras
+    from server.serve import serve_with_extras
 
     async def run() -> int:
         AcceptErrorLog(limits.accept_log_interval).install(asyncio.get_running_loop())
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in written:
                 print(path)
             return 0
-    except (StoreError, ValueError) as exc:
+    except (StoreError, ValueError, ChildSetupError) as exc:
         print(f"cortex-server: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -1,9 +1,12 @@
-"""Running the server process: uvicorn plus, with `--demo`, a local node named `local`.
+"""`serve --demo`: prepares a local node named `local` for the serve runner (server.serve) to start.
 
-The demo enrolls `local` in workspace `local` once (its credential kept 0600 in the agent home under the
-data dir), starts `cortex-agent run` as a child process (credential in its home, never on the command
-line), writes an admin token to `<data dir>/demo-token` (0600; the `cortex` command falls back to it)
-and prints the dashboard link that signs in with that token.
+Layering: beside server.serve, above server.admin. It reaches the agent only through its public command
+line (`python -m desktop_agent`, the `cortex-agent` program) and the agent home's documented files
+(agent.toml); it never imports desktop_agent. Once the server listens, the demo enrolls `local` in
+workspace `local` (first start only) and hands the credential to `cortex-agent login --credential-file`
+through a 0600 file in the agent home that is removed right after (never on a command line), writes an
+admin token to `<data dir>/demo-token` (0600; the `cortex` command falls back to it), and returns the
+`cortex-agent run` child for server.serve to start, with the dashboard link that signs in with that token.
 
 The demo node must not be a way into the server (spec/security.md "Demo"):
 
@@ -15,32 +18,34 @@ The demo node must not be a way into the server (spec/security.md "Demo"):
 3. ``shell_exec`` and ``process_start`` are off: a shell is not confined by roots and would read the
    signing key (it sits in the SQLite database and its WAL) as easily as ``cat``. The owner may turn
    them on in agent.toml — then the demo node should run as another OS user.
-4. The agent dies with the server: uvicorn re-raises SIGTERM/SIGINT after its shutdown, which ends the
-   process before any ``finally`` could stop the child, so on Linux the child asks the kernel for
-   SIGTERM when its parent goes (``PR_SET_PDEATHSIG``) — a killed server leaves no orphan node.
+4. The agent dies with the server (server.serve rule 2: ``PR_SET_PDEATHSIG``) — a killed server leaves
+   no orphan node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import tomllib
 from pathlib import Path
 
-import uvicorn
-
-from desktop_agent.credentials import Credentials, load_credentials, save_credentials
 from server import admin
 from server.config import ServerConfig
+from server.serve import ChildSetupError, ChildSpec
 from spec.manifest import load_manifest
 
-__all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "demo_root", "serve_with_extras", "write_demo_policy"]
+__all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "DemoError", "demo_child", "demo_root", "write_demo_policy"]
 
 DEMO_NODE = "local"
 DEMO_TOKEN_FILE = "demo-token"
+CREDENTIALS_FILE = "credentials.json"  # what `cortex-agent login` writes in the home (CONTRACT §1)
+LOGIN_TIMEOUT_S = 60.0
+
+
+class DemoError(ChildSetupError):
+    """The demo node could not be set up (the message says why)."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -51,18 +56,6 @@ def _write_private(path: Path, text: str) -> None:
 
 
 _UNCONFINED_TOOLS = frozenset({"shell_exec", "process_start"})
-
-
-def _die_with_parent() -> None:
-    """preexec_fn of the demo agent (rule 4): SIGTERM when the server process is gone."""
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() == 1:  # the server already died between fork and prctl
-        os._exit(0)
 
 
 def demo_root(data_dir: Path) -> Path:
@@ -111,17 +104,72 @@ def write_demo_policy(home: Path, data_dir: Path) -> Path:
     return root
 
 
-def prepare_demo(config: ServerConfig, base_url: str) -> tuple[Path, str]:
-    """Enroll the demo node if needed; returns (agent home, admin token)."""
+def _agent_command(*args: str) -> tuple[str, ...]:
+    """The agent's public entry point, with this interpreter (the console script may not be on PATH)."""
+    return (sys.executable, "-m", "desktop_agent", *args)
+
+
+def _agent_env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "CORTEX_HOME": str(home)}
+    env.pop("CORTEX_NODE_CREDENTIAL", None)  # the demo node uses its own home's credential
+    return env
+
+
+async def _login(home: Path, base_url: str, credential: str) -> None:
+    """`cortex-agent login --credential-file` with a 0600 file in the home, removed whatever happens."""
+    secret = home / ".demo-credential"
+    _write_private(secret, credential + "\n")
+    try:
+        login = await asyncio.create_subprocess_exec(
+            *_agent_command(
+                "login",
+                "--server",
+                base_url,
+                "--name",
+                DEMO_NODE,
+                "--home",
+                str(home),
+                "--credential-file",
+                str(secret),
+            ),
+            env=_agent_env(home),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT_S):
+                _, err = await login.communicate()
+        except TimeoutError:
+            login.kill()
+            await login.wait()
+            raise DemoError(
+                f"`cortex-agent login` for the demo node took over {LOGIN_TIMEOUT_S:.0f} s"
+            ) from None
+    finally:
+        secret.unlink(missing_ok=True)
+    if login.returncode != 0:
+        detail = err.decode("utf-8", "replace").strip()
+        raise DemoError(f"`cortex-agent login` for the demo node failed (exit {login.returncode}): {detail}")
+
+
+async def demo_child(config: ServerConfig, base_url: str) -> ChildSpec:
+    """Enroll and log in the demo node if needed; returns the `cortex-agent run` child to start."""
     home = config.data_dir / "demo-agent"
-    write_demo_policy(home, config.data_dir)
-    creds = load_credentials(home)
-    if creds is None:
-        credential = admin.enroll_node(config.data_dir, DEMO_NODE, DEMO_NODE)
-        save_credentials(home, Credentials(server=base_url, name=DEMO_NODE, credential=credential))
-    token = admin.issue_token(config.data_dir, "demo-admin", DEMO_NODE, "admin", 12 * 3600)
+    await asyncio.to_thread(write_demo_policy, home, config.data_dir)
+    # The admin token first: `cortex` finds it from the moment the server listens (the login takes a while).
+    token = await asyncio.to_thread(
+        admin.issue_token, config.data_dir, "demo-admin", DEMO_NODE, "admin", 12 * 3600
+    )
     _write_private(config.data_dir / DEMO_TOKEN_FILE, token + "\n")
-    return home, token
+    if not (home / CREDENTIALS_FILE).exists():
+        credential = await asyncio.to_thread(admin.enroll_node, config.data_dir, DEMO_NODE, DEMO_NODE)
+        await _login(home, base_url, credential)
+    return ChildSpec(
+        argv=_agent_command("run", "--home", str(home), "--server", base_url, "--name", DEMO_NODE),
+        env=_agent_env(home),
+        banner=ready_block(base_url, token, home, config.data_dir),
+    )
 
 
 def ready_block(base_url: str, token: str, home: Path, data_dir: Path) -> str:
@@ -145,49 +193,3 @@ def ready_block(base_url: str, token: str, home: Path, data_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, demo: bool) -> int:
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            return 1
-        await asyncio.sleep(0.05)
-    port = config.port
-    for srv in getattr(server, "servers", []):
-        for sock in srv.sockets:
-            port = sock.getsockname()[1]
-    scheme = "https" if config.tls_cert else "http"
-    base_url = f"{scheme}://{config.host}:{port}"
-    print(f"cortex-server listening on {base_url}", flush=True)
-    agent: asyncio.subprocess.Process | None = None
-    if demo:
-        home, token = await asyncio.to_thread(prepare_demo, config, base_url)
-        env = {**os.environ, "CORTEX_HOME": str(home)}
-        env.pop("CORTEX_NODE_CREDENTIAL", None)
-        agent = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "desktop_agent.cli",
-            "run",
-            "--home",
-            str(home),
-            "--server",
-            base_url,
-            "--name",
-            DEMO_NODE,
-            env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        print(ready_block(base_url, token, home, config.data_dir), flush=True)
-    try:
-        await serving
-    finally:
-        if agent is not None and agent.returncode is None:
-            agent.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await agent.wait()
-            if agent.returncode is None:
-                agent.kill()
-    return 0

@@ -1,4 +1,15 @@
-"""Shared fixtures: a real server process on 127.0.0.1 and real agent node processes."""
+"""Shared fixtures (a real server process on 127.0.0.1 and real agent node processes) and the test tiers.
+
+Tiers (pytest markers, registered in pyproject.toml; `pytest -m unit`, `make test-unit`, ...). Every test
+module has exactly one, from `tests/tiers.py`; a module missing from it stops the collection, so a new
+module must say which tier it is in:
+
+- `unit`: one part, or two protocol cores wired text to text; no server or agent process, no browser.
+- `inprocess`: several real parts wired in this process (the Starlette app under TestClient, a
+  ToolEngine running real tools, real local sockets and files), still no server or agent process.
+- `e2e`: real loopback end to end: starts a Cortex server or agent process, a browser, an X server or
+  an installed copy. A module with any such test is e2e as a whole.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,23 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import AgentProc, ServerProc
+from tests.tiers import TIERS
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its module's tier (tests/tiers.py); an untiered module is a usage error."""
+    untiered: set[str] = set()
+    for test in items:
+        module = Path(str(test.path)).stem
+        tier = TIERS.get(module)
+        if tier is None:
+            untiered.add(module)
+            continue
+        test.add_marker(getattr(pytest.mark, tier))
+    if untiered:
+        raise pytest.UsageError(
+            f"test modules without a tier: {', '.join(sorted(untiered))}; add each to tests/tiers.py"
+        )
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.procs import REPO, AgentProc, ServerProc, _env, free_port
+from tests.support.procs import REPO, AgentProc, ServerProc, _env, refused_port
 
 
 def _agent(
@@ -52,8 +52,9 @@ def test_login_checks_the_credential(server_proc: ServerProc, tmp_path: Path) ->
 
 def test_login_while_the_server_is_unreachable_stores_with_a_warning(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    url = f"http://127.0.0.1:{free_port()}"
-    done = _agent("login", "--server", url, "--name", "laptop", "--home", str(home), stdin="secret\n")
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        done = _agent("login", "--server", url, "--name", "laptop", "--home", str(home), stdin="secret\n")
     assert done.returncode == 0, done.stderr
     assert "warning: could not reach" in done.stderr
     assert (home / "credentials.json").exists()
@@ -90,14 +91,15 @@ def test_run_with_a_refused_credential_exits_3_without_retrying(
 
 
 def test_run_says_why_it_is_not_connected(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    agent = AgentProc(tmp_path / "h", url, "laptop", "secret", ["--no-browser"]).start()
-    try:
-        assert agent.wait_output("retrying in", 20), "".join(agent.output[-20:])
-        line = next(line for line in agent.output if "retrying in" in line)
-        assert f"not connected to {url}" in line
-    finally:
-        agent.stop()
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        agent = AgentProc(tmp_path / "h", url, "laptop", "secret", ["--no-browser"]).start()
+        try:
+            assert agent.wait_output("retrying in", 20), "".join(agent.output[-20:])
+            line = next(line for line in agent.output if "retrying in" in line)
+            assert f"not connected to {url}" in line
+        finally:
+            agent.stop()
 
 
 def test_a_second_agent_on_the_same_home_exits_5_naming_the_first(

@@ -292,12 +292,12 @@ async def test_calls_are_serialised_not_lost(browser: BrowserTools, ctx: ToolCon
 
 
 async def test_unreachable_url_fails_quickly(browser: BrowserTools, ctx: ToolContext) -> None:
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, never listening: refused, and no one else can take the port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    started = time.monotonic()
-    with pytest.raises(ToolFailure):
-        await call(browser, "browser_navigate", ctx, url=f"http://127.0.0.1:{port}/")
+        started = time.monotonic()
+        with pytest.raises(ToolFailure):
+            await call(browser, "browser_navigate", ctx, url=f"http://127.0.0.1:{port}/")
     assert time.monotonic() - started < TIMEOUTS.navigation_s + 5
 
 

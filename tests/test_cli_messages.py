@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.procs import REPO, AgentProc, ServerProc, _env, free_port
+from tests.support.procs import REPO, AgentProc, ServerProc, _env, refused_port
 
 
 def _cortex(
@@ -170,7 +170,8 @@ def test_errors_are_one_line_saying_what_to_do(server_proc: ServerProc, tmp_path
     assert no_token.returncode == 3 and "no token" in _one_line(no_token.stderr)
     bad_scheme = _cortex("--server", "ftp://x", "nodes", token="t")
     assert bad_scheme.returncode == 2 and "not a server address" in _one_line(bad_scheme.stderr)
-    down = _cortex("--server", f"127.0.0.1:{free_port()}", "nodes", token="t")
+    with refused_port() as port:
+        down = _cortex("--server", f"127.0.0.1:{port}", "nodes", token="t")
     assert down.returncode == 4 and "cortex-server serve" in _one_line(down.stderr)
     bridge = _cortex("--server", server_proc.url, "mcp-stdio", token="garbage")
     assert bridge.returncode == 3

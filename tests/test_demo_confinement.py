@@ -7,6 +7,7 @@ user's home, which holds the data dir, and `fs_read` of the SQLite WAL handed ou
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import tomllib
@@ -32,7 +33,8 @@ def demo_server(tmp_path: Path) -> Iterator[ServerProc]:
     agents: list[int] = []
     try:
         server.wait_status("local", "connected", timeout=40)
-        agents = descendants_with(server.pid, "desktop_agent.cli")
+        # Started through the agent's public entry point: `python -m desktop_agent run ...`.
+        agents = descendants_with(server.pid, "desktop_agent\0run")
         assert len(agents) == 1
         yield server
     finally:
@@ -72,6 +74,20 @@ def test_demo_node_is_confined_to_its_demo_root(demo_server: ServerProc) -> None
     for tool in ("shell_exec", "process_start"):
         status, body = _call(demo_server, tool, {"command": f"cat {data_dir / 'cortex.db'}"})
         assert status == 404 and body["error"] == "unknown_tool"
+
+
+def test_demo_credential_reaches_the_agent_only_through_its_home(demo_server: ServerProc) -> None:
+    # The demo logs its node in with `cortex-agent login --credential-file` (a 0600 file it removes at
+    # once) and starts `python -m desktop_agent run`: the secret is never on a command line.
+    home = Path(os.path.realpath(demo_server.data_dir)) / "demo-agent"
+    stored = home / "credentials.json"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    credential = json.loads(stored.read_text(encoding="utf-8"))["credential"]
+    assert credential and not (home / ".demo-credential").exists()
+    agents = descendants_with(demo_server.pid, "desktop_agent\0run")
+    assert len(agents) == 1
+    cmdline = Path(f"/proc/{agents[0]}/cmdline").read_bytes().decode()
+    assert credential not in cmdline and "--home" in cmdline
 
 
 def test_an_owners_agent_toml_is_kept_but_the_protection_is_restored(tmp_path: Path) -> None:

@@ -125,12 +125,10 @@ class _Links:
         )
         self._drain = asyncio.create_task(self._read_client())
         self.http = httpx2.AsyncClient(base_url=self.server.url, headers=headers, timeout=5)
-        async with asyncio.timeout(15):
-            while True:  # both nodes through their handshake (polled from outside, each try bounded)
-                listed = (await self.http.get("/api/v1/nodes")).json()["nodes"]
-                if {n["name"] for n in listed if n["status"] == "connected"} >= {"steady", "fuzzer"}:
-                    break
-                await asyncio.sleep(0.05)
+        # Both nodes through their handshake: the server's event stream says so (it starts with the
+        # current state of every node, so an event that came before the stream is not missed).
+        for name in ("steady", "fuzzer"):
+            await asyncio.to_thread(self.server.wait_status, name, "connected", 15)
 
     async def _read_client(self) -> None:
         assert self.client is not None

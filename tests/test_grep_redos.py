@@ -16,6 +16,7 @@ import pytest
 from desktop_agent.engine import ToolEngine
 from desktop_agent.policy import Overrides, Policy
 from desktop_agent.tools import fs as fs_module
+from desktop_agent.tools import fs_search
 from desktop_agent.tools.base import ToolContext, ToolFailure
 from desktop_agent.tools.fs import FsTools
 from sdk import AsyncClient, CallTimeout
@@ -103,11 +104,11 @@ async def test_a_cancel_stops_the_grep_thread(tmp_path: Path) -> None:
     tools = FsTools()
     try:
         call = asyncio.ensure_future(tools.fs_grep({"pattern": "needle", "path": "."}, _ctx(tmp_path)))
-        assert await _until(lambda: _threads_in(fs_module._grep_file.__code__) == 1, 10)
+        assert await _until(lambda: _threads_in(fs_search.grep_file.__code__) == 1, 10)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        assert await _until(lambda: _threads_in(fs_module._grep_file.__code__) == 0, 3)
+        assert await _until(lambda: _threads_in(fs_search.grep_file.__code__) == 0, 3)
     finally:
         tools.close()
 

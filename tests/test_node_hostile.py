@@ -48,15 +48,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 async def _connected(server: ServerProc, node: RawNode, name: str) -> None:
-    """Wait (bounded) until the server lists `name` as connected (its handshake is done)."""
-    async with httpx2.AsyncClient(base_url=server.url, timeout=5) as http, asyncio.timeout(15):
-        while True:
-            response = await http.get(
-                f"/api/v1/nodes/{name}", headers={"Authorization": f"Bearer {server.admin_token}"}
-            )
-            if response.status_code == 200 and response.json()["status"] == "connected":
-                return
-            await asyncio.sleep(0.05)  # polling from outside, each try bounded
+    """Wait (bounded) until the server reports `name` connected (its handshake is done), on its event
+    stream (which starts with every node's current state, so nothing before it is missed)."""
+    await asyncio.to_thread(server.wait_status, name, "connected", 15)
 
 
 async def test_redos_schema_patterns_cost_the_server_nothing(server: ServerProc) -> None:

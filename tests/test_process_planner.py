@@ -16,7 +16,7 @@ import pytest
 from sdk import Client
 from server.planner.loop import SYSTEM_PROMPT
 from tests.support.fake_llm import FakeLLM, Turn
-from tests.support.procs import AgentProc, ServerProc, free_port
+from tests.support.procs import AgentProc, ServerProc
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
 
@@ -42,20 +42,27 @@ def _process_id(body: dict[str, Any]) -> str:
     return str(found[-1])
 
 
+def _served_url(body: dict[str, Any]) -> str:
+    """The address `http.server` printed in the process_read result the planner sent back."""
+    ports = re.findall(r"Serving HTTP on 127\.0\.0\.1 port (\d+)", json.dumps(body))
+    assert ports, body
+    return f"http://127.0.0.1:{ports[-1]}/"
+
+
 def test_planner_runs_a_server_in_the_background_and_looks_at_it(
     llm: FakeLLM, server_proc: ServerProc, start_node: Callable[..., AgentProc], tmp_path: Path
 ) -> None:
     agent = start_node("laptop", browser=True)
     root = tmp_path / "laptop-root"
     (root / "index.html").write_text("<title>Seed Outcome</title><h1>It works</h1>", encoding="utf-8")
-    port = free_port()
     llm.script[:] = [
         Turn(
             text="Starting the web server in the background.",
             calls=[
                 (
                     "laptop__process_start",
-                    {"command": f"python3 -u -m http.server {port} --bind 127.0.0.1", "cwd": str(root)},
+                    # Port 0: the server binds a port of its own and says which (nothing can take it first).
+                    {"command": "python3 -u -m http.server 0 --bind 127.0.0.1", "cwd": str(root)},
                 )
             ],
         ),
@@ -64,7 +71,7 @@ def test_planner_runs_a_server_in_the_background_and_looks_at_it(
                 calls=[("laptop__process_read", {"process_id": _process_id(body), "wait_s": 10})]
             )
         ),
-        Turn(calls=[("laptop__browser_navigate", {"url": f"http://127.0.0.1:{port}/"})]),
+        Turn(make=lambda body: Turn(calls=[("laptop__browser_navigate", {"url": _served_url(body)})])),
         Turn(calls=[("laptop__browser_screenshot", {"max_width": 640})]),
         Turn(make=lambda body: Turn(calls=[("laptop__process_kill", {"process_id": _process_id(body)})])),
         Turn(text="The page at localhost shows 'It works'; the server is stopped."),

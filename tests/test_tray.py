@@ -2,8 +2,8 @@
 
 The state → icon mapping is pure and checked for every AgentState; the menu is pystray's own Menu
 object driven the way a backend drives it (`item(icon)`, `icon()` for the default action); the agent
-behind it is the real `NodeAgent` built by `cortex-agent`'s own `build_agent`, connected to a real
-`cortex-server serve` child on 127.0.0.1.
+behind it is the real `NodeAgent` built by desktop_agent.assembly (as for `cortex-agent run`), connected
+to a real `cortex-server serve` child on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,24 +20,14 @@ from typing import Any
 
 import pytest
 
+from desktop_agent.assembly import build_agent
 from desktop_agent.autostart import autostart_path, desktop_entry
-from desktop_agent.cli import build_agent
 from desktop_agent.connection import AgentState, AgentStatus, ConnectSettings, NodeAgent
 from desktop_agent.credentials import Credentials, save_credentials
 from desktop_agent.engine import ToolEngine
-from desktop_agent.tray import (
-    AMBER,
-    GREEN,
-    GREY,
-    LOGIN_HINT,
-    RED,
-    TrayController,
-    TrayView,
-    choose_backend,
-    icon_image,
-    start_agent_thread,
-    view_for,
-)
+from desktop_agent.tray import TrayController, start_agent_thread
+from desktop_agent.tray_backends import choose_backend
+from desktop_agent.tray_view import AMBER, GREEN, GREY, LOGIN_HINT, RED, TrayView, icon_image, view_for
 from tests.support.procs import REPO, ServerProc
 
 SERVER = "http://127.0.0.1:9"

@@ -9,7 +9,8 @@ from typing import Any
 
 from desktop_agent.connection import ConnectSettings, NodeAgent
 from desktop_agent.engine import ToolEngine
-from desktop_agent.tray import BLUE, TrayController
+from desktop_agent.tray import TrayController
+from desktop_agent.tray_view import BLUE
 from tests.test_tray import pystray_dummy  # noqa: F401
 
 ALICE = {"sub": "alice", "ws": "w1"}

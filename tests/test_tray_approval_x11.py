@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop_agent.credentials import Credentials, save_credentials
-from desktop_agent.tray import BLUE, GREEN, TrayView, view_for
+from desktop_agent.tray_view import BLUE, GREEN, TrayView, view_for
 from sdk import AsyncClient
 from tests.support.procs import ServerProc
 from tests.test_tray_x11 import TrayProc, XSession, pytestmark, wait_menu_item, xsession  # noqa: F401

@@ -29,8 +29,9 @@ import pytest
 from PIL import Image
 
 from desktop_agent.credentials import Credentials, save_credentials
-from desktop_agent.tray import GREEN, GREY
+from desktop_agent.tray_view import GREEN, GREY
 from tests.support.procs import ServerProc
+from tests.support.xdisplay import x_display
 from tests.test_tray_x11 import IconWatcher, TrayProc, XSession, xsession
 
 __all__ = ["xsession"]  # the fixture, re-exported so pytest finds it here
@@ -85,11 +86,9 @@ class MenuLayout:
 
 def popup_window(xs: XSession, kind: str = "POPUP_MENU") -> tuple[int, int, int, int] | None:
     """(x, y, width, height) of our viewable window of _NET_WM_WINDOW_TYPE_<kind> (a menu, a tooltip)."""
-    import Xlib.display
     import Xlib.X
 
-    display = Xlib.display.Display(xs.display)
-    try:
+    with x_display(xs.display) as display:
         root = display.screen().root
         window_type = display.intern_atom("_NET_WM_WINDOW_TYPE")
         wanted = display.intern_atom(f"_NET_WM_WINDOW_TYPE_{kind}")
@@ -102,8 +101,6 @@ def popup_window(xs: XSession, kind: str = "POPUP_MENU") -> tuple[int, int, int,
                 geometry = child.get_geometry()
                 return (geometry.x, geometry.y, geometry.width, geometry.height)
         return None
-    finally:
-        display.close()
 
 
 def menu_layout(shot: Image.Image, geometry: tuple[int, int, int, int]) -> MenuLayout | None:

@@ -27,8 +27,9 @@ import pytest
 from PIL import Image
 
 from desktop_agent.credentials import Credentials, save_credentials
-from desktop_agent.tray import AMBER, GREEN, GREY
+from desktop_agent.tray_view import AMBER, GREEN, GREY
 from tests.support.procs import REPO, ServerProc
+from tests.support.xdisplay import x_display
 
 TOOLS = ("Xvfb", "trayer", "xdotool", "import")
 pytestmark = pytest.mark.skipif(
@@ -82,11 +83,9 @@ class XSession:
         return self
 
     def _start_tray_host(self) -> None:
-        import Xlib.display
         import Xlib.X
 
-        display = Xlib.display.Display(self.display)
-        try:
+        with x_display(self.display) as display:
             root = display.screen().root
             root.change_attributes(event_mask=Xlib.X.StructureNotifyMask)
             selection = display.intern_atom("_NET_SYSTEM_TRAY_S0")
@@ -123,8 +122,6 @@ class XSession:
                     raise RuntimeError("trayer did not take the system-tray selection")
                 for _ in range(display.pending_events()):
                     display.next_event()  # MANAGER (or unrelated structure events): check the owner again
-        finally:
-            display.close()
 
     def output(self) -> str:
         self.log.seek(0)
@@ -137,10 +134,7 @@ class XSession:
 
     def icon_geometry(self, wm_class: str = "cortex-agent") -> tuple[int, int, int, int] | None:
         """(x, y, width, height) on the screen of our icon once it is docked (reparented), else None."""
-        import Xlib.display
-
-        display = Xlib.display.Display(self.display)
-        try:
+        with x_display(self.display) as display:
             root = display.screen().root
             stack = [root]
             while stack:
@@ -154,8 +148,6 @@ class XSession:
                         self.icon_title = str(child.get_wm_name() or "")
                         return (-at.x, -at.y, geometry.width, geometry.height)
             return None
-        finally:
-            display.close()
 
     def screenshot(self, path: Path) -> Image.Image:
         subprocess.run(["import", "-window", "root", str(path)], env=self.env(), check=True, timeout=30)

@@ -2,7 +2,8 @@
 
 Sits under the engine, which has validated the arguments against the manifest and checked the owner's
 policy; the engine builds one `FsTools` per agent and takes its functions from `tools()`. All opening goes
-through `desktop_agent.confine` (race-proof confinement and the protected files, its rules 1-4).
+through `desktop_agent.confine` (race-proof confinement and the protected files, its rules 1-4); the
+directory walk and the search of `fs_list`/`fs_grep` are desktop_agent.tools.fs_search.
 
 Rules:
 1. Every path is confined: `~` expanded, a relative path joined to the first allowed root, then opened
@@ -28,7 +29,6 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
-import fnmatch
 import mimetypes
 import os
 import secrets
@@ -36,27 +36,19 @@ import select
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import re2
-
-from desktop_agent.confine import HOME_FILES, Confinement, Guard, Openat2, Opened, scan_dir
+from desktop_agent.confine import HOME_FILES, Confinement, Guard, Openat2, Opened
 from desktop_agent.tools.base import ToolContext, ToolFailure, ToolFunc, ToolResult
+from desktop_agent.tools.fs_search import READ_FLAGS, grep, list_dir
 
 __all__ = ["PROTECTED_FILES", "FsTools"]
 
 PROTECTED_FILES = HOME_FILES
 DEFAULT_READ_LIMIT = 1 << 20
-GREP_LINE_CAP = 1 << 20
-GREP_TEXT_CHARS = 500
-MAX_PATTERN_CHARS = 64 * 1024
-BINARY_SNIFF = 8192
-MAX_WALK_DEPTH = 256  # deeper directories are not entered (each level holds one fd)
 IO_THREADS = 32  # above the largest sensible max_concurrency: one per running file call
-SKIP_DIRS = frozenset({".git"})
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -65,7 +57,6 @@ _MAGIC = (
     (b"PK\x03\x04", "application/zip"),
     (b"\x7fELF", "application/x-executable"),
 )
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY  # O_NONBLOCK: a FIFO must not hang us
 T = TypeVar("T")
 
 
@@ -83,10 +74,6 @@ def _failure(raw: str, exc: OSError) -> ToolFailure:
 
 BIG_SLICE = 1024 * 1024
 """A read slice above this is decoded in a worker thread (decoding megabytes would stall other calls)."""
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _umask() -> int:
@@ -186,26 +173,6 @@ def _decode_text(data: bytes, at_eof: bool) -> str | None:
         return None
 
 
-def compile_pattern(pattern: str, ignore_case: bool) -> Any:
-    """An RE2 regex (rule 6): linear-time matching, so no pattern can stall the node.
-
-    Compiled in the worker thread (a large pattern takes RE2 a noticeable time to refuse), and refused
-    outright above `MAX_PATTERN_CHARS`.
-    """
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise ToolFailure(f"invalid regular expression: longer than {MAX_PATTERN_CHARS} characters")
-    options = re2.Options()
-    options.log_errors = False
-    options.case_sensitive = not ignore_case
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        why = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
-        raise ToolFailure(
-            f"invalid regular expression: {why} (fs_grep uses RE2 syntax: no backreferences or lookaround)"
-        ) from None
-
-
 def _check_writable(raw: str, parent: Opened, name: str, conf: Confinement) -> os.stat_result | None:
     """The existing file `name` in `parent` may be replaced or written (rule 2); None when absent."""
     try:
@@ -281,7 +248,7 @@ def _write_file(
 def _read_slice(
     stop: threading.Event, conf: Confinement, raw: str, offset: int, limit: int
 ) -> tuple[bytes, int, str]:
-    opened = conf.open(raw, _READ_FLAGS)
+    opened = conf.open(raw, READ_FLAGS)
     fd, st = opened.fd, opened.st
     try:
         if stat.S_ISDIR(st.st_mode):
@@ -294,146 +261,6 @@ def _read_slice(
         return os.pread(fd, min(limit, max(0, st.st_size - offset)), offset), st.st_size, opened.path
     finally:
         os.close(fd)
-
-
-def _entries(
-    stop: threading.Event, conf: Confinement, top_fd: int, recursive: bool, skip_dirs: frozenset[str]
-) -> Iterator[tuple[str, os.DirEntry[str], int]]:
-    """(relative name, entry, fd of its directory) depth first, sorted by name (rule 5).
-
-    Subdirectories are opened from their parent's fd with O_NOFOLLOW, so a directory swapped for a symlink
-    mid-walk is skipped, never followed; protected trees are not entered (rule 2).
-    """
-    stack: list[tuple[Iterator[os.DirEntry[str]], int, str]] = [(scan_dir(top_fd), top_fd, "")]
-    try:
-        while stack and not stop.is_set():
-            it, fd, rel = stack[-1]
-            entry = next(it, None)
-            if entry is None:
-                stack.pop()
-                if fd != top_fd:
-                    os.close(fd)
-                continue
-            yield f"{rel}{entry.name}", entry, fd
-            if (
-                not recursive
-                or entry.name in skip_dirs
-                or len(stack) > MAX_WALK_DEPTH
-                or not entry.is_dir(follow_symlinks=False)
-            ):
-                continue
-            try:
-                sub = os.open(
-                    entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
-                )
-            except OSError:
-                continue
-            try:
-                if conf.guard.skip_dir(os.fstat(sub)):
-                    os.close(sub)
-                    continue
-                listing = scan_dir(sub)
-            except OSError:
-                os.close(sub)
-                continue
-            stack.append((listing, sub, f"{rel}{entry.name}/"))
-    finally:
-        for _, fd, _ in stack:
-            if fd != top_fd:
-                os.close(fd)
-
-
-def _list_dir(
-    stop: threading.Event, conf: Confinement, raw: str, recursive: bool, max_entries: int
-) -> tuple[list[dict[str, Any]], bool, str]:
-    opened = conf.open(raw, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISDIR(opened.st.st_mode):
-            raise NotADirectoryError(raw)
-        out: list[dict[str, Any]] = []
-        for rel, entry, _fd in _entries(stop, conf, opened.fd, recursive, frozenset()):
-            if len(out) >= max_entries:
-                return out, True, opened.path
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            kind = (
-                "symlink" if stat.S_ISLNK(st.st_mode)
-                else "directory" if stat.S_ISDIR(st.st_mode)
-                else "file" if stat.S_ISREG(st.st_mode)
-                else "other"
-            )  # fmt: skip
-            out.append({"name": rel, "type": kind, "size": st.st_size, "mtime": _rfc3339(st.st_mtime)})
-        return out, False, opened.path
-    finally:
-        os.close(opened.fd)
-
-
-def _grep_file(
-    stop: threading.Event, fd: int, path: str, rx: Any, matches: list[dict[str, Any]], max_matches: int
-) -> bool:
-    """Search one open file; True when `max_matches` was reached. Stops at the next line on `stop`."""
-    with os.fdopen(os.dup(fd), "rb") as f:
-        if b"\x00" in f.read(BINARY_SNIFF):
-            return False
-        f.seek(0)
-        lineno = 1
-        while not stop.is_set():
-            piece = f.readline(GREP_LINE_CAP)
-            if not piece:
-                break
-            text = piece.decode("utf-8", "replace").rstrip("\r\n")
-            seen = matches and matches[-1]["path"] == path and matches[-1]["line"] == lineno
-            if not seen and rx.search(text):
-                if len(matches) >= max_matches:
-                    return True
-                matches.append({"path": path, "line": lineno, "text": text[:GREP_TEXT_CHARS]})
-            if piece.endswith(b"\n"):
-                lineno += 1
-    return False
-
-
-def _grep(
-    stop: threading.Event,
-    conf: Confinement,
-    raw: str,
-    pattern: str,
-    ignore_case: bool,
-    glob: str | None,
-    max_matches: int,
-) -> tuple[list[dict[str, Any]], bool, int]:
-    rx = compile_pattern(pattern, ignore_case)
-    opened = conf.open(raw, _READ_FLAGS)  # refuses a protected file or tree (rule 2)
-    matches: list[dict[str, Any]] = []
-    searched = 0
-    try:
-        if stat.S_ISREG(opened.st.st_mode):
-            return matches, _grep_file(stop, opened.fd, opened.path, rx, matches, max_matches), 1
-        if not stat.S_ISDIR(opened.st.st_mode):
-            raise ToolFailure(f"{raw}: not a regular file or directory")
-        for rel, entry, dir_fd in _entries(stop, conf, opened.fd, True, SKIP_DIRS):
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            if glob and not (fnmatch.fnmatch(entry.name, glob) or fnmatch.fnmatch(rel, glob)):
-                continue
-            try:
-                fd = os.open(entry.name, _READ_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError:
-                continue
-            try:
-                st = os.fstat(fd)
-                path = os.path.join(opened.path, rel)
-                if not stat.S_ISREG(st.st_mode) or conf.guard.problem(st, path) is not None:
-                    continue
-                searched += 1
-                if _grep_file(stop, fd, path, rx, matches, max_matches):
-                    return matches, True, searched
-            finally:
-                os.close(fd)
-        return matches, False, searched
-    finally:
-        os.close(opened.fd)
 
 
 class FsTools:
@@ -553,7 +380,7 @@ class FsTools:
                     raise ToolFailure(
                         f"{raw}: {st.st_size} bytes is above this node's write limit of {most} bytes"
                     )
-                fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
+                fd = os.open(name, READ_FLAGS | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd)
                 try:
                     fst = os.fstat(fd)
                     if not stat.S_ISREG(fst.st_mode) or fst.st_nlink > 1:
@@ -585,7 +412,7 @@ class FsTools:
     async def fs_list(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raw = arguments["path"]
         recursive, most = arguments.get("recursive", False), arguments.get("max_entries", 1000)
-        entries, truncated, where = await self._in_thread(raw, ctx, _list_dir, raw, recursive, most)
+        entries, truncated, where = await self._in_thread(raw, ctx, list_dir, raw, recursive, most)
         lines = [
             f"{e['name']}{'/' if e['type'] == 'directory' else ''}\t{e['size']}\t{e['mtime']}"
             for e in entries
@@ -601,7 +428,7 @@ class FsTools:
         pattern, ignore_case = arguments["pattern"], bool(arguments.get("ignore_case"))
         most = arguments.get("max_matches", 100)
         matches, truncated, searched = await self._in_thread(
-            raw, ctx, _grep, raw, pattern, ignore_case, arguments.get("glob"), most
+            raw, ctx, grep, raw, pattern, ignore_case, arguments.get("glob"), most
         )
         lines = [f"{m['path']}:{m['line']}:{m['text']}" for m in matches]
         if truncated:

@@ -24,17 +24,33 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from server import admin
 
-__all__ = ["AgentProc", "ServerProc", "free_port", "raw_node_socket"]
+__all__ = ["AgentProc", "ServerProc", "free_port", "raw_node_socket", "refused_port"]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
+    """A port free *now*. Racy for a listener (another process may take it before the bind): let the
+    listener bind port 0 and read its port back instead; for a port that must refuse, `refused_port`."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The socket stays bound but never listens: Linux answers a connect with RST (ECONNREFUSED), and no
+    other process can bind the port meanwhile — so "the server is unreachable" cannot turn into
+    "something else answers"."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
