@@ -138,9 +138,12 @@ class Peer:
         """Stop waiting for an answer without telling the other side; a late answer is ignored."""
         self._pending.pop(id_, None)
         if self._token_of:
-            token = self._token_of.pop(id_, None)
-            if token is not None:
-                self._request_of.pop(token, None)
+            self._drop_token(id_)
+
+    def _drop_token(self, id_: JsonId) -> None:
+        token = self._token_of.pop(id_, None)
+        if token is not None:
+            self._request_of.pop(token, None)
 
     def cancel(self, id_: JsonId, reason: str = "cancelled by the caller") -> str | None:
         """Rule 7: the cancel notification to send for a pending request, or None."""
@@ -234,8 +237,9 @@ class Peer:
         ):
             self.forget(id_)
             return IncomingResponse(id_, "", error=RpcError(INVALID_REQUEST, "malformed error object"))
-        method = self._pending[id_]
-        self.forget(id_)
+        method = self._pending.pop(id_)
+        if self._token_of:
+            self._drop_token(id_)
         parsed = parse(msg)
         if isinstance(parsed, Error):
             return IncomingResponse(id_, method, error=RpcError(parsed.code, parsed.message, parsed.data))
@@ -259,7 +263,7 @@ class Peer:
                 meta = raw_meta
             params = {k: v for k, v in params.items() if k != "_meta"}
             msg = {**msg, "params": params}
-        self._incoming[id_] = _token(meta)
+        self._incoming[id_] = _token(meta) if meta else None
         return IncomingRequest(id_, method, params, msg, meta)
 
     def _notification(self, method: str, params: dict[str, Any] | None) -> Event:
