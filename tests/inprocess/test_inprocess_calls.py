@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sdk import NodeNotFound
+from sdk import CortexError, NodeNotFound
+from spec import errors
 from spec.manifest import load_manifest
 from tests.inprocess.conftest import BOUND, NODE, InProcess
 
@@ -43,3 +44,17 @@ async def test_echo_call_is_answered_and_audited(wired: InProcess) -> None:
     # `tool.requested` is on disk before the tool ran (tool.finished rides the next group commit).
     requested = [r for r in audit_events(wired) if r["event"] == "tool.requested"]
     assert [(r["tool"], r["caller"]) for r in requested] == [("echo", {"sub": "alice", "ws": "ws1"})]
+
+
+async def test_node_errors_come_back_as_results_and_codes(wired: InProcess) -> None:
+    async with asyncio.timeout(BOUND):
+        # The tool ran but could not do its job: a normal result with isError (CONTRACT §4).
+        outside = await wired.client.call(NODE, "fs_read", {"path": "/etc/hostname"})
+        # Arguments that fail the tool's inputSchema: -32602 before the node is asked.
+        with pytest.raises(CortexError) as info:
+            await wired.client.call(NODE, "echo", {"text": 5})
+    assert outside.is_error
+    assert info.value.code == errors.INVALID_PARAMS
+    # The refused arguments never reached the node: its audit log names only the fs_read.
+    requested = [r["tool"] for r in audit_events(wired) if r["event"] == "tool.requested"]
+    assert requested == ["fs_read"]
