@@ -85,3 +85,38 @@ def test_spec_link_imports_no_io_library() -> None:
     )
     loaded = {name.split(".")[0] for name in json.loads(done.stdout)}
     assert loaded & {"websockets", "starlette", "uvicorn", "httpx2", "httpx", "aiohttp", "anyio"} == set()
+
+
+async def test_a_cancelled_request_frees_its_slot() -> None:
+    # The incoming table is the core's; the session must tell it when a handler task ends without an
+    # answer (cancelled), or a client could fill `max_incoming` with requests it then cancels.
+    a_end, b_end = memory_link_pair()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def work(ctx: CallContext, n: int) -> int:
+        if n == 1:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                stopped.set()
+        return n
+
+    callee = RpcSession(b_end.send, make_methods({"work": work}), name="callee", max_incoming=1)
+    pumps = [asyncio.create_task(pump(b_end, callee))]
+    cancel = {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": 1, "reason": "x"},
+    }
+    async with asyncio.timeout(BOUND):
+        await a_end.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "work", "params": {"n": 1}}))
+        await started.wait()
+        await a_end.send(json.dumps(cancel))
+        await stopped.wait()
+        await asyncio.sleep(0)  # one loop turn: the ended task's done callbacks run
+        await a_end.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "work", "params": {"n": 2}}))
+        answer = json.loads(str(await a_end.receive()))
+        await a_end.close()
+        await asyncio.gather(*pumps)
+    assert answer == {"jsonrpc": "2.0", "result": 2, "id": 2}  # no answer to 1: it was cancelled
