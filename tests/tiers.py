@@ -12,9 +12,10 @@ TIER_NAMES = ("unit", "inprocess", "e2e")
 _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
-    versions xdisplay
+    versions xdisplay links peer_core
 """
 _INPROCESS = """
+    inprocess_approval inprocess_calls
     approval artifact_headers audit_group_commit confine engine fs_tools mcp_reply oauth_backoff schemas
     shell_tool tray_approval
 """
