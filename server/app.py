@@ -29,7 +29,8 @@ from server.registry import LocalRegistry
 from server.router import CallRouter
 from server.rpc import live_callers as rpc_live_callers
 from server.rpc import rpc_endpoint
-from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed, UserRevocation
+from server.store import NodeRecord, SQLiteRevocationFeed, Store, StoreUnavailable, UserRevocation
+from server.stores import open_store
 from server.tunnel import node_endpoint
 from server.user_revocation import SQLiteUserRevocationFeed, UserRevocations
 from spec.version import VERSION
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ServerState:
     config: ServerConfig
-    store: ServerStore
+    store: Store
     authority: TokenAuthority
     registry: LocalRegistry
     router: CallRouter
@@ -60,7 +61,7 @@ class ServerState:
         """
         record = self.node_records.get(name)
         if record is None:
-            record = await asyncio.to_thread(self.store.get_node, name)
+            record = await self.store.get_node(name)
             if record is not None and record.revoked_at is None:
                 self.node_records[name] = record
         return record
@@ -86,38 +87,62 @@ class ServerState:
         await rpc_live_callers(self).revoke(revocation)
 
 
-def build_state(config: ServerConfig) -> ServerState:
-    store = ServerStore(config.data_dir)
-    enrolled = store.list_nodes()
+async def build_state(config: ServerConfig, store: Store) -> ServerState:
+    """Everything the app serves from, read from *store* (opened by the caller, closed by it too)."""
+    enrolled = await store.list_nodes()
     revoked = {n.name for n in enrolled if n.revoked_at is not None}
-    users = UserRevocations.load(store)
+    users = await UserRevocations.load(store)
+    key = await store.load_or_create_signing_key()
     authority = TokenAuthority(
-        store.load_or_create_signing_key(),
+        key,
         issuer=config.issuer,
         node_ttl=config.node_token_ttl,
         is_revoked=revoked.__contains__,
         is_user_revoked=users.covers,
+        trusted=[k for k in await store.signing_keys() if k.kid != key.kid],  # JWKS: every active key
     )
     metrics = Metrics()
-    registry = LocalRegistry(
-        known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
-    )
+    # Enrolled nodes as last read by `follow_enrollments` (the registry asks synchronously).
+    known = [(n.name, n.workspace) for n in enrolled if n.revoked_at is None]
+    registry = LocalRegistry(known=lambda: list(known))
     router = CallRouter(registry, metrics, config.default_call_timeout)
     live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
     state = ServerState(config, store, authority, registry, router, metrics, revoked, live)
     state.extras["user_revocations"] = users
-    heads = AuditHeads(store, registry)
+    heads = await AuditHeads.load(store, registry)
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     state.extras["audit_heads"] = heads
+    state.extras["enrolled"] = known
     return state
+
+
+async def follow_enrollments(state: ServerState, interval: float) -> None:
+    """Re-read the enrolled nodes every *interval* seconds (enroll-node runs in other processes)."""
+    known = state.extras["enrolled"]
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            nodes = await state.store.list_nodes()
+        except StoreUnavailable:
+            logger.warning("reading enrolled nodes failed; retrying", exc_info=True)
+            continue
+        known[:] = [(n.name, n.workspace) for n in nodes if n.revoked_at is None]
 
 
 def build_app(config: ServerConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = build_state(config)
+        store = await open_store(config.database_url, config.data_dir)
+        try:
+            state = await build_state(config, store)
+        except BaseException:
+            await store.close()
+            raise
         app.state.cortex = state
+        enrollments = asyncio.create_task(
+            follow_enrollments(state, config.revocation_poll_interval), name="enrollments"
+        )
         feed = SQLiteRevocationFeed(state.store, interval=config.revocation_poll_interval)
         watcher = asyncio.create_task(feed.watch(state.on_revoked), name="revocations")
         user_feed = SQLiteUserRevocationFeed(
@@ -133,12 +158,13 @@ def build_app(config: ServerConfig) -> Starlette:
         finally:
             watcher.cancel()
             user_watcher.cancel()
+            enrollments.cancel()
             sweeper.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
                 if link is not None:
                     await link.close(1001, "server shutting down")
-            state.store.close()
+            await state.store.close()
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),

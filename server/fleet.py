@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import deque
@@ -184,7 +183,7 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
     if not isinstance(name, str) or not isinstance(workspace, str):
         raise ApiError(400, "invalid_request", "name and workspace must be strings")
     try:
-        credential = await asyncio.to_thread(state.store.enroll_node, name, workspace)
+        credential = await state.store.enroll_node(name, workspace)
     except InvalidName as exc:
         raise ApiError(400, "invalid_name", str(exc)) from None
     except NodeExists as exc:
@@ -195,7 +194,7 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
 async def revoke(request: Request, state: ServerState, caller: Caller) -> Response:
     _require_admin(caller)
     name = request.path_params["node"]
-    if not await asyncio.to_thread(state.store.revoke_node, name):
+    if not await state.store.revoke_node(name):
         raise ApiError(404, "node_not_found", f"no live node named {name!r}")
     await state.on_revoked(name)
     return JSONResponse({"name": name, "revoked": True})

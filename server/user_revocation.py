@@ -23,12 +23,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.store import ServerStore, UserRevocation
+from server.store import Store, StoreUnavailable, UserRevocation
 
 __all__ = ["LiveCallers", "SQLiteUserRevocationFeed", "UserRevocations", "end_event_queue"]
 
@@ -43,9 +42,9 @@ class UserRevocations:
         self.last_seq = 0
 
     @classmethod
-    def load(cls, store: ServerStore) -> UserRevocations:
+    async def load(cls, store: Store) -> UserRevocations:
         view = cls()
-        for revocation in store.user_revocations_after(0):
+        for revocation in await store.user_revocations_after(0):
             view.apply(revocation)
         return view
 
@@ -123,7 +122,7 @@ class LiveCallers:
 class SQLiteUserRevocationFeed:
     """Polls ``user_revocations`` every *interval* seconds, from *after_seq* on."""
 
-    def __init__(self, store: ServerStore, after_seq: int, interval: float = 0.5) -> None:
+    def __init__(self, store: Store, after_seq: int, interval: float = 0.5) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._store = store
@@ -134,8 +133,8 @@ class SQLiteUserRevocationFeed:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                rows = await asyncio.to_thread(self._store.user_revocations_after, self._after_seq)
-            except sqlite3.Error:
+                rows = await self._store.user_revocations_after(self._after_seq)
+            except StoreUnavailable:
                 logger.warning("user revocation poll failed; retrying", exc_info=True)
                 continue
             for revocation in rows:
