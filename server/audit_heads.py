@@ -20,15 +20,12 @@ Rules:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.registry import NodeEntry, NodeRegistry
 from server.store import AUDIT_OK, AuditHead, Store, StoreError
 
-if TYPE_CHECKING:
-    from server.app import ServerState
-
-__all__ = ["AuditHeads", "audit_heads_of", "parse_head"]
+__all__ = ["AuditHeads", "parse_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ def parse_head(head: Any) -> tuple[int, str | None] | None:
 
 
 class AuditHeads:
-    """Persisted heads of every node, cached in memory; one per app (``ServerState.extras``)."""
+    """Persisted heads of every node, cached in memory; one per app (``ServerState.audit_heads``)."""
 
     def __init__(self, store: Store, registry: NodeRegistry, heads: dict[str, AuditHead]) -> None:
         self._store = store
@@ -108,10 +105,3 @@ class AuditHeads:
         self.decorate(entry)
         self._registry.publish("node.updated", entry)
         return dict(entry.audit or self.view(entry.name))
-
-
-def audit_heads_of(state: ServerState) -> AuditHeads:
-    """The app's `AuditHeads` (built with the state, in ``ServerState.extras``)."""
-    heads = state.extras["audit_heads"]
-    assert isinstance(heads, AuditHeads)
-    return heads

@@ -191,7 +191,7 @@ def _str_claim(claims: dict[str, Any], name: str, max_len: int = _MAX_SUB_LEN) -
 class TokenAuthority:
     """Mints and verifies the server's tokens with one Ed25519 key.
 
-    *key* is the private `OKPKey` from `ServerStore.load_or_create_signing_key`. *node_ttl* is the
+    *key* is the private `OKPKey` from `Store.load_or_create_signing_key`. *node_ttl* is the
     default node token lifetime, *max_ttl* the longest accepted (≤ 900), *leeway* the clock skew
     tolerated (≤ 5 s). *clock* returns Unix seconds (tests pass a fixed one). *is_revoked*, if given, is
     asked about every node token's ``sub`` after all other checks (keep it fast: an in-memory set);
