@@ -101,6 +101,9 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
     if args.client_ca and not args.tls_cert:
         print("--client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
+    # Open (and migrate) the store once before serving: an unreachable or too-new database is one clear
+    # line and exit code 1 (StoreError, in `main`), not a startup traceback.
+    admin.with_store(data_dir, database_url, _opened)
     config = ServerConfig(
         data_dir=data_dir,
         host=args.host,
@@ -159,6 +162,10 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         return await serve_with_extras(server, config, demo=args.demo)
 
     return asyncio.run(run())
+
+
+async def _opened(store: object) -> None:
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,6 +154,8 @@ def test_an_unreachable_database_fails_the_command_without_the_password(tmp_path
     from tests.support.procs import free_port
 
     url = f"postgresql://cortex:hunter2@127.0.0.1:{free_port()}/cortex?connect_timeout=1"
-    done = _cli("enroll-node", "x", "--workspace", "w", "--data-dir", str(tmp_path), "--database-url", url)
-    assert done.returncode == 1
-    assert "did not answer" in done.stderr and "hunter2" not in done.stderr + done.stdout
+    for command in (["enroll-node", "x", "--workspace", "w"], ["serve", "--port", "0"]):
+        done = _cli(*command, "--data-dir", str(tmp_path), "--database-url", url)
+        assert done.returncode == 1, (command, done.stderr)
+        assert "did not answer" in done.stderr and "hunter2" not in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr

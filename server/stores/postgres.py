@@ -94,6 +94,26 @@ class PostgresStore:
         Raises `StoreUnavailable` if the database does not answer within *connect_timeout*, and
         `StoreError` if its schema is newer than this code.
         """
+        # One direct connection first: a database that refuses is reported at once (the pool would
+        # retry until its timeout), and the migration runs on it before any pooled connection exists.
+        try:
+            first = await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {redact_url(url)} did not answer: {_reason(exc)}"
+            ) from None
+        try:
+            found = await migrate(first)
+        except SchemaTooNew as exc:
+            raise StoreError(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL at {redact_url(url)} failed: {_reason(exc)}") from None
+        except psycopg.Error as exc:  # e.g. no right to create tables: the operator must act
+            raise StoreError(f"PostgreSQL at {redact_url(url)} refused the schema: {_reason(exc)}") from None
+        finally:
+            await first.close()
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -111,15 +131,6 @@ class PostgresStore:
                 f"PostgreSQL at {redact_url(url)} did not answer: {_reason(exc)}"
             ) from None
         store = cls(pool, url, pool_timeout)
-        try:
-            async with store._conn() as conn:
-                found = await migrate(conn)
-        except SchemaTooNew as exc:
-            await pool.close()
-            raise StoreError(str(exc)) from None
-        except BaseException:
-            await pool.close()
-            raise
         logger.info("store: PostgreSQL at %s (schema found at version %d)", store.url, found)
         return store
 
