@@ -159,11 +159,19 @@ async def demo_child(config: ServerConfig, base_url: str) -> ChildSpec:
     await asyncio.to_thread(write_demo_policy, home, config.data_dir)
     # The admin token first: `cortex` finds it from the moment the server listens (the login takes a while).
     token = await asyncio.to_thread(
-        admin.issue_token, config.data_dir, "demo-admin", DEMO_NODE, "admin", 12 * 3600
+        admin.issue_token,
+        config.data_dir,
+        "demo-admin",
+        DEMO_NODE,
+        "admin",
+        12 * 3600,
+        config.database_url,
     )
     _write_private(config.data_dir / DEMO_TOKEN_FILE, token + "\n")
     if not (home / CREDENTIALS_FILE).exists():
-        credential = await asyncio.to_thread(admin.enroll_node, config.data_dir, DEMO_NODE, DEMO_NODE)
+        credential = await asyncio.to_thread(
+            admin.enroll_node, config.data_dir, DEMO_NODE, DEMO_NODE, config.database_url
+        )
         await _login(home, base_url, credential)
     return ChildSpec(
         argv=_agent_command("run", "--home", str(home), "--server", base_url, "--name", DEMO_NODE),

@@ -12,7 +12,7 @@ TIER_NAMES = ("unit", "inprocess", "e2e")
 _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
-    versions xdisplay links peer_core
+    versions xdisplay links peer_core auth_keys store_layering
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls
@@ -25,7 +25,8 @@ _E2E = """
     dashboard_onboarding dashboard_processes demo_confinement fuzz_framing grep_redos identity_e2e install
     limits mcp mcp_conformance mcp_resources metrics node_hostile planner process_planner process_tools
     redaction results_bench_smoke results_dashboard results_e2e results_planner revoke_user
-    revoke_user_streams tray tray_approval_x11 tray_gtk tray_x11 tunnel_e2e
+    revoke_user_streams tray tray_approval_x11 tray_gtk tray_x11 tunnel_e2e database_url engines postgres_e2e
+    store_bench_smoke store_postgres
 """
 
 TIERS: dict[str, str] = {
