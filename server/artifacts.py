@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server.artifact_store import DiskArtifactStore, artifact_store
+from server.artifact_store import DiskArtifactStore
 from server.http_errors import ApiError
 from server.identity import authenticate, state_of
 
@@ -64,7 +64,7 @@ async def _streamed(store: DiskArtifactStore, artifact_id: str, caller: Caller) 
 async def get_artifact(request: Request) -> Response:
     try:
         caller = authenticate(request)
-        store = artifact_store(state_of(request))
+        store = state_of(request).artifacts
         streamed = await _streamed(store, request.path_params["artifact_id"], caller)
         if streamed is not None:
             return streamed

@@ -31,7 +31,7 @@ from server.router import Caller
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = [
     "SUBPROTOCOL",

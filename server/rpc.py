@@ -23,26 +23,17 @@ from server.identity import (
     subprotocol_token,
 )
 from server.router import Caller
-from server.user_revocation import LiveCallers
 from spec.errors import CANCELLED, RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
-__all__ = ["live_callers", "rpc_endpoint"]
+__all__ = ["rpc_endpoint"]
 
 logger = logging.getLogger(__name__)
 
 MAX_CLIENT_REQUESTS = 1024  # requests of one client link running at once; more are answered -32012
-
-
-def live_callers(state: ServerState) -> LiveCallers:
-    """The tracked live user links of this app (kept in ``ServerState.extras``)."""
-    live = state.extras.get("live_callers")
-    if not isinstance(live, LiveCallers):
-        live = state.extras["live_callers"] = LiveCallers()
-    return live
 
 
 async def rpc_endpoint(websocket: WebSocket) -> None:
@@ -62,7 +53,7 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
     session = ClientSession(websocket, state, caller)
-    with live_callers(state).track(caller.sub, caller.ws, caller.iat, session.revoked):
+    with state.live_callers.track(caller.sub, caller.ws, caller.iat, session.revoked):
         await session.run()
 
 
