@@ -19,15 +19,20 @@ import itertools
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from server.router import Caller
+from typing import Any, Protocol
 
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_RESULT_BYTES", "CallRecord", "RecentCalls"]
 
 DEFAULT_CAPACITY = 500
 DEFAULT_RESULT_BYTES = 4096
+
+
+class Caller(Protocol):
+    """What this module needs of `server.router.Caller` (a Protocol: the router imports this module)."""
+
+    def can_see(self, workspace: str) -> bool: ...
+
+    def wire(self) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
