@@ -123,9 +123,10 @@ ROOTS = {
     "server.cli_help",  # its help texts
     "server.demo",  # serve --demo (starts a local node)
 }
-# Everything else in server/ is a service the surfaces stand on (identity, http_errors, tool_exposure,
-# sse, approvals, router, registry, store, auth, results, artifact_store, limits, ...): services never
-# import a surface or a root.
+# Everything else in server/ is a service the surfaces stand on: the edge (identity, http_errors,
+# tool_exposure), sse (SSE framing, no endpoint of its own), approvals (what a node reports waiting; api
+# serves it), admin (the operator commands behind cortex-server, store and auth only), state, router,
+# registry, store, auth, results, artifact_store, limits, ... Services never import a surface or a root.
 
 KNOWN_EDGES = {
     # server.demo starts the demo node with the agent's credential helpers; h-agent moves the demo runner
