@@ -1,7 +1,7 @@
 """REST API and Server-Sent Events under `/api/v1`, plus `/healthz`, `/metrics` and the JWKS.
 
-Every handler authenticates with the user bearer token (`Authorization: Bearer`), then goes through the
-`CallRouter`; `http_error` is the one place RPC errors become HTTP statuses:
+Every handler authenticates with the user bearer token (`Authorization: Bearer`, `server.identity`),
+then goes through the `CallRouter`; RPC errors become HTTP statuses in `server.http_errors`:
 
     NODE_NOT_FOUND/not_found 404, NODE_NOT_FOUND/not_connected 409, INVALID_PARAMS/unknown_tool 404,
     INVALID_PARAMS/invalid_arguments 422, NODE_DISCONNECTED 502, TIMEOUT 504, OVERLOADED 503.
@@ -11,102 +11,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import sse
-from server.approvals import node_approvals
-from server.auth import AuthError
+from server.http_errors import ApiError, http_error
+from server.identity import authenticated_endpoint, state_of
 from server.router import Caller
-from server.rpc import caller_from_token
-from server.tunnel import bearer_token
 from server.user_revocation import end_event_queue
-from spec import errors
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
     from server.state import ServerState
 
-__all__ = ["ApiError", "authenticate", "http_error", "routes"]
+__all__ = ["routes"]
 
 logger = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message, self.headers = status, error, message, headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": self.error, "message": self.message}, status_code=self.status, headers=self.headers
-        )
-
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.cortex
-    return state
-
-
-def authenticate(request: Request) -> Caller:
-    token = bearer_token(request.headers)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    try:
-        return caller_from_token(state_of(request), token)
-    except AuthError as exc:
-        logger.info("API request refused: %s", exc.reason)
-        raise ApiError(
-            exc.status,
-            "unauthorized" if exc.status == 401 else "forbidden",
-            "invalid token",
-            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        ) from None
-
-
-def http_error(exc: RpcError) -> ApiError:
-    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    if exc.code == errors.NODE_NOT_FOUND:
-        if reason == "not_connected":
-            return ApiError(409, "node_not_connected", exc.message)
-        return ApiError(404, "node_not_found", exc.message)
-    if exc.code == errors.INVALID_PARAMS:
-        if reason == "unknown_tool":
-            return ApiError(404, "unknown_tool", exc.message)
-        return ApiError(422, "invalid_arguments", exc.message)
-    if exc.code == errors.NODE_DISCONNECTED:
-        return ApiError(502, "node_disconnected", exc.message)
-    if exc.code == errors.TIMEOUT:
-        return ApiError(504, "timeout", exc.message)
-    if exc.code == errors.OVERLOADED:
-        return ApiError(503, "overloaded", exc.message)
-    if exc.code == errors.CANCELLED:
-        return ApiError(499, "cancelled", exc.message)
-    if exc.code == errors.UNAUTHORIZED:
-        return ApiError(403, "forbidden", exc.message)
-    return ApiError(500, "internal", "internal error")
-
-
-async def _guard(request: Request, handler: Any) -> Response:
-    try:
-        caller = authenticate(request)
-        result: Response = await handler(request, state_of(request), caller)
-        return result
-    except ApiError as exc:
-        return exc.response()
-    except RpcError as exc:
-        return http_error(exc).response()
-
-
-def _endpoint(handler: Any) -> Any:
-    async def endpoint(request: Request) -> Response:
-        return await _guard(request, handler)
-
-    endpoint.__name__ = handler.__name__
-    return endpoint
 
 
 async def list_nodes(request: Request, state: ServerState, caller: Caller) -> Response:
@@ -173,6 +96,13 @@ async def acknowledge_audit(request: Request, state: ServerState, caller: Caller
     return JSONResponse({"name": entry.name, "audit": audit})
 
 
+async def node_approvals(request: Request, state: ServerState, caller: Caller) -> Response:
+    """Read-only: the node's calls waiting for its owner (only the owner answers, on the node)."""
+    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
+    waiting = entry.approvals if entry.status != "disconnected" else []
+    return JSONResponse({"node": entry.name, "approvals": waiting})
+
+
 async def events(request: Request, state: ServerState, caller: Caller) -> Response:
     async def stream() -> AsyncIterator[str]:
         with (
@@ -214,12 +144,18 @@ def routes() -> list[Route]:
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Route("/.well-known/jwks.json", jwks),
-        Route("/api/v1/nodes", _endpoint(list_nodes)),
-        Route("/api/v1/events", _endpoint(events)),
-        Route("/api/v1/nodes/{node}", _endpoint(get_node)),
-        Route("/api/v1/nodes/{node}/tools", _endpoint(node_tools)),
-        Route("/api/v1/nodes/{node}/tools/{tool}/call", _endpoint(call_tool), methods=["POST"]),
-        Route("/api/v1/nodes/{node}/audit", _endpoint(node_audit)),
-        Route("/api/v1/nodes/{node}/approvals", _endpoint(node_approvals)),  # GET only: read-only
-        Route("/api/v1/nodes/{node}/audit/acknowledge", _endpoint(acknowledge_audit), methods=["POST"]),
+        Route("/api/v1/nodes", authenticated_endpoint(list_nodes)),
+        Route("/api/v1/events", authenticated_endpoint(events)),
+        Route("/api/v1/nodes/{node}", authenticated_endpoint(get_node)),
+        Route("/api/v1/nodes/{node}/tools", authenticated_endpoint(node_tools)),
+        Route("/api/v1/nodes/{node}/tools/{tool}/call", authenticated_endpoint(call_tool), methods=["POST"]),
+        Route("/api/v1/nodes/{node}/audit", authenticated_endpoint(node_audit)),
+        Route(
+            "/api/v1/nodes/{node}/approvals", authenticated_endpoint(node_approvals)
+        ),  # GET only: read-only
+        Route(
+            "/api/v1/nodes/{node}/audit/acknowledge",
+            authenticated_endpoint(acknowledge_audit),
+            methods=["POST"],
+        ),
     ]

@@ -1,8 +1,9 @@
 """What the server knows of a node's calls waiting for their owner's approval: it shows them, never answers.
 
 Layering: the tunnel (`server.tunnel`) hands each node's `notifications/approvals` to `observe`, which
-keeps the list on the node's `NodeEntry`; `node_approvals` serves `GET /api/v1/nodes/{node}/approvals`
-(same authorization as the node: another workspace's node is 404). Only the node's owner can answer, on
+keeps the list on the node's `NodeEntry`, which `server.api` serves at
+`GET /api/v1/nodes/{node}/approvals` (same authorization as the node: another workspace's node is 404).
+A service, not a surface: it has no endpoint of its own. Only the node's owner can answer, on
 the node itself (desktop_agent.approval), so this module has no way to send anything to the node.
 
 Rules:
@@ -21,13 +22,11 @@ from functools import cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from server.registry import NodeEntry
 from spec.schemas import method_schema
 
-__all__ = ["MAX_ARGUMENTS_CHARS", "METHOD", "clear", "node_approvals", "observe"]
+__all__ = ["MAX_ARGUMENTS_CHARS", "METHOD", "clear", "observe"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +71,3 @@ def clear(entry: NodeEntry | None) -> None:
     if entry is not None:
         entry.approvals = []
         entry.approvals_seq = 0
-
-
-async def node_approvals(request: Request, state: Any, caller: Any) -> Response:
-    """`GET /api/v1/nodes/{node}/approvals`: read-only; answering happens on the node only."""
-    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
-    waiting = entry.approvals if entry.status != "disconnected" else []
-    return JSONResponse({"node": entry.name, "approvals": waiting})

@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server.api import ApiError, authenticate, state_of
 from server.artifact_store import DiskArtifactStore
+from server.http_errors import ApiError
+from server.identity import authenticate, state_of
 
 if TYPE_CHECKING:
     from server.router import Caller

@@ -12,7 +12,7 @@ Where it sits: around everything else. `BodyLimits` is the outermost ASGI middle
    that would exceed it gets 503 `overloaded` with Retry-After, so parallel large bodies cannot add
    up to more memory than one largest body.
 2. A body that is not JSON, or nests deeper than `spec.json_limits.MAX_DEPTH`, gets 400
-   ``{"error": "invalid_request", "message"}`` on every endpoint except `/oauth/token` (a form); on
+   ``{"error": "invalid_request", "message"}`` (`server.http_errors`) on every endpoint but `/oauth/token`; on
    `/mcp` the same 400 carries a JSON-RPC -32700/-32600 error object, the shape MCP clients read.
 3. A connection must complete its HTTP request (headers and body) within the handshake timeout,
    counted from the connection, or for a keep-alive connection from the first byte of the next request;
@@ -42,6 +42,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from server.http_errors import error_bytes
 from server.ws_protocol import QueuedReadWebSocketProtocol
 from spec import json_limits
 
@@ -143,7 +144,7 @@ class _OverBudget(Exception):
     pass
 
 
-_BUSY = b'{"error":"overloaded","message":"too many large request bodies in flight, retry later"}'
+_BUSY = error_bytes("overloaded", "too many large request bodies in flight, retry later")
 
 
 class BodyLimits:
@@ -254,16 +255,16 @@ async def _respond(
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    message = f'{{"error":"request_too_large","message":"the body is larger than {limit} bytes"}}'
-    await _respond(send, 413, message.encode(), close=True)
+    payload = error_bytes("request_too_large", f"the body is larger than {limit} bytes")
+    await _respond(send, 413, payload, close=True)
 
 
 async def _invalid_json(send: Send, path: str, code: int, message: str) -> None:
     if path == MCP_PATH:
         text = f'{{"jsonrpc":"2.0","id":null,"error":{{"code":{code},"message":"{message}"}}}}'
+        await _respond(send, 400, text.encode())
     else:
-        text = f'{{"error":"invalid_request","message":"{message}"}}'
-    await _respond(send, 400, text.encode())
+        await _respond(send, 400, error_bytes("invalid_request", message))
 
 
 # -- rules 3 and 4: connections ------------------------------------------------------------------------

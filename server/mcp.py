@@ -2,12 +2,12 @@
 
 Layering: the official `mcp` package's server side (low-level `Server` + `StreamableHTTPSessionManager`)
 owns the transport and the protocol; this module is the thin surface on top: it authenticates the user
-bearer token (401 + ``WWW-Authenticate: Bearer``), turns the caller's connected nodes into one tool list
-and relays `tools/call` through `CallRouter` — the one path every surface uses.
+bearer token (`server.identity`: 401 + ``WWW-Authenticate: Bearer``), turns the caller's connected
+nodes into one tool list and relays `tools/call` through `CallRouter` — the one path every surface uses.
 
 Rules:
-1. A node's tool `t` on node `n` is offered as ``n__t`` (no dots: LLM function names forbid them); the
-   description names the node. Only connected nodes of the caller's workspace are listed (admins: all).
+1. A node's tool `t` on node `n` is offered as ``n__t``, the list and names the planner's LLM gets too
+   (`server.tool_exposure`). Only connected nodes of the caller's workspace are listed (admins: all).
 2. Identity is taken from each HTTP request's own token; a session is bound to the credential that
    opened it (the `mcp` session manager refuses another one with 404).
 3. Tool-level failures are `isError` results the model can read and act on: arguments failing the
@@ -36,7 +36,6 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
@@ -56,129 +55,33 @@ from mcp.server.subscriptions import (
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.artifact_store import artifact_uri
 from server.auth import AuthError
+from server.identity import bearer_token, caller_from_token, unauthorized
 from server.mcp_reply import serve_with_json_reply
 from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources
 from server.registry import NodeEntry
 from server.results import expand_for_mcp
 from server.router import Caller
-from server.rpc import caller_from_token
-from server.tunnel import bearer_token
+from server.tool_exposure import exposed_tools, split_tool_name, tool_error_text
 from spec import errors
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
     from server.state import ServerState
 
-__all__ = [
-    "INLINE_IMAGE_LIMIT",
-    "TOOL_SEPARATOR",
-    "ExposedTool",
-    "McpEndpoint",
-    "exposed_tools",
-    "routes",
-    "serving",
-    "split_tool_name",
-    "tool_error_text",
-]
+__all__ = ["INLINE_IMAGE_LIMIT", "McpEndpoint", "routes", "serving"]
 
 logger = logging.getLogger(__name__)
 
-TOOL_SEPARATOR = "__"
 INLINE_IMAGE_LIMIT = 768 * 1024
 """Base64 characters of one image kept inline; larger ones become a resource_link."""
 
 CALLER_SCOPE_KEY = "cortex.caller"
 MAX_TRACKED_SESSIONS = 10_000
-
-
-@dataclass(frozen=True)
-class ExposedTool:
-    """One node tool as the outside world (MCP clients, the planner's LLM) sees it."""
-
-    name: str
-    node: str
-    tool: str
-    description: str
-    definition: dict[str, Any]
-
-    @property
-    def input_schema(self) -> dict[str, Any]:
-        schema = self.definition.get("inputSchema") or {"type": "object", "properties": {}}
-        return dict(schema)
-
-    def mcp_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "description": self.description,
-            "inputSchema": self.input_schema,
-        }
-        title = self.definition.get("title")
-        if title:
-            data["title"] = f"{title} ({self.node})"
-        for key in ("outputSchema", "annotations"):
-            if self.definition.get(key):
-                data[key] = self.definition[key]
-        return data
-
-
-def split_tool_name(name: str) -> tuple[str, str] | None:
-    node, sep, tool = name.partition(TOOL_SEPARATOR)
-    if not sep or not node or not tool:
-        return None
-    return node, tool
-
-
-def exposed_tools(state: ServerState, caller: Caller, node: str | None = None) -> list[ExposedTool]:
-    """The connected nodes' tools the caller may use, as ``<node>__<tool>``."""
-    tools: list[ExposedTool] = []
-    for entry in state.router.visible_nodes(caller):
-        if node is not None and entry.name != node:
-            continue
-        if state.registry.link(entry.name) is None:
-            continue
-        for definition in entry.tools:
-            description = (
-                definition.get("description") or definition.get("title") or definition["name"]
-            ).strip()
-            tools.append(
-                ExposedTool(
-                    name=f"{entry.name}{TOOL_SEPARATOR}{definition['name']}",
-                    node=entry.name,
-                    tool=definition["name"],
-                    description=f"[on node {entry.name!r}] {description}",
-                    definition=definition,
-                )
-            )
-    return tools
-
-
-def tool_error_text(exc: RpcError, node: str, tool: str) -> str:
-    """A clear, model-readable sentence for a call that could not run or finish."""
-    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    if exc.code == errors.INVALID_PARAMS and reason == "invalid_arguments":
-        problem = exc.data.get("problem") if isinstance(exc.data, dict) else None
-        return f"Invalid arguments for {node}{TOOL_SEPARATOR}{tool}: {problem or exc.message}"
-    if exc.code == errors.INVALID_PARAMS and reason == "unknown_tool":
-        return f"Node {node!r} has no tool {tool!r}."
-    if exc.code == errors.NODE_NOT_FOUND and reason == "not_connected":
-        return f"Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
-    if exc.code == errors.NODE_NOT_FOUND:
-        return f"There is no node named {node!r}."
-    if exc.code == errors.NODE_DISCONNECTED:
-        return f"Node {node!r} disconnected while {tool} was running; the result is unknown."
-    if exc.code == errors.TIMEOUT:
-        return f"{tool} on node {node!r} timed out: {exc.message}"
-    if exc.code == errors.OVERLOADED:
-        return f"Node {node!r} is overloaded; try again shortly."
-    if exc.code == errors.CANCELLED:
-        return f"{tool} on node {node!r} was cancelled."
-    return f"{tool} on node {node!r} failed: {exc.message}"
 
 
 def _caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
@@ -285,13 +188,13 @@ class McpEndpoint:
         request = Request(scope)
         token = bearer_token(request.headers)
         if token is None:
-            await _unauthorized("missing bearer token", 'Bearer realm="cortex"')(scope, receive, send)
+            await unauthorized("missing bearer token", 'Bearer realm="cortex"')(scope, receive, send)
             return
         try:
-            caller = caller_from_token(self.state, token)
+            caller = caller_from_token(self.state.authority, token)
         except AuthError as exc:
             logger.info("MCP request refused: %s", exc.reason)
-            await _unauthorized("invalid token", 'Bearer realm="cortex", error="invalid_token"')(
+            await unauthorized("invalid token", 'Bearer realm="cortex", error="invalid_token"')(
                 scope, receive, send
             )
             return
@@ -347,7 +250,7 @@ class McpEndpoint:
                     raise
         if revoked:
             if not started:
-                await _unauthorized("user revoked", 'Bearer realm="cortex", error="invalid_token"')(
+                await unauthorized("user revoked", 'Bearer realm="cortex", error="invalid_token"')(
                     scope, receive, send
                 )
             elif not finished:
@@ -360,7 +263,7 @@ class McpEndpoint:
     ) -> types.ListToolsResult:
         caller = _caller_of(ctx)
         self._track(ctx, caller)
-        tools = [tool.mcp_json() for tool in exposed_tools(self.state, caller)]
+        tools = [tool.mcp_json() for tool in exposed_tools(self.state.router, caller)]
         return types.ListToolsResult.model_validate({"tools": tools})
 
     async def _call_tool(
@@ -515,14 +418,6 @@ class McpEndpoint:
 
 def _error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult.model_validate({"content": [{"type": "text", "text": text}], "isError": True})
-
-
-def _unauthorized(message: str, challenge: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": "unauthorized", "message": message},
-        status_code=401,
-        headers={"WWW-Authenticate": challenge},
-    )
 
 
 def transport_security(state: ServerState) -> TransportSecuritySettings:

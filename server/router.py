@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 
 from server.metrics import Metrics
 from server.progress import ProgressPump
+from server.recent_calls import RecentCalls
 from server.registry import NodeEntry, NodeLink, NodeRegistry
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
 from spec.manifest import QuickCheck, argument_problem, quick_check
@@ -59,11 +60,9 @@ class Caller:
 
 class CallRouter:
     def __init__(self, registry: NodeRegistry, metrics: Metrics, default_timeout: float = 120.0) -> None:
-        from server.fleet import RecentCalls
-
         self.registry = registry
         self.metrics = metrics
-        self.recent = RecentCalls()  # the dashboard's recent-calls view (bounded, server.fleet)
+        self.recent = RecentCalls()  # the dashboard's recent-calls view (bounded, server.recent_calls)
         self.default_timeout = default_timeout
         # Per compiled validator (shared by every node declaring the same tools, see ToolCatalog): the
         # fast check for arguments that fit. Keyed by identity; the validator is kept so the id stays

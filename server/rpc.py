@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
 
 from server.auth import AuthError
+from server.identity import (
+    SUBPROTOCOL,
+    bearer_token,
+    caller_from_token,
+    denial,
+    offers_subprotocol,
+    subprotocol_token,
+)
 from server.router import Caller
-from server.tunnel import SUBPROTOCOL, _denial, bearer_token
 from server.ws_link import StarletteLink
 from spec.errors import CANCELLED, RpcError
 from spec.link import Link, pump
@@ -28,52 +34,27 @@ from spec.session import CallContext, RpcSession, make_methods
 if TYPE_CHECKING:
     from server.state import ServerState
 
-__all__ = [
-    "SUBPROTOCOL_TOKEN_PREFIX",
-    "caller_from_token",
-    "rpc_endpoint",
-    "subprotocol_token",
-]
+__all__ = ["rpc_endpoint"]
 
 logger = logging.getLogger(__name__)
 
-SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 MAX_CLIENT_REQUESTS = 1024  # requests of one client link running at once; more are answered -32012
-
-
-def subprotocol_token(scope: Mapping[str, Any]) -> str | None:
-    """The user token offered as a second subprotocol `bearer.<token>` (browsers cannot set headers).
-
-    Accepted on `/api/v1/rpc` only; the server still answers with `cortex.v1` alone, so the token is
-    never echoed back, and it is never logged.
-    """
-    for value in scope.get("subprotocols", []):
-        if value.startswith(SUBPROTOCOL_TOKEN_PREFIX) and len(value) > len(SUBPROTOCOL_TOKEN_PREFIX):
-            return str(value[len(SUBPROTOCOL_TOKEN_PREFIX) :])
-    return None
-
-
-def caller_from_token(state: ServerState, token: str) -> Caller:
-    claims = state.authority.verify_user_token(token)
-    return Caller(sub=claims.sub, ws=claims.ws, role=claims.role, iat=claims.iat)
 
 
 async def rpc_endpoint(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.cortex
-    if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
-        await websocket.send_denial_response(
-            _denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}")
-        )
+    if not offers_subprotocol(websocket.scope):
+        await websocket.send_denial_response(denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}"))
         return
     token = bearer_token(websocket.headers) or subprotocol_token(websocket.scope)
     if token is None:
-        await websocket.send_denial_response(_denial(401, "unauthorized", "missing bearer token"))
+        await websocket.send_denial_response(denial(401, "unauthorized", "missing bearer token"))
         return
     try:
-        caller = caller_from_token(state, token)
+        caller = caller_from_token(state.authority, token)
     except AuthError as exc:
         logger.info("client handshake refused: %s", exc.reason)
-        await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid user token"))
+        await websocket.send_denial_response(denial(exc.status, "unauthorized", "invalid user token"))
         return
     link = StarletteLink(websocket)
     await link.accept(SUBPROTOCOL)

@@ -17,11 +17,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from server import approvals
 from server.auth import AuthError
+from server.identity import SUBPROTOCOL, bearer_token, denial, offers_subprotocol
 from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
@@ -33,11 +33,10 @@ from spec.session import CallContext, RpcSession, make_methods
 if TYPE_CHECKING:
     from server.state import ServerState
 
-__all__ = ["PROTOCOL_VERSION", "SUBPROTOCOL", "NodeSession", "bearer_token", "node_endpoint"]
+__all__ = ["PROTOCOL_VERSION", "NodeSession", "node_endpoint"]
 
 logger = logging.getLogger(__name__)
 
-SUBPROTOCOL = "cortex.v1"
 PROTOCOL_VERSION = "2025-11-25"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_NODE_REQUESTS = 64  # a node's own requests (ping, auth/refresh, uploads) running here at once
@@ -45,43 +44,29 @@ UPLOAD_FRAME_OVERHEAD = 4096
 """Bytes of an `artifacts/write` frame that are not chunk data (the envelope and the other params)."""
 
 
-def bearer_token(headers: Any) -> str | None:
-    value = str(headers.get("authorization", ""))
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _denial(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
-
-
 async def node_endpoint(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.cortex
     token = bearer_token(websocket.headers)
-    if SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+    if not offers_subprotocol(websocket.scope):
         state.metrics.refused("subprotocol")
-        await websocket.send_denial_response(
-            _denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}")
-        )
+        await websocket.send_denial_response(denial(400, "bad_subprotocol", f"use subprotocol {SUBPROTOCOL}"))
         return
     if token is None:
         state.metrics.refused("missing_token")
-        await websocket.send_denial_response(_denial(401, "unauthorized", "missing bearer token"))
+        await websocket.send_denial_response(denial(401, "unauthorized", "missing bearer token"))
         return
     try:
         claims = state.authority.verify_node_token(token)
     except AuthError as exc:
         state.metrics.refused(exc.reason)
         logger.info("node handshake refused: %s", exc.reason)
-        await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid node token"))
+        await websocket.send_denial_response(denial(exc.status, "unauthorized", "invalid node token"))
         return
     record = await state.nodes.node_record(claims.sub)
     if record is None or record.revoked_at is not None or record.workspace != claims.ws:
         state.metrics.refused("revoked")
         logger.info("node handshake refused: %s is unknown or revoked", claims.sub)
-        await websocket.send_denial_response(_denial(403, "forbidden", "node revoked or unknown"))
+        await websocket.send_denial_response(denial(403, "forbidden", "node revoked or unknown"))
         return
     state.metrics.handshake()
     link = StarletteLink(websocket)

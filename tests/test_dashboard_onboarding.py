@@ -19,7 +19,7 @@ import httpx2
 from playwright.async_api import Page, expect
 
 from sdk import Client
-from server.fleet import RecentCalls
+from server.recent_calls import RecentCalls
 from server.router import Caller
 from tests.support.procs import REPO, AgentProc, ServerProc, _env
 from tests.test_dashboard import PageErrors, _sign_in_by_link, browser, page, shots

@@ -1,4 +1,6 @@
-"""Layering rules that code review alone would let slip: spec does no I/O, sdk exports its curated API."""
+"""Layering rules that code review alone would let slip: spec does no I/O, sdk exports its curated API,
+and the import graph goes only downward (surfaces never import each other; services never import a
+surface or the composition root; server never imports the agent; spec and sdk stand alone)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 import subprocess
 import sys
 import typing
+from collections.abc import Callable
+from pathlib import Path
 
 import sdk
 from tests.support.procs import REPO
@@ -94,3 +98,122 @@ def test_product_packages_have_no_import_cycle() -> None:
     from bench.import_graph import import_graph, strongly_connected
 
     assert strongly_connected(import_graph(REPO, typing=True)) == []
+
+
+# -- the import graph ---------------------------------------------------------------------------------
+# Every import counts: module level, inside functions and under TYPE_CHECKING (a type-only import is
+# still a dependency the next change can turn into a runtime one).
+
+SURFACES: dict[str, tuple[str, ...]] = {
+    # name: its modules (a module, or a package and everything in it); one line why it is a surface.
+    "tunnel": ("server.tunnel",),  # the node WebSocket endpoint
+    "rpc": ("server.rpc",),  # the SDK clients' JSON-RPC WebSocket endpoint
+    "api": ("server.api",),  # REST + SSE under /api/v1, /healthz, /metrics, the JWKS
+    "fleet": ("server.fleet",),  # the admin enroll/revoke and recent-calls endpoints
+    "mcp": ("server.mcp", "server.mcp_resources", "server.mcp_reply"),  # /mcp: one surface, three modules
+    "planner": ("server.planner",),  # POST /api/v1/planner/runs (package: HTTP, loop, LLM providers)
+    "artifacts": ("server.artifacts",),  # GET /api/v1/artifacts/{id}
+    "dashboard": ("server.dashboard",),  # GET / and its static assets
+    "oauth": ("server.oauth",),  # POST /oauth/token
+}
+ROOTS = {
+    # Composition roots and entry points: they put the surfaces together, so they import anything.
+    "server.app",  # build_app: the routes and the lifespan
+    "server.cli",  # the cortex-server command
+    "server.cli_help",  # its help texts
+    "server.demo",  # serve --demo (prepares the local node)
+    "server.serve",  # the serve runner: uvicorn plus the children a root asks for (the demo node)
+}
+# Everything else in server/ is a service the surfaces stand on: the edge (identity, http_errors,
+# tool_exposure), sse (SSE framing, no endpoint of its own), approvals (what a node reports waiting; api
+# serves it), admin (the operator commands behind cortex-server, store and auth only), state, router,
+# registry, store, auth, results, artifact_store, limits, ... Services never import a surface or a root.
+
+KNOWN_EDGES: set[tuple[str, str]] = set()  # none: the demo node starts through `python -m desktop_agent`
+
+
+def _repo_modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in ("server", "spec", "sdk", "desktop_agent"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module → the repository modules it imports (any import statement anywhere in the file)."""
+    modules = _repo_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+        graph[name] = _imported_modules(ast.parse(path.read_text(encoding="utf-8")), package) & modules.keys()
+    return graph
+
+
+def _surface_of(module: str) -> str | None:
+    for surface, prefixes in SURFACES.items():
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return surface
+    return None
+
+
+def _violations(graph: dict[str, set[str]], rule: Callable[[str, str], bool]) -> list[str]:
+    return sorted(
+        f"{source} imports {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if (source, target) not in KNOWN_EDGES and rule(source, target)
+    )
+
+
+def test_the_surface_list_names_real_modules() -> None:
+    modules = set(_repo_modules())
+    for prefixes in SURFACES.values():
+        assert set(prefixes) <= modules
+    assert modules >= ROOTS
+
+
+def test_surfaces_never_import_each_other() -> None:
+    def sideways(source: str, target: str) -> bool:
+        mine, theirs = _surface_of(source), _surface_of(target)
+        return mine is not None and theirs is not None and mine != theirs
+
+    assert _violations(_graph(), sideways) == []
+
+
+def test_services_depend_only_downward() -> None:
+    def upward(source: str, target: str) -> bool:
+        is_service = source.startswith("server") and source not in ROOTS and _surface_of(source) is None
+        return is_service and _surface_of(target) is not None
+
+    assert _violations(_graph(), upward) == []
+
+
+def test_only_roots_import_the_roots() -> None:
+    found = _violations(_graph(), lambda s, t: t in ROOTS and s not in ROOTS)
+    assert found == [], "only composition roots import roots (a new entry point belongs in ROOTS)"
+
+
+def test_the_server_never_imports_the_agent() -> None:
+    assert _violations(_graph(), lambda s, t: s.startswith("server") and t.startswith("desktop_agent")) == []
+
+
+def test_spec_and_sdk_stand_alone() -> None:
+    def outward(source: str, target: str) -> bool:
+        if source.startswith("spec"):
+            return not target.startswith("spec")
+        if source.startswith("sdk"):
+            return target.startswith(("server", "desktop_agent"))
+        return False
+
+    assert _violations(_graph(), outward) == []
+
+
+def test_the_known_exceptions_are_still_needed() -> None:
+    # A stale allowlist entry would hide the next edge of the same kind: drop it once it is gone.
+    graph = _graph()
+    stale = [edge for edge in KNOWN_EDGES if edge[1] not in graph.get(edge[0], set())]
+    assert stale == [], "this edge is gone: drop it from KNOWN_EDGES"

@@ -12,7 +12,7 @@ TIER_NAMES = ("unit", "inprocess", "e2e")
 _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
-    versions xdisplay links peer_core auth_keys store_layering
+    versions xdisplay links peer_core auth_keys store_layering edges
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls

@@ -25,7 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server import sse
-from server.api import ApiError, authenticate, http_error, state_of
+from server.http_errors import ApiError, http_error
+from server.identity import authenticate, state_of
 from server.planner.loop import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, PlannerRun
 from server.planner.providers import UNCONFIGURED_MESSAGE, LlmConfig
 from server.router import Caller

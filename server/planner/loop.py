@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from server.mcp import exposed_tools, split_tool_name, tool_error_text
 from server.planner.providers import (
     Conversation,
     LlmConfig,
@@ -35,6 +34,7 @@ from server.planner.providers import (
     open_conversation,
 )
 from server.router import Caller
+from server.tool_exposure import exposed_tools, split_tool_name, tool_error_text
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class PlannerRun:
     def _tools(self) -> list[ToolSpec]:
         return [
             ToolSpec(t.name, t.description, t.input_schema)
-            for t in exposed_tools(self.state, self.caller, self.node)
+            for t in exposed_tools(self.state.router, self.caller, self.node)
         ]
 
     async def run(self, emit: Emit) -> None:
