@@ -42,14 +42,21 @@ from desktop_agent.tools.basic import system_facts
 from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
+from spec.protocol import (
+    AUDIT_DEFAULT_LIMIT,
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    TUNNEL_PATH,
+    MetaKey,
+    Method,
+    clamp_audit_limit,
+)
 from spec.session import CallContext, RpcSession, make_methods
+from spec.urls import ws_url
 
 __all__ = ["AgentState", "AgentStatus", "AuthFailed", "Backoff", "ConnectSettings", "NodeAgent", "Replaced"]
 
 logger = logging.getLogger(__name__)
-
-PROTOCOL_VERSION = "2025-11-25"
-SUBPROTOCOL = "cortex.v1"
 
 
 class AgentState(StrEnum):
@@ -97,12 +104,7 @@ class ConnectSettings:
 
     @property
     def ws_url(self) -> str:
-        base = self.server.rstrip("/")
-        if base.startswith("https://"):
-            base = "wss://" + base[len("https://") :]
-        elif base.startswith("http://"):
-            base = "ws://" + base[len("http://") :]
-        return base + "/api/v1/nodes/connect"
+        return ws_url(self.server, TUNNEL_PATH)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.server.startswith(("https://", "wss://")):
@@ -328,7 +330,7 @@ class NodeAgent:
             await asyncio.sleep(max(1.0, expires_in * 2 / 3))
             try:
                 token, expires_in = await self.mint_token()
-                await rpc.request("auth/refresh", {"access_token": token})
+                await rpc.request(Method.AUTH_REFRESH, {"access_token": token})
                 logger.debug("access token renewed")
             except (AuthFailed, httpx2.HTTPError, RpcError, OSError) as exc:
                 logger.warning("token renewal failed: %s", exc)
@@ -337,7 +339,7 @@ class NodeAgent:
     def _tools_changed(self) -> None:
         rpc = self._rpc
         if rpc is not None and not rpc.closed:
-            self._background(rpc.notify("notifications/tools/list_changed"))
+            self._background(rpc.notify(Method.TOOLS_LIST_CHANGED))
 
     def _approvals_changed(self, waiting: list[Any]) -> None:
         """Rule 6 (on the loop): tell the server what waits; it only shows it."""
@@ -345,7 +347,7 @@ class NodeAgent:
         if rpc is not None and not rpc.closed:
             self._approvals_seq += 1
             params = {"seq": self._approvals_seq, "approvals": [p.to_json() for p in waiting]}
-            self._background(rpc.notify("notifications/approvals", params))
+            self._background(rpc.notify(Method.APPROVALS, params))
 
     def _background(self, coro: Any) -> None:
         # Keep a reference until done: the loop holds tasks only weakly.
@@ -356,11 +358,11 @@ class NodeAgent:
     # -- what the server may ask of us ------------------------------------------------------------------
     def _methods(self) -> dict[str, Any]:
         return {
-            "initialize": self._initialize,
-            "ping": self._ping,
-            "tools/list": self._tools_list,
-            "tools/call": self._tools_call,
-            "audit/read": self._audit_read,
+            Method.INITIALIZE: self._initialize,
+            Method.PING: self._ping,
+            Method.TOOLS_LIST: self._tools_list,
+            Method.TOOLS_CALL: self._tools_call,
+            Method.AUDIT_READ: self._audit_read,
         }
 
     async def _initialize(self, ctx: CallContext, **params: Any) -> dict[str, Any]:
@@ -390,7 +392,7 @@ class NodeAgent:
         return {"tools": self.engine.list_tools()}
 
     async def _tools_call(self, ctx: CallContext, name: str, arguments: dict[str, Any] | None = None) -> Any:
-        caller = ctx.meta.get("cortex/caller") or {}
+        caller = ctx.meta.get(MetaKey.CALLER) or {}
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.progress(value, total, message)
@@ -405,6 +407,8 @@ class NodeAgent:
         )
         return await self._sender.deliver(ctx.session, result)
 
-    async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
-        result = await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+    async def _audit_read(
+        self, ctx: CallContext, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
+    ) -> Any:
+        result = await self.engine.audit_read(int(after_seq), clamp_audit_limit(limit))
         return self._sender.fit_records(result)

@@ -1,10 +1,9 @@
 """REST API and Server-Sent Events under `/api/v1`, plus `/healthz`, `/metrics` and the JWKS.
 
 Every handler authenticates with the user bearer token (`Authorization: Bearer`), then goes through the
-`CallRouter`; `http_error` is the one place RPC errors become HTTP statuses:
-
-    NODE_NOT_FOUND/not_found 404, NODE_NOT_FOUND/not_connected 409, INVALID_PARAMS/unknown_tool 404,
-    INVALID_PARAMS/invalid_arguments 422, NODE_DISCONNECTED 502, TIMEOUT 504, OVERLOADED 503.
+`CallRouter`; `http_error` is the one place RPC errors become HTTP responses, by their class through
+`spec.errors.HTTP_ERRORS` (node_not_found 404, node_not_connected 409, unknown_tool 404,
+invalid_arguments 422, node_disconnected 502, timeout 504, overloaded 503, …).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from server.tunnel import bearer_token
 from server.user_revocation import end_event_queue
 from spec import errors
 from spec.errors import RpcError
+from spec.protocol import AUDIT_DEFAULT_LIMIT, clamp_audit_limit
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -69,26 +69,9 @@ def authenticate(request: Request) -> Caller:
 
 
 def http_error(exc: RpcError) -> ApiError:
-    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    if exc.code == errors.NODE_NOT_FOUND:
-        if reason == "not_connected":
-            return ApiError(409, "node_not_connected", exc.message)
-        return ApiError(404, "node_not_found", exc.message)
-    if exc.code == errors.INVALID_PARAMS:
-        if reason == "unknown_tool":
-            return ApiError(404, "unknown_tool", exc.message)
-        return ApiError(422, "invalid_arguments", exc.message)
-    if exc.code == errors.NODE_DISCONNECTED:
-        return ApiError(502, "node_disconnected", exc.message)
-    if exc.code == errors.TIMEOUT:
-        return ApiError(504, "timeout", exc.message)
-    if exc.code == errors.OVERLOADED:
-        return ApiError(503, "overloaded", exc.message)
-    if exc.code == errors.CANCELLED:
-        return ApiError(499, "cancelled", exc.message)
-    if exc.code == errors.UNAUTHORIZED:
-        return ApiError(403, "forbidden", exc.message)
-    return ApiError(500, "internal", "internal error")
+    status, error = errors.http_error_of(exc)
+    # A 500's own message could say more than a caller should see: the log has it, the body does not.
+    return ApiError(status, error, "internal error" if status == 500 else exc.message)
 
 
 async def _guard(request: Request, handler: Any) -> Response:
@@ -148,11 +131,12 @@ async def call_tool(request: Request, state: ServerState, caller: Caller) -> Res
 async def node_audit(request: Request, state: ServerState, caller: Caller) -> Response:
     try:
         after = int(request.query_params.get("after", 0))
-        limit = min(int(request.query_params.get("limit", 100)), 1000)
+        limit = int(request.query_params.get("limit", AUDIT_DEFAULT_LIMIT))
     except ValueError:
         raise ApiError(400, "bad_request", "after and limit must be integers") from None
     if after < 0 or limit < 1:
         raise ApiError(400, "bad_request", "after must be >= 0 and limit >= 1")
+    limit = clamp_audit_limit(limit)
     try:
         result = await state.router.read_audit(caller, request.path_params["node"], after, limit)
     except RpcError as exc:

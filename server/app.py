@@ -32,6 +32,7 @@ from server.rpc import rpc_endpoint
 from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed, UserRevocation
 from server.tunnel import node_endpoint
 from server.user_revocation import SQLiteUserRevocationFeed, UserRevocations
+from spec.protocol import RPC_PATH, TUNNEL_PATH
 from spec.version import VERSION
 
 __all__ = ["VERSION", "ServerState", "build_app"]
@@ -142,8 +143,8 @@ def build_app(config: ServerConfig) -> Starlette:
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
-        WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
-        WebSocketRoute("/api/v1/rpc", rpc_endpoint),
+        WebSocketRoute(TUNNEL_PATH, node_endpoint),
+        WebSocketRoute(RPC_PATH, rpc_endpoint),
         *fleet.routes(),  # before api's: POST/DELETE on paths api serves with GET
         *api.routes(),
         *mcp_surface.routes(),

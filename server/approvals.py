@@ -25,13 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.registry import NodeEntry
+from spec.protocol import Method
 from spec.schemas import method_schema
 
 __all__ = ["MAX_ARGUMENTS_CHARS", "METHOD", "clear", "node_approvals", "observe"]
 
 logger = logging.getLogger(__name__)
 
-METHOD = "notifications/approvals"
+METHOD = Method.APPROVALS
 MAX_ARGUMENTS_CHARS = 4096
 
 

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from server.api import ApiError, _endpoint
 from server.router import Caller
 from server.store import InvalidName, NodeExists
+from spec.protocol import MetaKey
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -137,7 +138,7 @@ def _first_text(result: dict[str, Any] | None, limit: int) -> str | None:
 
 def _audit_seqs(result: dict[str, Any] | None) -> dict[str, int] | None:
     meta = result.get("_meta") if isinstance(result, dict) else None
-    audit = meta.get("cortex/audit") if isinstance(meta, dict) else None
+    audit = meta.get(MetaKey.AUDIT) if isinstance(meta, dict) else None
     if not isinstance(audit, dict):
         return None
     seqs = {k: v for k, v in audit.items() if k in ("requested_seq", "finished_seq") and type(v) is int}

@@ -71,6 +71,7 @@ from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
 from spec import errors
 from spec.errors import RpcError
+from spec.protocol import MetaKey, Method
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -160,25 +161,26 @@ def exposed_tools(state: ServerState, caller: Caller, node: str | None = None) -
 
 def tool_error_text(exc: RpcError, node: str, tool: str) -> str:
     """A clear, model-readable sentence for a call that could not run or finish."""
-    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    if exc.code == errors.INVALID_PARAMS and reason == "invalid_arguments":
-        problem = exc.data.get("problem") if isinstance(exc.data, dict) else None
-        return f"Invalid arguments for {node}{TOOL_SEPARATOR}{tool}: {problem or exc.message}"
-    if exc.code == errors.INVALID_PARAMS and reason == "unknown_tool":
-        return f"Node {node!r} has no tool {tool!r}."
-    if exc.code == errors.NODE_NOT_FOUND and reason == "not_connected":
-        return f"Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
-    if exc.code == errors.NODE_NOT_FOUND:
-        return f"There is no node named {node!r}."
-    if exc.code == errors.NODE_DISCONNECTED:
-        return f"Node {node!r} disconnected while {tool} was running; the result is unknown."
-    if exc.code == errors.TIMEOUT:
-        return f"{tool} on node {node!r} timed out: {exc.message}"
-    if exc.code == errors.OVERLOADED:
-        return f"Node {node!r} is overloaded; try again shortly."
-    if exc.code == errors.CANCELLED:
-        return f"{tool} on node {node!r} was cancelled."
-    return f"{tool} on node {node!r} failed: {exc.message}"
+    known = errors.decode(exc)
+    if isinstance(known, errors.InvalidArguments):
+        return f"Invalid arguments for {node}{TOOL_SEPARATOR}{tool}: {known.problem}"
+    template = errors.lookup(_TOOL_ERROR_TEXT, known)
+    return template.format(node=node, tool=tool, message=exc.message)
+
+
+_TOOL_ERROR_TEXT: dict[type[errors.CortexRpcError], str] = {
+    errors.CortexRpcError: "{tool} on node {node!r} failed: {message}",
+    errors.UnknownTool: "Node {node!r} has no tool {tool!r}.",
+    errors.NodeNotConnected: (
+        "Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
+    ),
+    errors.NodeNotFound: "There is no node named {node!r}.",
+    errors.NodeDisconnected: "Node {node!r} disconnected while {tool} was running; the result is unknown.",
+    errors.CallTimeout: "{tool} on node {node!r} timed out: {message}",
+    errors.Overloaded: "Node {node!r} is overloaded; try again shortly.",
+    errors.Cancelled: "{tool} on node {node!r} was cancelled.",
+}
+"""By class (`spec.errors.lookup`): the model-readable sentence for a call that could not run or finish."""
 
 
 def _caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
@@ -258,7 +260,7 @@ class McpEndpoint:
             on_list_prompts=self._list_prompts,
         )
         self.server.add_notification_handler(
-            "notifications/initialized", types.NotificationParams, self._on_initialized
+            Method.INITIALIZED, types.NotificationParams, self._on_initialized
         )
         self.manager = StreamableHTTPSessionManager(
             app=self.server, security_settings=transport_security(state), session_idle_timeout=3600.0
@@ -387,9 +389,8 @@ class McpEndpoint:
                 caller, node, tool, dict(params.arguments or {}), on_progress=on_progress
             )
         except RpcError as exc:
-            if exc.code == errors.NODE_NOT_FOUND and not (
-                isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"
-            ):
+            known = errors.decode(exc)
+            if isinstance(known, errors.NodeNotFound) and not isinstance(known, errors.NodeNotConnected):
                 raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r}") from None
             return _error_result(tool_error_text(exc, node, tool))
         base_url = (
@@ -505,7 +506,7 @@ class McpEndpoint:
                         ),
                         "mimeType": mime,
                         "size": len(data),
-                        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
+                        "_meta": {MetaKey.URI: artifact_uri(artifact_id)},
                     }
                 )
             else:

@@ -16,9 +16,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.auth import AuthError
 from server.router import Caller
-from server.tunnel import SUBPROTOCOL, _denial, bearer_token
+from server.tunnel import _denial, bearer_token
 from server.user_revocation import LiveCallers
-from spec.errors import CANCELLED, RpcError
+from spec.errors import Cancelled
+from spec.protocol import AUDIT_DEFAULT_LIMIT, SUBPROTOCOL, Method, clamp_audit_limit
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -95,11 +96,11 @@ class ClientSession:
             self._send,
             make_methods(
                 {
-                    "ping": self.ping,
-                    "nodes/list": self.nodes_list,
-                    "tools/list": self.tools_list,
-                    "tools/call": self.tools_call,
-                    "audit/read": self.audit_read,
+                    Method.PING: self.ping,
+                    Method.NODES_LIST: self.nodes_list,
+                    Method.TOOLS_LIST: self.tools_list,
+                    Method.TOOLS_CALL: self.tools_call,
+                    Method.AUDIT_READ: self.audit_read,
                 }
             ),
             name=f"client:{caller.sub}",
@@ -111,7 +112,7 @@ class ClientSession:
 
     async def revoked(self) -> None:
         """The user was revoked (``cortex-server revoke-user``): close with 4403, like a revoked node."""
-        self.rpc.close(RpcError(CANCELLED, "user revoked"))
+        self.rpc.close(Cancelled("user revoked"))
         with contextlib.suppress(Exception):
             await self.ws.close(code=4403, reason="user revoked")
 
@@ -127,7 +128,7 @@ class ClientSession:
             return
         finally:
             # A dropped client cancels everything it had running (and so the work on the nodes).
-            self.rpc.close(RpcError(CANCELLED, "client disconnected"))
+            self.rpc.close(Cancelled("client disconnected"))
 
     async def ping(self, ctx: CallContext) -> dict[str, Any]:
         return {}
@@ -158,7 +159,7 @@ class ClientSession:
             on_progress=forward if ctx.progress_token is not None else None,
         )
 
-    async def audit_read(self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = 100) -> Any:
-        return await self.state.router.read_audit(
-            self.caller, node, int(after_seq), max(1, min(int(limit), 1000))
-        )
+    async def audit_read(
+        self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
+    ) -> Any:
+        return await self.state.router.read_audit(self.caller, node, int(after_seq), clamp_audit_limit(limit))

@@ -48,6 +48,7 @@ from spec.messages import (
     Reply,
 )
 from spec.peer import Peer
+from spec.protocol import Method
 
 __all__ = ["CallContext", "Handler", "ProgressCallback", "RpcSession", "make_methods"]
 
@@ -82,7 +83,7 @@ class CallContext:
             params["total"] = total
         if message is not None:
             params["message"] = message
-        await self.session.notify("notifications/progress", params)
+        await self.session.notify(Method.PROGRESS, params)
 
 
 def _adapt(handler: Handler) -> Handler:
@@ -204,9 +205,7 @@ class RpcSession:
 
     async def _send_cancel(self, id_: JsonId, reason: str) -> None:
         try:
-            await self._send(
-                self._peer.notify("notifications/cancelled", {"requestId": id_, "reason": reason})
-            )
+            await self._send(self._peer.notify(Method.CANCELLED, {"requestId": id_, "reason": reason}))
         except Exception:  # the link may be gone; nothing else to tell the other side
             logger.debug("%s: could not send cancel for %s", self.name, id_)
 
@@ -259,12 +258,12 @@ class RpcSession:
 
     async def _notification(self, event: IncomingNotification) -> None:
         params = event.params or {}
-        if event.method == "notifications/cancelled":
+        if event.method == Method.CANCELLED:
             task = self._handlers.get(params.get("requestId"))  # type: ignore[arg-type]
             if task is not None:
                 task.cancel(str(params.get("reason", "cancelled")))
             return
-        if event.method == "notifications/progress":
+        if event.method == Method.PROGRESS:
             callback = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
             if callback is not None:
                 outcome = callback(params)
