@@ -145,8 +145,12 @@ def test_mcp_sentences_are_chosen_by_class() -> None:
     assert "has no tool" in texts[errors.UnknownTool]
     assert "disconnected" in texts[errors.NodeDisconnected]
     generic = "echo on node 'laptop' failed: m"
-    assert texts[errors.InvalidParams] == texts[errors.Unauthorized] == texts[errors.CortexRpcError] == generic
-    own = {cls: text for cls, text in texts.items() if text != generic and cls is not errors.OverArtifactBudget}
+    assert (
+        texts[errors.InvalidParams] == texts[errors.Unauthorized] == texts[errors.CortexRpcError] == generic
+    )
+    own = {
+        cls: text for cls, text in texts.items() if text != generic and cls is not errors.OverArtifactBudget
+    }
     assert len(set(own.values())) == len(own) == 8  # the others: each class its own sentence
 
 

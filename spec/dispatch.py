@@ -1,0 +1,97 @@
+"""Dispatch of one incoming request to its handler, through jsonrpcserver's public API only.
+
+Layering: called by `spec.session.RpcSession` for each request the sans-I/O core (`spec.peer`) has
+already parsed and checked; below it is jsonrpcserver, reached only through names it exports
+(`async_dispatch_to_serializable`, `Success`, `Error`). No sockets, no event-loop policy.
+
+Rules:
+1. Handlers are ``async def handler(ctx, **params)``; `make_methods` wraps each so its return value is
+   a jsonrpcserver `Success` and any exception an `Error` built by `spec.errors.error_object` (the one
+   exception-to-wire boundary). Cancellation is never turned into an answer.
+2. Method lookup (-32601) and the params check against the handler's signature (-32602) are
+   jsonrpcserver's own: the wrapper keeps the handler's signature visible (`functools.wraps` sets
+   ``__wrapped__``, which `inspect.signature` follows), so nothing here re-implements that check.
+3. `dispatch` returns ``{"result": ...}`` or ``{"error": {...}}``; it never raises for a handler's or
+   the library's failure. A failure of jsonrpcserver itself (which it answers -32000 "Server error" with
+   the exception's text as data — a code our protocol never uses) becomes -32603 with no detail on the
+   wire; the log has it.
+
+What the library cannot do, precisely: jsonrpcserver 5 has no public entry point for one request that
+is already a dict — its public dispatchers take the request *text* and run every request of a
+(possible) batch under `asyncio.gather`. So a parsed request goes in through the public
+``deserializer=`` hook (it returns the dict instead of parsing text again), and ``validator=`` skips
+the library's JSON Schema check of the envelope, which the peer core has already done. The cost left
+is the library's per-request `gather` (one task) and `inspect.signature`; bench/roundtrip.py measures
+the link end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from jsonrpcserver import Error, Success, async_dispatch_to_serializable
+
+from spec.errors import INTERNAL_ERROR, error_object
+
+__all__ = ["Handler", "dispatch", "make_methods"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[..., Awaitable[Any]]
+
+_LIBRARY_FAILURE = -32000  # jsonrpcserver's "Server error": its own code for its own failures
+
+
+def _adapt(handler: Handler) -> Handler:
+    @functools.wraps(handler)  # rule 2: `inspect.signature(wrapped)` is the handler's own
+    async def wrapped(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return Success(await handler(ctx, *args, **kwargs))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # rule 1: the one exception-to-wire boundary
+            err = error_object(exc)
+            return Error(err["code"], err["message"], err.get("data"))
+
+    return wrapped
+
+
+def make_methods(handlers: Mapping[str, Handler]) -> dict[str, Handler]:
+    """Turn plain ``async def h(ctx, **params) -> result`` handlers into a jsonrpcserver methods table."""
+    return {str(name): _adapt(h) for name, h in handlers.items()}
+
+
+def _checked_already(request: Any) -> Any:
+    """`validator=`: the peer core checked the envelope (spec.peer rules 1-3); nothing to repeat."""
+    return request
+
+
+async def dispatch(methods: dict[str, Handler], context: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """Run one request (a dict the peer core produced) against `methods`; see rule 3."""
+    try:
+        response = await async_dispatch_to_serializable(
+            "",  # unused: the deserializer hands over the parsed request (module note)
+            methods,
+            context=context,
+            deserializer=lambda _text: message,
+            validator=_checked_already,
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the library itself failed: still an answer, never a hanging caller
+        logger.exception("dispatch of %s failed", message.get("method"))
+        return {"error": error_object(exc)}
+    if not isinstance(response, dict):  # a request always has an answer; anything else is a library bug
+        logger.error("jsonrpcserver gave no answer to %s", message.get("method"))
+        return {"error": error_object(RuntimeError("no answer"))}
+    error = response.get("error")
+    if isinstance(error, dict):
+        if error.get("code") == _LIBRARY_FAILURE:
+            logger.error("jsonrpcserver failed on %s: %s", message.get("method"), error.get("data"))
+            return {"error": {"code": INTERNAL_ERROR, "message": "internal error"}}
+        return {"error": error}
+    return {"result": response.get("result")}
