@@ -42,6 +42,7 @@ from desktop_agent.tools.basic import system_facts
 from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
+from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
 from spec.protocol import (
     AUDIT_DEFAULT_LIMIT,
     PROTOCOL_VERSION,
@@ -330,7 +331,7 @@ class NodeAgent:
             await asyncio.sleep(max(1.0, expires_in * 2 / 3))
             try:
                 token, expires_in = await self.mint_token()
-                await rpc.request(Method.AUTH_REFRESH, {"access_token": token})
+                await rpc.request(Method.AUTH_REFRESH, AuthRefreshParams(token).to_json())
                 logger.debug("access token renewed")
             except (AuthFailed, httpx2.HTTPError, RpcError, OSError) as exc:
                 logger.warning("token renewal failed: %s", exc)
@@ -367,23 +368,23 @@ class NodeAgent:
 
     async def _initialize(self, ctx: CallContext, **params: Any) -> dict[str, Any]:
         # The server's frame limit: no frame we send may be larger (results over it are uploaded).
-        limits = params.get("limits")
-        told = limits.get("maxFrameBytes") if isinstance(limits, dict) else None
-        if isinstance(told, int) and not isinstance(told, bool) and told >= 64 * 1024:
+        told = InitializeParams.from_json(params).max_frame_bytes
+        if told is not None and told >= 64 * 1024:
             self._sender = ResultSender(told)
         facts = system_facts()
-        return {
-            "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {"tools": {"listChanged": True}, "logging": {}},
-            "serverInfo": {"name": "cortex-agent", "version": AGENT_VERSION},
-            "node": {
+        return InitializeResult(
+            server_name="cortex-agent",
+            server_version=AGENT_VERSION,
+            node={
                 "hostname": facts["hostname"],
                 "os": facts["os_release"] or facts["os"],
                 "arch": facts["arch"],
                 "agent_version": AGENT_VERSION,
             },
-            "audit_head": self.engine.audit_head(),
-        }
+            audit_head=self.engine.audit_head(),
+            protocol_version=PROTOCOL_VERSION,
+            capabilities={"tools": {"listChanged": True}, "logging": {}},
+        ).to_json()
 
     async def _ping(self, ctx: CallContext) -> dict[str, Any]:
         return {}

@@ -32,6 +32,7 @@ from sdk.exceptions import (
 )
 from sdk.planner import PlanStep, aplan, plan
 from spec.errors import RpcError
+from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
 from spec.protocol import RPC_PATH, SUBPROTOCOL, MetaKey, Method
 from spec.session import RpcSession
 from spec.urls import ws_url
@@ -188,13 +189,13 @@ class AsyncClient:
         return nodes
 
     async def tools(self, node: str) -> list[dict[str, Any]]:
-        result = await self._request(Method.TOOLS_LIST, {"node": node})
+        result = await self._request(Method.TOOLS_LIST, ClientToolsListParams(node).to_json())
         tools: list[dict[str, Any]] = result["tools"]
         return tools
 
     async def audit(self, node: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
         result: dict[str, Any] = await self._request(
-            Method.AUDIT_READ, {"node": node, "after_seq": after, "limit": limit}
+            Method.AUDIT_READ, ClientAuditReadParams(node, after, limit).to_json()
         )
         return result
 
@@ -207,9 +208,7 @@ class AsyncClient:
         timeout: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> CallResult:
-        params: dict[str, Any] = {"node": node, "name": tool, "arguments": arguments or {}}
-        if timeout is not None:
-            params["timeout_s"] = timeout
+        params = ClientToolsCallParams(node, tool, arguments or {}, timeout).to_json()
         if timeout is None:  # no local bound to keep: skip the timeout machinery (a hot path)
             return CallResult.from_wire(
                 await self._whole(await self._request(Method.TOOLS_CALL, params, on_progress))

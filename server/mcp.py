@@ -71,6 +71,7 @@ from server.rpc import caller_from_token, live_callers
 from server.tunnel import bearer_token
 from spec import errors
 from spec.errors import RpcError
+from spec.params import ProgressParams
 from spec.protocol import MetaKey, Method
 
 if TYPE_CHECKING:
@@ -380,9 +381,8 @@ class McpEndpoint:
         if _progress_token(ctx, params) is not None:
 
             async def on_progress(progress: dict[str, Any]) -> None:
-                await ctx.session.report_progress(
-                    progress.get("progress", 0), progress.get("total"), progress.get("message")
-                )
+                told = ProgressParams.from_json(progress)
+                await ctx.session.report_progress(told.progress, told.total, told.message)
 
         try:
             result = await self.state.router.call_tool(

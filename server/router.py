@@ -38,7 +38,8 @@ from spec.errors import (
     UnknownTool,
 )
 from spec.manifest import QuickCheck, argument_problem, quick_check
-from spec.protocol import MetaKey, Method
+from spec.params import AuditReadParams, ToolsCallParams
+from spec.protocol import Method
 from spec.session import ProgressCallback
 
 __all__ = ["CallRouter", "Caller"]
@@ -124,7 +125,7 @@ class CallRouter:
         problem = argument_problem(validator, arguments, self._quick_check(validator))
         if problem is not None:
             raise InvalidArguments(f"invalid arguments for {tool}: {problem}", {"problem": problem})
-        params = {"name": tool, "arguments": arguments, "_meta": {MetaKey.CALLER: caller.wire()}}
+        params = ToolsCallParams(tool, arguments, caller.wire()).to_json()
         limit = self.default_timeout if timeout_s is None else timeout_s
         started = time.perf_counter()
         started_at = time.time()
@@ -177,7 +178,7 @@ class CallRouter:
         try:
             async with asyncio.timeout(timeout_s):
                 result: dict[str, Any] = await link.request(
-                    Method.AUDIT_READ, {"after_seq": after_seq, "limit": limit}
+                    Method.AUDIT_READ, AuditReadParams(after_seq, limit).to_json()
                 )
         except TimeoutError:
             raise CallTimeout(f"audit/read on {node} did not answer within {timeout_s:g} s") from None

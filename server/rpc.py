@@ -19,6 +19,7 @@ from server.router import Caller
 from server.tunnel import _denial, bearer_token
 from server.user_revocation import LiveCallers
 from spec.errors import Cancelled
+from spec.params import ProgressParams
 from spec.protocol import AUDIT_DEFAULT_LIMIT, SUBPROTOCOL, Method, clamp_audit_limit
 from spec.session import CallContext, RpcSession, make_methods
 
@@ -148,7 +149,8 @@ class ClientSession:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         async def forward(params: dict[str, Any]) -> None:
-            await ctx.progress(params.get("progress", 0), params.get("total"), params.get("message"))
+            told = ProgressParams.from_json(params)
+            await ctx.progress(told.progress, told.total, told.message)
 
         return await self.state.router.call_tool(
             self.caller,

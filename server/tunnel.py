@@ -27,7 +27,8 @@ from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
 from spec.errors import InvalidParams, NodeDisconnected, RpcError, Unauthorized
-from spec.protocol import PROTOCOL_VERSION, SUBPROTOCOL, Method
+from spec.params import AuthRefreshResult, InitializeParams, InitializeResult
+from spec.protocol import SUBPROTOCOL, Method
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -168,33 +169,34 @@ class NodeSession:
                 logger.info("node %s disconnected", self.name)
 
     async def _handshake(self) -> None:
-        init = await self.rpc.request(
-            Method.INITIALIZE,
-            {
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "cortex-server", "version": self.state.version},
-                # The node never sends a frame over this (spec/protocol.md §2, §11).
-                "limits": {"maxFrameBytes": self.state.config.max_frame_bytes},
-            },
+        init = InitializeResult.from_json(
+            await self.rpc.request(
+                Method.INITIALIZE,
+                InitializeParams(
+                    client_name="cortex-server",
+                    client_version=self.state.version,
+                    # The node never sends a frame over this (spec/protocol.md §2, §11).
+                    max_frame_bytes=self.state.config.max_frame_bytes,
+                ).to_json(),
+            )
         )
         await self.rpc.notify(Method.INITIALIZED)
         tools = await self.rpc.request(Method.TOOLS_LIST)
         entry = NodeEntry(name=self.name, workspace=self.workspace)
         # Capped: the node's self-description is copied into every listing and SSE event.
-        protocol = init.get("protocolVersion")
+        protocol = init.protocol_version
         entry.info = {
-            **cap_node_info(init.get("node")),
-            "protocolVersion": protocol[:64] if isinstance(protocol, str) else None,
+            **cap_node_info(init.node),
+            "protocolVersion": protocol[:64] if protocol is not None else None,
         }
         entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
         previous = self.state.registry.get(self.name)
         if previous is not None:
             entry.audit_head, entry.audit_warning = previous.audit_head, previous.audit_warning
-        entry.observe_audit_head(init.get("audit_head"))
+        entry.observe_audit_head(init.audit_head)
         heads = audit_heads_of(self.state)
         heads.decorate(entry)
-        await heads.observe(entry, init.get("audit_head"), publish=False)  # node.connected carries it
+        await heads.observe(entry, init.audit_head, publish=False)  # node.connected carries it
         self.entry = entry
         old = self.state.registry.attach(entry, self)
         self.state.metrics.node_connected()
@@ -269,7 +271,7 @@ class NodeSession:
         if claims.sub != self.name or claims.ws != self.workspace:
             raise InvalidParams("the new token names another node")
         self.token_exp = float(claims.exp)
-        return {"expires_at": int(claims.exp)}
+        return AuthRefreshResult(int(claims.exp)).to_json()
 
     async def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == Method.TOOLS_LIST_CHANGED:
