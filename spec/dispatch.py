@@ -2,12 +2,13 @@
 
 Layering: called by `spec.session.RpcSession` for each request the sans-I/O core (`spec.peer`) has
 already parsed and checked; below it is jsonrpcserver, reached only through names it exports
-(`async_dispatch_to_serializable`, `Success`, `Error`). No sockets, no event-loop policy.
+(`dispatch_to_serializable`, `Success`). No sockets, no event-loop policy.
 
 Rules:
-1. Handlers are ``async def handler(ctx, **params)``; `make_methods` wraps each so its return value is
-   a jsonrpcserver `Success` and any exception an `Error` built by `spec.errors.error_object` (the one
-   exception-to-wire boundary). Cancellation is never turned into an answer.
+1. Handlers are ``async def handler(ctx, **params)``; `make_methods` wraps each for the library (see
+   the note below); whatever the handler returns is the result, and any exception it raises becomes an
+   error object through `spec.errors.error_object` (the one exception-to-wire boundary).
+   Cancellation is never turned into an answer.
 2. Method lookup (-32601) and the params check against the handler's signature (-32602) are
    jsonrpcserver's own: the wrapper keeps the handler's signature visible (`functools.wraps` sets
    ``__wrapped__``, which `inspect.signature` follows), so nothing here re-implements that check.
@@ -17,23 +18,26 @@ Rules:
    wire; the log has it.
 
 What the library cannot do, precisely: jsonrpcserver 5 has no public entry point for one request that
-is already a dict — its public dispatchers take the request *text* and run every request of a
-(possible) batch under `asyncio.gather`. So a parsed request goes in through the public
-``deserializer=`` hook (it returns the dict instead of parsing text again), and ``validator=`` skips
-the library's JSON Schema check of the envelope, which the peer core has already done. The cost left
-is the library's per-request `gather` (one task) and `inspect.signature`; bench/roundtrip.py measures
-the link end to end.
+is already a dict, and its public *async* dispatchers run every request of a (possible) batch under
+`asyncio.gather` (a task per request: it doubled the server's CPU per call in bench/roundtrip.py). So
+a parsed request goes through the public *sync* `dispatch_to_serializable`: the public
+``deserializer=`` hook hands it the dict, ``validator=`` skips the library's JSON Schema check of the
+envelope (the peer core did it), the library looks the method up and binds the params to the
+handler's signature, and the method it calls returns ``Success(<the handler's coroutine>)`` — a
+result is opaque to the library — which `dispatch` then awaits itself. The library's check is the
+only one; what remains per request is its `inspect.signature` call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from jsonrpcserver import Error, Success, async_dispatch_to_serializable
+from jsonrpcserver import Success, dispatch_to_serializable
 
 from spec.errors import INTERNAL_ERROR, error_object
 
@@ -46,21 +50,20 @@ Handler = Callable[..., Awaitable[Any]]
 _LIBRARY_FAILURE = -32000  # jsonrpcserver's "Server error": its own code for its own failures
 
 
-def _adapt(handler: Handler) -> Handler:
+async def _answer(handler: Handler, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await handler(ctx, *args, **kwargs)
+
+
+def _adapt(handler: Handler) -> Callable[..., Any]:
     @functools.wraps(handler)  # rule 2: `inspect.signature(wrapped)` is the handler's own
-    async def wrapped(ctx: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return Success(await handler(ctx, *args, **kwargs))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # rule 1: the one exception-to-wire boundary
-            err = error_object(exc)
-            return Error(err["code"], err["message"], err.get("data"))
+    def wrapped(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        # Called by the library only once the params fit; the coroutine is awaited by `dispatch`.
+        return Success(_answer(handler, ctx, args, kwargs))
 
     return wrapped
 
 
-def make_methods(handlers: Mapping[str, Handler]) -> dict[str, Handler]:
+def make_methods(handlers: Mapping[str, Handler]) -> dict[str, Handler]:  # values: see `_adapt`
     """Turn plain ``async def h(ctx, **params) -> result`` handlers into a jsonrpcserver methods table."""
     return {str(name): _adapt(h) for name, h in handlers.items()}
 
@@ -73,15 +76,13 @@ def _checked_already(request: Any) -> Any:
 async def dispatch(methods: dict[str, Handler], context: Any, message: dict[str, Any]) -> dict[str, Any]:
     """Run one request (a dict the peer core produced) against `methods`; see rule 3."""
     try:
-        response = await async_dispatch_to_serializable(
+        response = dispatch_to_serializable(
             "",  # unused: the deserializer hands over the parsed request (module note)
             methods,
             context=context,
             deserializer=lambda _text: message,
             validator=_checked_already,
         )
-    except asyncio.CancelledError:
-        raise
     except Exception as exc:  # the library itself failed: still an answer, never a hanging caller
         logger.exception("dispatch of %s failed", message.get("method"))
         return {"error": error_object(exc)}
@@ -94,4 +95,12 @@ async def dispatch(methods: dict[str, Handler], context: Any, message: dict[str,
             logger.error("jsonrpcserver failed on %s: %s", message.get("method"), error.get("data"))
             return {"error": {"code": INTERNAL_ERROR, "message": "internal error"}}
         return {"error": error}
-    return {"result": response.get("result")}
+    pending = response.get("result")
+    if not inspect.iscoroutine(pending):  # a table not built by `make_methods`
+        return {"result": pending}
+    try:
+        return {"result": await pending}
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # rule 1: the one exception-to-wire boundary
+        return {"error": error_object(exc)}
