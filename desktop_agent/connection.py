@@ -44,14 +44,22 @@ from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
 from spec.link import Link, WebsocketsLink, pump
+from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
+from spec.protocol import (
+    AUDIT_DEFAULT_LIMIT,
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    TUNNEL_PATH,
+    MetaKey,
+    Method,
+    clamp_audit_limit,
+)
 from spec.session import CallContext, RpcSession, make_methods
+from spec.urls import ws_url
 
 __all__ = ["AgentState", "AgentStatus", "AuthFailed", "Backoff", "ConnectSettings", "NodeAgent", "Replaced"]
 
 logger = logging.getLogger(__name__)
-
-PROTOCOL_VERSION = "2025-11-25"
-SUBPROTOCOL = "cortex.v1"
 
 
 class AgentState(StrEnum):
@@ -99,12 +107,7 @@ class ConnectSettings:
 
     @property
     def ws_url(self) -> str:
-        base = self.server.rstrip("/")
-        if base.startswith("https://"):
-            base = "wss://" + base[len("https://") :]
-        elif base.startswith("http://"):
-            base = "ws://" + base[len("http://") :]
-        return base + "/api/v1/nodes/connect"
+        return ws_url(self.server, TUNNEL_PATH)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.server.startswith(("https://", "wss://")):
@@ -336,7 +339,7 @@ class NodeAgent:
             await asyncio.sleep(max(1.0, expires_in * 2 / 3))
             try:
                 token, expires_in = await self.mint_token()
-                await rpc.request("auth/refresh", {"access_token": token})
+                await rpc.request(Method.AUTH_REFRESH, AuthRefreshParams(token).to_json())
                 logger.debug("access token renewed")
             except (AuthFailed, httpx2.HTTPError, RpcError, OSError) as exc:
                 logger.warning("token renewal failed: %s", exc)
@@ -345,7 +348,7 @@ class NodeAgent:
     def _tools_changed(self) -> None:
         rpc = self._rpc
         if rpc is not None and not rpc.closed:
-            self._background(rpc.notify("notifications/tools/list_changed"))
+            self._background(rpc.notify(Method.TOOLS_LIST_CHANGED))
 
     def _approvals_changed(self, waiting: list[Any]) -> None:
         """Rule 6 (on the loop): tell the server what waits; it only shows it."""
@@ -353,7 +356,7 @@ class NodeAgent:
         if rpc is not None and not rpc.closed:
             self._approvals_seq += 1
             params = {"seq": self._approvals_seq, "approvals": [p.to_json() for p in waiting]}
-            self._background(rpc.notify("notifications/approvals", params))
+            self._background(rpc.notify(Method.APPROVALS, params))
 
     def _background(self, coro: Any) -> None:
         # Keep a reference until done: the loop holds tasks only weakly.
@@ -369,32 +372,32 @@ class NodeAgent:
     # -- what the server may ask of us ------------------------------------------------------------------
     def _methods(self) -> dict[str, Any]:
         return {
-            "initialize": self._initialize,
-            "ping": self._ping,
-            "tools/list": self._tools_list,
-            "tools/call": self._tools_call,
-            "audit/read": self._audit_read,
+            Method.INITIALIZE: self._initialize,
+            Method.PING: self._ping,
+            Method.TOOLS_LIST: self._tools_list,
+            Method.TOOLS_CALL: self._tools_call,
+            Method.AUDIT_READ: self._audit_read,
         }
 
     async def _initialize(self, ctx: CallContext, **params: Any) -> dict[str, Any]:
         # The server's frame limit: no frame we send may be larger (results over it are uploaded).
-        limits = params.get("limits")
-        told = limits.get("maxFrameBytes") if isinstance(limits, dict) else None
-        if isinstance(told, int) and not isinstance(told, bool) and told >= 64 * 1024:
+        told = InitializeParams.from_json(params).max_frame_bytes
+        if told is not None and told >= 64 * 1024:
             self._sender = ResultSender(told)
         facts = system_facts()
-        return {
-            "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {"tools": {"listChanged": True}, "logging": {}},
-            "serverInfo": {"name": "cortex-agent", "version": AGENT_VERSION},
-            "node": {
+        return InitializeResult(
+            server_name="cortex-agent",
+            server_version=AGENT_VERSION,
+            node={
                 "hostname": facts["hostname"],
                 "os": facts["os_release"] or facts["os"],
                 "arch": facts["arch"],
                 "agent_version": AGENT_VERSION,
             },
-            "audit_head": self.engine.audit_head(),
-        }
+            audit_head=self.engine.audit_head(),
+            protocol_version=PROTOCOL_VERSION,
+            capabilities={"tools": {"listChanged": True}, "logging": {}},
+        ).to_json()
 
     async def _ping(self, ctx: CallContext) -> dict[str, Any]:
         return {}
@@ -403,7 +406,7 @@ class NodeAgent:
         return {"tools": self.engine.list_tools()}
 
     async def _tools_call(self, ctx: CallContext, name: str, arguments: dict[str, Any] | None = None) -> Any:
-        caller = ctx.meta.get("cortex/caller") or {}
+        caller = ctx.meta.get(MetaKey.CALLER) or {}
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.progress(value, total, message)
@@ -418,6 +421,8 @@ class NodeAgent:
         )
         return await self._sender.deliver(ctx.session, result)
 
-    async def _audit_read(self, ctx: CallContext, after_seq: int = 0, limit: int = 100) -> Any:
-        result = await self.engine.audit_read(int(after_seq), max(1, min(int(limit), 1000)))
+    async def _audit_read(
+        self, ctx: CallContext, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
+    ) -> Any:
+        result = await self.engine.audit_read(int(after_seq), clamp_audit_limit(limit))
         return self._sender.fit_records(result)

@@ -60,6 +60,7 @@ from desktop_agent.tools.shell import shell_exec
 from desktop_agent.uploads import BIG_RESULT_BYTES, EncodedList, json_digest_kept, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
 from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
+from spec.protocol import MetaKey
 
 __all__ = ["QUEUE_FACTOR", "ToolEngine"]
 
@@ -477,4 +478,4 @@ class ToolEngine:
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
         # Where this call sits in the node's audit log, so a caller can link a result to its records.
-        return {**result.to_wire(), "_meta": {"cortex/audit": audit}}
+        return {**result.to_wire(), "_meta": {MetaKey.AUDIT: audit}}

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from spec.errors import INTERNAL_ERROR, RpcError
+from spec.protocol import MetaKey, Method
 from spec.session import RpcSession
 
 __all__ = [
@@ -217,7 +218,7 @@ class ResultSender:
         return {
             "content": [{"type": "text", "text": _preview(result)}],
             "isError": bool(result.get("isError")),
-            "_meta": {"cortex/artifact": artifact},
+            "_meta": {MetaKey.ARTIFACT: artifact},
         }
 
     def fit_records(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +260,7 @@ class ResultSender:
             if final:
                 params["sha256"] = digest
                 params["mimeType"] = "application/json"
-            return await rpc.request("artifacts/write", params)
+            return await rpc.request(Method.ARTIFACTS_WRITE, params)
 
         async def one(offset: int) -> None:
             try:

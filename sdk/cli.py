@@ -39,6 +39,7 @@ from sdk.exceptions import (
     NodeDisconnected,
     NodeNotFound,
 )
+from spec.protocol import clamp_audit_limit
 from spec.urls import normalize_server_url
 from spec.version import VERSION
 
@@ -411,7 +412,7 @@ def _audit(client: Client, args: argparse.Namespace) -> int:
 
     try:
         if args.after is not None:
-            page = client.audit(args.node, args.after, max(1, min(args.limit, 1000)))
+            page = client.audit(args.node, args.after, clamp_audit_limit(args.limit))
             records = page.get("records", [])
         else:
             head = int((client.audit(args.node, 0, 1).get("head") or {}).get("seq") or 0)

@@ -34,14 +34,16 @@ from sdk.exceptions import (
 from sdk.planner import PlanStep, aplan, plan
 from spec.errors import RpcError
 from spec.link import Link, WebsocketsLink, pump
+from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
+from spec.protocol import RPC_PATH, SUBPROTOCOL, MetaKey, Method
 from spec.session import RpcSession
+from spec.urls import ws_url
 
 __all__ = ["AsyncClient", "CallHandle", "CallResult", "Client", "Image"]
 
 T = TypeVar("T")
 ProgressFn = Callable[[dict[str, Any]], Awaitable[None] | None]
 DEFAULT_URL = "http://127.0.0.1:8765"
-SUBPROTOCOL = "cortex.v1"
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,6 @@ class CallResult:
             for c in self.content
             if c.get("type") == "image"
         ]
-
-
-def _ws_url(url: str) -> str:
-    base = url.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/api/v1/rpc"
-    if base.startswith("http://"):
-        return "ws://" + base[len("http://") :] + "/api/v1/rpc"
-    return base + "/api/v1/rpc"
 
 
 class CallHandle:
@@ -147,7 +140,7 @@ class AsyncClient:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
             ws = await connect(
-                _ws_url(self.url),
+                ws_url(self.url, RPC_PATH),
                 additional_headers=headers,
                 subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
                 compression=None,
@@ -198,18 +191,18 @@ class AsyncClient:
             raise from_rpc_error(exc) from None
 
     async def nodes(self) -> list[dict[str, Any]]:
-        result = await self._request("nodes/list", {})
+        result = await self._request(Method.NODES_LIST, {})
         nodes: list[dict[str, Any]] = result["nodes"]
         return nodes
 
     async def tools(self, node: str) -> list[dict[str, Any]]:
-        result = await self._request("tools/list", {"node": node})
+        result = await self._request(Method.TOOLS_LIST, ClientToolsListParams(node).to_json())
         tools: list[dict[str, Any]] = result["tools"]
         return tools
 
     async def audit(self, node: str, after: int = 0, limit: int = 100) -> dict[str, Any]:
         result: dict[str, Any] = await self._request(
-            "audit/read", {"node": node, "after_seq": after, "limit": limit}
+            Method.AUDIT_READ, ClientAuditReadParams(node, after, limit).to_json()
         )
         return result
 
@@ -222,18 +215,16 @@ class AsyncClient:
         timeout: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> CallResult:
-        params: dict[str, Any] = {"node": node, "name": tool, "arguments": arguments or {}}
-        if timeout is not None:
-            params["timeout_s"] = timeout
+        params = ClientToolsCallParams(node, tool, arguments or {}, timeout).to_json()
         if timeout is None:  # no local bound to keep: skip the timeout machinery (a hot path)
             return CallResult.from_wire(
-                await self._whole(await self._request("tools/call", params, on_progress))
+                await self._whole(await self._request(Method.TOOLS_CALL, params, on_progress))
             )
         try:
             # The server enforces `timeout_s` (and cancels the node's work); the local bound only
             # guards against a server that stopped answering.
             async with asyncio.timeout(timeout + 5.0):
-                raw = await self._request("tools/call", params, on_progress)
+                raw = await self._request(Method.TOOLS_CALL, params, on_progress)
         except TimeoutError:
             raise CallTimeout(f"{tool} on {node} did not finish within {timeout:g} s") from None
         return CallResult.from_wire(await self._whole(raw))
@@ -242,7 +233,7 @@ class AsyncClient:
         """A result too large for one message comes as a reference (``_meta["cortex/artifact"]``,
         spec/protocol.md §11): fetch the whole CallToolResult it names and check its SHA-256."""
         meta = raw.get("_meta") if isinstance(raw, dict) else None
-        ref = meta.get("cortex/artifact") if isinstance(meta, dict) else None
+        ref = meta.get(MetaKey.ARTIFACT) if isinstance(meta, dict) else None
         if not isinstance(ref, dict) or not isinstance(ref.get("uri"), str):
             return raw
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}

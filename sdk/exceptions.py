@@ -10,6 +10,10 @@ CortexError                 -- root; `.code` is the JSON-RPC error code when the
 ├── Overloaded              -- the node is at its concurrency limit (-32012)
 ├── PlannerUnavailable      -- the server has no LLM provider configured (HTTP 503 planner_unconfigured)
 └── ConnectionLost          -- the link to the server dropped or could not be opened
+
+An error answer from the server is decoded once, by `spec.errors.decode`, into the protocol's class
+(reason and code); `_BY_CLASS` names the SDK class of each, looked up along the MRO like the server's
+HTTP table, so both sides read a reason the same way.
 """
 
 from __future__ import annotations
@@ -77,16 +81,18 @@ class PlannerUnavailable(CortexError):
     pass
 
 
-_BY_CODE: dict[int, type[CortexError]] = {
-    errors.UNAUTHORIZED: AuthError,
-    errors.NODE_NOT_FOUND: NodeNotFound,
-    errors.NODE_DISCONNECTED: NodeDisconnected,
-    errors.CANCELLED: CallCancelled,
-    errors.TIMEOUT: CallTimeout,
-    errors.INVALID_PARAMS: InvalidArguments,
-    errors.OVERLOADED: Overloaded,
+_BY_CLASS: dict[type[errors.CortexRpcError], type[CortexError]] = {
+    errors.CortexRpcError: CortexError,
+    errors.Unauthorized: AuthError,
+    errors.NodeNotFound: NodeNotFound,  # not_connected included: for a script both mean "not there"
+    errors.NodeDisconnected: NodeDisconnected,
+    errors.Cancelled: CallCancelled,
+    errors.CallTimeout: CallTimeout,
+    errors.InvalidParams: InvalidArguments,  # unknown_tool and invalid_arguments included
+    errors.Overloaded: Overloaded,
 }
 
 
 def from_rpc_error(exc: errors.RpcError) -> CortexError:
-    return _BY_CODE.get(exc.code, CortexError)(exc.message, exc.code, exc.data)
+    """The SDK exception of an error answer (by its protocol class)."""
+    return errors.lookup(_BY_CLASS, exc)(exc.message, exc.code, exc.data)

@@ -1,10 +1,9 @@
 """REST API and Server-Sent Events under `/api/v1`, plus `/healthz`, `/metrics` and the JWKS.
 
 Every handler authenticates with the user bearer token (`Authorization: Bearer`, `server.identity`),
-then goes through the `CallRouter`; RPC errors become HTTP statuses in `server.http_errors`:
-
-    NODE_NOT_FOUND/not_found 404, NODE_NOT_FOUND/not_connected 409, INVALID_PARAMS/unknown_tool 404,
-    INVALID_PARAMS/invalid_arguments 422, NODE_DISCONNECTED 502, TIMEOUT 504, OVERLOADED 503.
+then goes through the `CallRouter`; RPC errors become HTTP responses in `server.http_errors`, by their
+class through `spec.errors.HTTP_ERRORS` (node_not_found 404, node_not_connected 409, unknown_tool 404,
+invalid_arguments 422, node_disconnected 502, timeout 504, overloaded 503, …).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from server.identity import authenticated_endpoint, state_of
 from server.router import Caller
 from server.user_revocation import end_event_queue
 from spec.errors import RpcError
+from spec.protocol import AUDIT_DEFAULT_LIMIT, clamp_audit_limit
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -69,11 +69,12 @@ async def call_tool(request: Request, state: ServerState, caller: Caller) -> Res
 async def node_audit(request: Request, state: ServerState, caller: Caller) -> Response:
     try:
         after = int(request.query_params.get("after", 0))
-        limit = min(int(request.query_params.get("limit", 100)), 1000)
+        limit = int(request.query_params.get("limit", AUDIT_DEFAULT_LIMIT))
     except ValueError:
         raise ApiError(400, "bad_request", "after and limit must be integers") from None
     if after < 0 or limit < 1:
         raise ApiError(400, "bad_request", "after must be >= 0 and limit >= 1")
+    limit = clamp_audit_limit(limit)
     try:
         result = await state.router.read_audit(caller, request.path_params["node"], after, limit)
     except RpcError as exc:

@@ -25,6 +25,7 @@ from server.rpc import rpc_endpoint
 from server.state import build_state, change_handler, follow_enrollments
 from server.stores import open_store
 from server.tunnel import node_endpoint
+from spec.protocol import RPC_PATH, TUNNEL_PATH
 
 __all__ = ["build_app"]
 
@@ -62,8 +63,8 @@ def build_app(config: ServerConfig) -> Starlette:
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
-        WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
-        WebSocketRoute("/api/v1/rpc", rpc_endpoint),
+        WebSocketRoute(TUNNEL_PATH, node_endpoint),
+        WebSocketRoute(RPC_PATH, rpc_endpoint),
         *fleet.routes(),  # before api's: POST/DELETE on paths api serves with GET
         *api.routes(),
         *mcp_surface.routes(),

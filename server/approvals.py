@@ -24,13 +24,14 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from server.registry import NodeEntry
+from spec.protocol import Method
 from spec.schemas import method_schema
 
 __all__ = ["MAX_ARGUMENTS_CHARS", "METHOD", "clear", "observe"]
 
 logger = logging.getLogger(__name__)
 
-METHOD = "notifications/approvals"
+METHOD = Method.APPROVALS
 MAX_ARGUMENTS_CHARS = 4096
 
 

@@ -9,35 +9,22 @@ Rules:
 1. Every HTTP error body is ``{"error": "<code>", "message": "<human text>"}`` (CONTRACT §2), built here
    (`error_body`, `error_bytes`, `error_response`). The one exception is ``POST /oauth/token``, which
    answers RFC 6749 §5.2 bodies (``error_description``) in `server.oauth`.
-2. An `RpcError` becomes an HTTP status by its code and ``data.reason`` in `RPC_STATUS`; a reason the
-   table does not name falls back to the code's entry (``reason`` None). A code with no entry is
-   ``500 internal`` with no detail (the detail is for the log, never the wire).
+2. An `RpcError` becomes an HTTP status by its class (`spec.errors.decode`: code and ``data.reason``)
+   in `spec.errors.HTTP_ERRORS`, the protocol's one table; a reason the table does not name maps like
+   its code. An error of no known class is ``500 internal`` with no detail (the log has it, never the
+   wire).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.responses import JSONResponse
 
 from spec import errors
 from spec.errors import RpcError
 
-__all__ = ["RPC_STATUS", "ApiError", "error_body", "error_bytes", "error_response", "http_error"]
-
-RPC_STATUS: dict[tuple[int, str | None], tuple[int, str]] = {
-    (errors.NODE_NOT_FOUND, "not_connected"): (409, "node_not_connected"),
-    (errors.NODE_NOT_FOUND, None): (404, "node_not_found"),
-    (errors.INVALID_PARAMS, "unknown_tool"): (404, "unknown_tool"),
-    (errors.INVALID_PARAMS, None): (422, "invalid_arguments"),
-    (errors.NODE_DISCONNECTED, None): (502, "node_disconnected"),
-    (errors.TIMEOUT, None): (504, "timeout"),
-    (errors.OVERLOADED, None): (503, "overloaded"),
-    (errors.CANCELLED, None): (499, "cancelled"),
-    (errors.UNAUTHORIZED, None): (403, "forbidden"),
-}
-"""(JSON-RPC code, ``data.reason``) → (HTTP status, ``error`` code) (rule 2)."""
+__all__ = ["ApiError", "error_body", "error_bytes", "error_response", "http_error"]
 
 
 def error_body(error: str, message: str) -> dict[str, str]:
@@ -68,12 +55,7 @@ class ApiError(Exception):
 
 
 def http_error(exc: RpcError) -> ApiError:
-    """The HTTP answer for an RPC error of the router or a node (rule 2)."""
-    reason: Any = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    mapped = RPC_STATUS.get((exc.code, reason if isinstance(reason, str) else None))
-    if mapped is None:
-        mapped = RPC_STATUS.get((exc.code, None))
-    if mapped is None:
-        return ApiError(500, "internal", "internal error")
-    status, error = mapped
-    return ApiError(status, error, exc.message)
+    """The HTTP answer for an RPC error of the router or a node, by its class (rule 2)."""
+    status, error = errors.http_error_of(exc)
+    # A 500's own message could say more than a caller should see: the log has it, the body does not.
+    return ApiError(status, error, "internal error" if status == 500 else exc.message)

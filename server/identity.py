@@ -29,6 +29,7 @@ from server.auth import AuthError, TokenAuthority
 from server.http_errors import ApiError, error_response, http_error
 from server.router import Caller
 from spec.errors import RpcError
+from spec.protocol import SUBPROTOCOL
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -50,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUBPROTOCOL = "cortex.v1"
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 
 Handler = Callable[[Request, "ServerState", Caller], Awaitable[Response]]

@@ -69,6 +69,8 @@ from server.router import Caller
 from server.tool_exposure import exposed_tools, split_tool_name, tool_error_text
 from spec import errors
 from spec.errors import RpcError
+from spec.params import ProgressParams
+from spec.protocol import MetaKey, Method
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -161,7 +163,7 @@ class McpEndpoint:
             on_list_prompts=self._list_prompts,
         )
         self.server.add_notification_handler(
-            "notifications/initialized", types.NotificationParams, self._on_initialized
+            Method.INITIALIZED, types.NotificationParams, self._on_initialized
         )
         self.manager = StreamableHTTPSessionManager(
             app=self.server, security_settings=transport_security(state), session_idle_timeout=3600.0
@@ -281,18 +283,16 @@ class McpEndpoint:
         if _progress_token(ctx, params) is not None:
 
             async def on_progress(progress: dict[str, Any]) -> None:
-                await ctx.session.report_progress(
-                    progress.get("progress", 0), progress.get("total"), progress.get("message")
-                )
+                told = ProgressParams.from_json(progress)
+                await ctx.session.report_progress(told.progress, told.total, told.message)
 
         try:
             result = await self.state.router.call_tool(
                 caller, node, tool, dict(params.arguments or {}), on_progress=on_progress
             )
         except RpcError as exc:
-            if exc.code == errors.NODE_NOT_FOUND and not (
-                isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"
-            ):
+            known = errors.decode(exc)
+            if isinstance(known, errors.NodeNotFound) and not isinstance(known, errors.NodeNotConnected):
                 raise MCPError(errors.INVALID_PARAMS, f"unknown tool {params.name!r}") from None
             return _error_result(tool_error_text(exc, node, tool))
         base_url = (
@@ -408,7 +408,7 @@ class McpEndpoint:
                         ),
                         "mimeType": mime,
                         "size": len(data),
-                        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
+                        "_meta": {MetaKey.URI: artifact_uri(artifact_id)},
                     }
                 )
             else:

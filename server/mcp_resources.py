@@ -38,6 +38,7 @@ from mcp.shared.exceptions import MCPError
 from server.router import Caller
 from spec import errors
 from spec.errors import RpcError
+from spec.protocol import AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT, MetaKey
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -54,8 +55,6 @@ __all__ = [
 
 ARTIFACT_TEMPLATE = "cortex://artifacts/{id}"
 AUDIT_TEMPLATE = "cortex://nodes/{node}/audit{?after,limit}"
-AUDIT_DEFAULT_LIMIT = 100
-AUDIT_MAX_LIMIT = 1000
 STATIC_LIST_TTL_MS = 3_600_000
 
 _ARTIFACT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -172,7 +171,7 @@ class McpResources:
                         uri=uri,
                         mime_type=artifact.mime_type,
                         blob=base64.b64encode(artifact.data).decode("ascii"),
-                        _meta={"cortex/node": artifact.node},
+                        _meta={MetaKey.NODE: artifact.node},
                     )
                 ],
                 ttl_ms=remaining_ms,
@@ -181,9 +180,8 @@ class McpResources:
         try:
             records = await self.state.router.read_audit(caller, ref.node, ref.after, ref.limit)
         except RpcError as exc:
-            if exc.code == errors.NODE_NOT_FOUND and not (
-                isinstance(exc.data, dict) and exc.data.get("reason") == "not_connected"
-            ):
+            known = errors.decode(exc)
+            if isinstance(known, errors.NodeNotFound) and not isinstance(known, errors.NodeNotConnected):
                 raise _not_found(uri) from None
             raise MCPError(exc.code, exc.message, {"uri": uri}) from None
         return types.ReadResourceResult(

@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from spec.protocol import MetaKey
+
 __all__ = ["DEFAULT_CAPACITY", "DEFAULT_RESULT_BYTES", "CallRecord", "RecentCalls"]
 
 DEFAULT_CAPACITY = 500
@@ -129,7 +131,7 @@ def _first_text(result: dict[str, Any] | None, limit: int) -> str | None:
 
 def _audit_seqs(result: dict[str, Any] | None) -> dict[str, int] | None:
     meta = result.get("_meta") if isinstance(result, dict) else None
-    audit = meta.get("cortex/audit") if isinstance(meta, dict) else None
+    audit = meta.get(MetaKey.AUDIT) if isinstance(meta, dict) else None
     if not isinstance(audit, dict):
         return None
     seqs = {k: v for k, v in audit.items() if k in ("requested_seq", "finished_seq") and type(v) is int}

@@ -31,7 +31,8 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from server.artifact_store import ArtifactBudgetExceeded, ArtifactUpload, DiskArtifactStore, artifact_uri
-from spec.errors import INVALID_PARAMS, OVERLOADED, RpcError
+from spec.errors import INVALID_PARAMS, OverArtifactBudget, RpcError
+from spec.protocol import MetaKey
 
 __all__ = [
     "ARTIFACT_META",
@@ -43,7 +44,7 @@ __all__ = [
     "rest_response",
 ]
 
-ARTIFACT_META = "cortex/artifact"
+ARTIFACT_META = MetaKey.ARTIFACT
 MAX_UPLOAD_ID = 64
 STREAM_PIECE = 1024 * 1024
 PREVIEW_CHARS = 4096
@@ -146,10 +147,8 @@ class ResultUploads:
                 node=self.node, workspace=self.workspace, size=size, mime_type=mime_type
             )
         except ArtifactBudgetExceeded as exc:
-            raise RpcError(
-                OVERLOADED,
-                str(exc),
-                {"reason": "artifact_budget", "scope": exc.scope, "needed": exc.needed, "limit": exc.limit},
+            raise OverArtifactBudget(
+                str(exc), {"scope": exc.scope, "needed": exc.needed, "limit": exc.limit}
             ) from None
         entry = (upload, asyncio.Lock())
         self._open[id] = entry
@@ -269,7 +268,7 @@ def _link(base: str, artifact_id: str, name: str, what: str, mime: str, size: An
         "description": f"{what}; read it with resources/read, or GET it with the same bearer token.",
         "mimeType": mime,
         "size": size,
-        "_meta": {"cortex/uri": artifact_uri(artifact_id)},
+        "_meta": {MetaKey.URI: artifact_uri(artifact_id)},
     }
 
 

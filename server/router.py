@@ -6,11 +6,12 @@ boundary, checks arguments against the node's declared inputSchema, attaches the
 counts calls. A shared routing layer for several replicas replaces `LocalRegistry` behind it, not this.
 
 Rules:
-1. A node of another workspace is reported exactly like a missing one (NODE_NOT_FOUND, reason
-   ``not_found``); a known node without a live link is NODE_NOT_FOUND with reason ``not_connected``.
-2. An unknown tool is INVALID_PARAMS reason ``unknown_tool``; arguments failing the schema are
-   INVALID_PARAMS reason ``invalid_arguments`` with the schema's complaint. Nothing reaches the node.
-3. A timeout is TIMEOUT; the node was sent `notifications/cancelled`.
+1. A node of another workspace is reported exactly like a missing one (`NodeNotFound`: NODE_NOT_FOUND,
+   reason ``not_found``); a known node without a live link is `NodeNotConnected` (reason ``not_connected``).
+2. An unknown tool is `UnknownTool` (INVALID_PARAMS reason ``unknown_tool``); arguments failing the
+   schema are `InvalidArguments` (reason ``invalid_arguments``) with the schema's complaint. Nothing
+   reaches the node.
+3. A timeout is `CallTimeout` (TIMEOUT); the node was sent `notifications/cancelled`.
 4. Progress goes to the caller through a `ProgressPump`: a slow caller never stalls the node's link.
 """
 
@@ -28,8 +29,18 @@ from server.metrics import Metrics
 from server.progress import ProgressPump
 from server.recent_calls import RecentCalls
 from server.registry import NodeEntry, NodeLink, NodeRegistry
-from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, NODE_NOT_FOUND, TIMEOUT, RpcError
+from spec.errors import (
+    INTERNAL_ERROR,
+    CallTimeout,
+    InvalidArguments,
+    NodeNotConnected,
+    NodeNotFound,
+    RpcError,
+    UnknownTool,
+)
 from spec.manifest import QuickCheck, argument_problem, quick_check
+from spec.params import AuditReadParams, ToolsCallParams
+from spec.protocol import Method
 from spec.session import ProgressCallback
 
 __all__ = ["CallRouter", "Caller"]
@@ -85,14 +96,14 @@ class CallRouter:
     def node(self, caller: Caller, name: str) -> NodeEntry:
         entry = self.registry.get(name)
         if entry is None or not caller.can_see(entry.workspace):
-            raise RpcError(NODE_NOT_FOUND, f"no node named {name!r}", {"reason": "not_found"})
+            raise NodeNotFound(f"no node named {name!r}")
         return entry
 
     def link(self, caller: Caller, name: str) -> tuple[NodeEntry, NodeLink]:
         entry = self.node(caller, name)
         link = self.registry.link(name)
         if link is None:
-            raise RpcError(NODE_NOT_FOUND, f"node {name!r} is not connected", {"reason": "not_connected"})
+            raise NodeNotConnected(f"node {name!r} is not connected")
         return entry, link
 
     async def call_tool(
@@ -109,15 +120,11 @@ class CallRouter:
         arguments = {} if arguments is None else arguments
         validator = entry.validators.get(tool)  # one per declared tool (see NodeEntry.set_tools)
         if validator is None:
-            raise RpcError(INVALID_PARAMS, f"node {node!r} has no tool {tool!r}", {"reason": "unknown_tool"})
+            raise UnknownTool(f"node {node!r} has no tool {tool!r}")
         problem = argument_problem(validator, arguments, self._quick_check(validator))
         if problem is not None:
-            raise RpcError(
-                INVALID_PARAMS,
-                f"invalid arguments for {tool}: {problem}",
-                {"reason": "invalid_arguments", "problem": problem},
-            )
-        params = {"name": tool, "arguments": arguments, "_meta": {"cortex/caller": caller.wire()}}
+            raise InvalidArguments(f"invalid arguments for {tool}: {problem}", {"problem": problem})
+        params = ToolsCallParams(tool, arguments, caller.wire()).to_json()
         limit = self.default_timeout if timeout_s is None else timeout_s
         started = time.perf_counter()
         started_at = time.time()
@@ -128,7 +135,7 @@ class CallRouter:
         try:
             async with asyncio.timeout(limit):
                 answer: dict[str, Any] = await link.request(
-                    "tools/call", params, on_progress=pump.push if pump is not None else None
+                    Method.TOOLS_CALL, params, on_progress=pump.push if pump is not None else None
                 )
             result = answer
             outcome = "tool_error" if answer.get("isError") else "ok"
@@ -137,7 +144,7 @@ class CallRouter:
             return answer
         except TimeoutError:
             outcome = "timeout"
-            raise RpcError(TIMEOUT, f"{tool} on {node} did not finish within {limit:g} s") from None
+            raise CallTimeout(f"{tool} on {node} did not finish within {limit:g} s") from None
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -170,10 +177,10 @@ class CallRouter:
         try:
             async with asyncio.timeout(timeout_s):
                 result: dict[str, Any] = await link.request(
-                    "audit/read", {"after_seq": after_seq, "limit": limit}
+                    Method.AUDIT_READ, AuditReadParams(after_seq, limit).to_json()
                 )
         except TimeoutError:
-            raise RpcError(TIMEOUT, f"audit/read on {node} did not answer within {timeout_s:g} s") from None
+            raise CallTimeout(f"audit/read on {node} did not answer within {timeout_s:g} s") from None
         if not isinstance(result, dict) or not isinstance(result.get("records"), list):
             raise RpcError(
                 INTERNAL_ERROR, f"node {node!r} answered audit/read with something else than records"

@@ -27,8 +27,10 @@ from server.identity import (
 )
 from server.router import Caller
 from server.ws_link import StarletteLink
-from spec.errors import CANCELLED, RpcError
+from spec.errors import Cancelled
 from spec.link import Link, pump
+from spec.params import ProgressParams
+from spec.protocol import AUDIT_DEFAULT_LIMIT, Method, clamp_audit_limit
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -74,11 +76,11 @@ class ClientSession:
             link.send,
             make_methods(
                 {
-                    "ping": self.ping,
-                    "nodes/list": self.nodes_list,
-                    "tools/list": self.tools_list,
-                    "tools/call": self.tools_call,
-                    "audit/read": self.audit_read,
+                    Method.PING: self.ping,
+                    Method.NODES_LIST: self.nodes_list,
+                    Method.TOOLS_LIST: self.tools_list,
+                    Method.TOOLS_CALL: self.tools_call,
+                    Method.AUDIT_READ: self.audit_read,
                 }
             ),
             name=f"client:{caller.sub}",
@@ -87,7 +89,7 @@ class ClientSession:
 
     async def revoked(self) -> None:
         """The user was revoked (``cortex-server revoke-user``): close with 4403, like a revoked node."""
-        self.rpc.close(RpcError(CANCELLED, "user revoked"))
+        self.rpc.close(Cancelled("user revoked"))
         with contextlib.suppress(Exception):
             await self.link.close(4403, "user revoked")
 
@@ -96,7 +98,7 @@ class ClientSession:
             await pump(self.link, self.rpc)
         finally:
             # A dropped client cancels everything it had running (and so the work on the nodes).
-            self.rpc.close(RpcError(CANCELLED, "client disconnected"))
+            self.rpc.close(Cancelled("client disconnected"))
 
     async def ping(self, ctx: CallContext) -> dict[str, Any]:
         return {}
@@ -116,7 +118,8 @@ class ClientSession:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         async def forward(params: dict[str, Any]) -> None:
-            await ctx.progress(params.get("progress", 0), params.get("total"), params.get("message"))
+            told = ProgressParams.from_json(params)
+            await ctx.progress(told.progress, told.total, told.message)
 
         return await self.state.router.call_tool(
             self.caller,
@@ -127,7 +130,7 @@ class ClientSession:
             on_progress=forward if ctx.progress_token is not None else None,
         )
 
-    async def audit_read(self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = 100) -> Any:
-        return await self.state.router.read_audit(
-            self.caller, node, int(after_seq), max(1, min(int(limit), 1000))
-        )
+    async def audit_read(
+        self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
+    ) -> Any:
+        return await self.state.router.read_audit(self.caller, node, int(after_seq), clamp_audit_limit(limit))

@@ -103,23 +103,25 @@ def exposed_tools(router: CallRouter, caller: Caller, node: str | None = None) -
 
 
 def tool_error_text(exc: RpcError, node: str, tool: str) -> str:
-    """A clear, model-readable sentence for a call that could not run or finish (rule 3)."""
-    reason = exc.data.get("reason") if isinstance(exc.data, dict) else None
-    if exc.code == errors.INVALID_PARAMS and reason == "invalid_arguments":
-        problem = exc.data.get("problem") if isinstance(exc.data, dict) else None
-        return f"Invalid arguments for {tool_name(node, tool)}: {problem or exc.message}"
-    if exc.code == errors.INVALID_PARAMS and reason == "unknown_tool":
-        return f"Node {node!r} has no tool {tool!r}."
-    if exc.code == errors.NODE_NOT_FOUND and reason == "not_connected":
-        return f"Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
-    if exc.code == errors.NODE_NOT_FOUND:
-        return f"There is no node named {node!r}."
-    if exc.code == errors.NODE_DISCONNECTED:
-        return f"Node {node!r} disconnected while {tool} was running; the result is unknown."
-    if exc.code == errors.TIMEOUT:
-        return f"{tool} on node {node!r} timed out: {exc.message}"
-    if exc.code == errors.OVERLOADED:
-        return f"Node {node!r} is overloaded; try again shortly."
-    if exc.code == errors.CANCELLED:
-        return f"{tool} on node {node!r} was cancelled."
-    return f"{tool} on node {node!r} failed: {exc.message}"
+    """A clear, model-readable sentence for a call that could not run or finish (rule 3), by the
+    error's class (`spec.errors.lookup`)."""
+    known = errors.decode(exc)
+    if isinstance(known, errors.InvalidArguments):
+        return f"Invalid arguments for {tool_name(node, tool)}: {known.problem}"
+    template = errors.lookup(_TOOL_ERROR_TEXT, known)
+    return template.format(node=node, tool=tool, message=exc.message)
+
+
+_TOOL_ERROR_TEXT: dict[type[errors.CortexRpcError], str] = {
+    errors.CortexRpcError: "{tool} on node {node!r} failed: {message}",
+    errors.UnknownTool: "Node {node!r} has no tool {tool!r}.",
+    errors.NodeNotConnected: (
+        "Node {node!r} is not connected right now, so {tool} cannot run. Try again when it is back."
+    ),
+    errors.NodeNotFound: "There is no node named {node!r}.",
+    errors.NodeDisconnected: "Node {node!r} disconnected while {tool} was running; the result is unknown.",
+    errors.CallTimeout: "{tool} on node {node!r} timed out: {message}",
+    errors.Overloaded: "Node {node!r} is overloaded; try again shortly.",
+    errors.Cancelled: "{tool} on node {node!r} was cancelled.",
+}
+"""By class: the model-readable sentence for a call that could not run or finish."""

@@ -26,18 +26,19 @@ from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
 from server.ws_link import StarletteLink
-from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcError
+from spec.errors import InvalidParams, NodeDisconnected, RpcError, Unauthorized
 from spec.link import Link, pump
+from spec.params import AuthRefreshResult, InitializeParams, InitializeResult
+from spec.protocol import Method
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
     from server.state import ServerState
 
-__all__ = ["PROTOCOL_VERSION", "NodeSession", "node_endpoint"]
+__all__ = ["NodeSession", "node_endpoint"]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "2025-11-25"
 HANDSHAKE_TIMEOUT = 10.0
 MAX_NODE_REQUESTS = 64  # a node's own requests (ping, auth/refresh, uploads) running here at once
 UPLOAD_FRAME_OVERHEAD = 4096
@@ -95,7 +96,11 @@ class NodeSession:
         self.rpc = RpcSession(
             link.send,
             make_methods(
-                {"ping": self._ping, "auth/refresh": self._refresh, "artifacts/write": self.uploads.write}
+                {
+                    Method.PING: self._ping,
+                    Method.AUTH_REFRESH: self._refresh,
+                    Method.ARTIFACTS_WRITE: self.uploads.write,
+                }
             ),
             on_notification=self._on_notification,
             name=f"node:{name}",
@@ -107,7 +112,7 @@ class NodeSession:
         self, method: str, params: dict[str, Any] | None = None, *, on_progress: Any = None
     ) -> Any:
         result = await self.rpc.request(method, params, on_progress=on_progress)
-        if method == "tools/call":
+        if method == Method.TOOLS_CALL:
             result = checked_result(self.uploads.store, self.name, result)
         return result
 
@@ -116,9 +121,7 @@ class NodeSession:
             return
         self._closing = True
         logger.info("closing node %s: %s (%d)", self.name, reason, code)
-        self.rpc.close(
-            RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected: {reason}", {"retryable": False})
-        )
+        self.rpc.close(NodeDisconnected(f"node {self.name} disconnected: {reason}"))
         try:
             await self.link.close(code, reason)
         except Exception:
@@ -146,42 +149,41 @@ class NodeSession:
             for task in [reader, *self._tasks, *self._refetches]:
                 task.cancel()
             self.uploads.close()
-            self.rpc.close(
-                RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
-            )
+            self.rpc.close(NodeDisconnected(f"node {self.name} disconnected"))
             if await self.state.registry.detach(self.name, self):
                 approvals.clear(self.entry)
                 self.state.metrics.node_disconnected()
                 logger.info("node %s disconnected", self.name)
 
     async def _handshake(self) -> None:
-        init = await self.rpc.request(
-            "initialize",
-            {
-                "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "cortex-server", "version": self.state.version},
-                # The node never sends a frame over this (spec/protocol.md §2, §11).
-                "limits": {"maxFrameBytes": self.state.config.max_frame_bytes},
-            },
+        init = InitializeResult.from_json(
+            await self.rpc.request(
+                Method.INITIALIZE,
+                InitializeParams(
+                    client_name="cortex-server",
+                    client_version=self.state.version,
+                    # The node never sends a frame over this (spec/protocol.md §2, §11).
+                    max_frame_bytes=self.state.config.max_frame_bytes,
+                ).to_json(),
+            )
         )
-        await self.rpc.notify("notifications/initialized")
-        tools = await self.rpc.request("tools/list")
+        await self.rpc.notify(Method.INITIALIZED)
+        tools = await self.rpc.request(Method.TOOLS_LIST)
         entry = NodeEntry(name=self.name, workspace=self.workspace)
         # Capped: the node's self-description is copied into every listing and SSE event.
-        protocol = init.get("protocolVersion")
+        protocol = init.protocol_version
         entry.info = {
-            **cap_node_info(init.get("node")),
-            "protocolVersion": protocol[:64] if isinstance(protocol, str) else None,
+            **cap_node_info(init.node),
+            "protocolVersion": protocol[:64] if protocol is not None else None,
         }
         entry.set_tools(list(tools.get("tools", [])), self.state.registry.catalog)
         previous = self.state.registry.get(self.name)
         if previous is not None:
             entry.audit_head, entry.audit_warning = previous.audit_head, previous.audit_warning
-        entry.observe_audit_head(init.get("audit_head"))
+        entry.observe_audit_head(init.audit_head)
         heads = self.state.audit_heads
         heads.decorate(entry)
-        await heads.observe(entry, init.get("audit_head"), publish=False)  # node.connected carries it
+        await heads.observe(entry, init.audit_head, publish=False)  # node.connected carries it
         self.entry = entry
         old = await self.state.registry.attach(entry, self)
         self.state.metrics.node_connected()
@@ -197,7 +199,7 @@ class NodeSession:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(interval):
-                    await self.rpc.request("ping")
+                    await self.rpc.request(Method.PING)
             except TimeoutError:
                 misses += 1
                 logger.warning("node %s missed heartbeat %d", self.name, misses)
@@ -235,14 +237,14 @@ class NodeSession:
         try:
             claims = self.state.authority.verify_node_token(access_token)
         except AuthError as exc:
-            raise RpcError(UNAUTHORIZED, f"token refused: {exc.reason}") from None
+            raise Unauthorized(f"token refused: {exc.reason}") from None
         if claims.sub != self.name or claims.ws != self.workspace:
-            raise RpcError(INVALID_PARAMS, "the new token names another node")
+            raise InvalidParams("the new token names another node")
         self.token_exp = float(claims.exp)
-        return {"expires_at": int(claims.exp)}
+        return AuthRefreshResult(int(claims.exp)).to_json()
 
     async def _on_notification(self, method: str, params: dict[str, Any]) -> None:
-        if method == "notifications/tools/list_changed":
+        if method == Method.TOOLS_LIST_CHANGED:
             # At most one tools/list in flight: notifications arriving meanwhile are coalesced into
             # one more fetch after it. In a task: the reply arrives through the read loop running this.
             if self._refetches:
@@ -251,9 +253,9 @@ class NodeSession:
             task = asyncio.create_task(self._refetch_tools())
             self._refetches.add(task)
             task.add_done_callback(self._refetches.discard)
-        elif method == "notifications/approvals":  # shown only: nothing here can answer (server.approvals)
+        elif method == Method.APPROVALS:  # shown only: nothing here can answer (server.approvals)
             approvals.observe(self.entry, params)
-        elif method == "notifications/message":
+        elif method == Method.MESSAGE:
             # Cut to one bounded line; control characters are escaped by the log formatter (server.limits).
             logger.info("node %s says: %.1000s", self.name, params.get("data"))
 
@@ -261,7 +263,7 @@ class NodeSession:
         while True:
             self._tools_stale = False
             try:
-                tools = await self.rpc.request("tools/list")
+                tools = await self.rpc.request(Method.TOOLS_LIST)
             except RpcError:
                 return
             if self.entry is not None:

@@ -25,20 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jsonrpcserver import Error, Success
-from jsonrpcserver.async_dispatcher import call as call_method
-from jsonrpcserver.async_dispatcher import dispatch_request
-from jsonrpcserver.dispatcher import create_request, to_response
-from jsonrpcserver.response import to_serializable
-from jsonrpcserver.result import SuccessResult
-
-from spec.errors import CANCELLED, RpcError, error_object
+from spec.dispatch import Handler, dispatch, make_methods
+from spec.errors import CANCELLED, RpcError
 from spec.messages import (
     IncomingCancel,
     IncomingNotification,
@@ -57,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 NotificationHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
-Handler = Callable[..., Awaitable[Any]]
 
 
 @dataclass
@@ -79,52 +71,6 @@ class CallContext:
         await self.session.progress(self.request_id, progress, total, message)
 
 
-def _adapt(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return Success(await handler(ctx, *args, **kwargs))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the one exception-to-wire boundary
-            err = error_object(exc)
-            return Error(err["code"], err["message"], err.get("data"))
-
-    # jsonrpcserver checks the params against `inspect.signature(method)` on every request; computed
-    # once here, the check is a cheap `bind` instead of a fresh signature (and unwrap) per request.
-    wrapped.__signature__ = inspect.signature(handler)  # type: ignore[attr-defined]
-    return wrapped
-
-
-@dataclass(frozen=True, slots=True)
-class _ParamShape:
-    """The keyword params a handler takes, read once from its signature (the context excluded)."""
-
-    required: frozenset[str]
-    allowed: frozenset[str] | None  # None: the handler takes **params
-
-    @classmethod
-    def of(cls, method: Handler) -> _ParamShape | None:
-        try:
-            params = list(inspect.signature(method).parameters.values())[1:]
-        except (TypeError, ValueError):  # no readable signature: jsonrpcserver's full check decides
-            return None
-        if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in params):
-            return None  # unusual shapes: leave them to jsonrpcserver's full check
-        named = [p for p in params if p.kind is not p.VAR_KEYWORD]
-        required = frozenset(p.name for p in named if p.default is p.empty)
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
-        return cls(required, None if takes_any else frozenset(p.name for p in named))
-
-    def fits(self, params: dict[str, Any]) -> bool:
-        return self.required.issubset(params) and (self.allowed is None or self.allowed.issuperset(params))
-
-
-def make_methods(handlers: dict[str, Handler]) -> dict[str, Handler]:
-    """Turn plain ``async def h(ctx, **params) -> result`` handlers into a jsonrpcserver methods table."""
-    return {name: _adapt(h) for name, h in handlers.items()}
-
-
 class RpcSession:
     """Bidirectional JSON-RPC over one link; see the module's rules."""
 
@@ -140,7 +86,6 @@ class RpcSession:
         self.name = name
         self._send = send
         self._methods = methods
-        self._shapes = {name: _ParamShape.of(method) for name, method in methods.items()}
         self._on_notification = on_notification
         self._peer = Peer(name, max_incoming=max_incoming)
         self._waiters: dict[JsonId, asyncio.Future[Any]] = {}
@@ -257,32 +202,12 @@ class RpcSession:
         ctx = CallContext(self, req.id, req.method, req.meta)
         message = req.message  # without `_meta`: the core stripped it
         try:
-            # The peer core already parsed and checked the envelope, and a request is never a batch, so
-            # go straight to jsonrpcserver's per-request dispatch (method lookup, params check against
-            # the handler's signature, the call): its deserialize/jsonschema/gather layers would only
-            # repeat that work and add a task per request.
-            request = create_request(message)
-            shape = self._shapes.get(req.method)
-            if shape is not None and isinstance(request.params, dict) and shape.fits(request.params):
-                # The params fit the handler (what jsonrpcserver's per-request `signature().bind` would
-                # establish): call it through jsonrpcserver directly. Anything else takes the full path,
-                # so every -32601/-32602 answer stays jsonrpcserver's own.
-                result = await call_method(request, ctx, self._methods[req.method])
-            else:
-                _, result = await dispatch_request(self._methods, ctx, request)
-            success = getattr(result, "_value", None)  # the Either's content: SuccessResult or ErrorResult
-            if isinstance(success, SuccessResult):
-                # A success needs only its value: skip jsonrpcserver's Response and dict round trip.
-                response: Any = {"result": success.result}
-            else:
-                response = to_serializable(to_response(request, result))
+            # Method lookup, params check and the call: jsonrpcserver's, via its public API (spec.dispatch).
+            response = await dispatch(self._methods, ctx, message)
         except asyncio.CancelledError:
             if self._closed is None:
                 logger.debug("%s: request %s cancelled", self.name, req.id)
             return
-        except Exception as exc:  # jsonrpcserver itself failed: still answer, never leave the caller hanging
-            logger.exception("%s: dispatch of %s failed", self.name, req.method)
-            response = {"error": error_object(exc)}
         if self._closed is not None:
             return
         try:

@@ -8,13 +8,15 @@ Rules:
 2. `ws://` / `wss://` are accepted and read as `http://` / `https://` (the HTTP base serves both).
 3. Anything else with a scheme, or without a host, is a `ValueError` naming what was typed.
 4. A trailing slash is dropped, so `base + "/path"` never doubles it.
+5. `ws_url` is the one derivation of a WebSocket URL from a server base: `http` → `ws`, `https` → `wss`
+   (`ws`/`wss` kept), then the endpoint path.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-__all__ = ["normalize_server_url"]
+__all__ = ["normalize_server_url", "ws_url"]
 
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
@@ -39,3 +41,15 @@ def normalize_server_url(text: str) -> str:
     del port
     rest = raw.split("://", 1)[1]
     return f"{scheme}://{rest}".rstrip("/")
+
+
+_WS_SCHEMES = (("https://", "wss://"), ("http://", "ws://"))
+
+
+def ws_url(base: str, path: str) -> str:
+    """`http://h:1` + `/api/v1/rpc` → `ws://h:1/api/v1/rpc`; see rule 5."""
+    base = base.rstrip("/")
+    for http, ws in _WS_SCHEMES:
+        if base.startswith(http):
+            return ws + base[len(http) :] + path
+    return base + path
