@@ -26,6 +26,7 @@ from server.config import ServerConfig
 from server.limits import BodyLimits, Limits
 from server.metrics import Metrics
 from server.registry import LocalRegistry
+from server.replica_link import LINK_PATH, link_endpoint
 from server.router import CallRouter
 from server.rpc import live_callers as rpc_live_callers
 from server.rpc import rpc_endpoint
@@ -99,18 +100,44 @@ def build_state(config: ServerConfig) -> ServerState:
         is_user_revoked=users.covers,
     )
     metrics = Metrics()
-    registry = LocalRegistry(
-        known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
-    )
+
+    def known() -> list[tuple[str, str]]:
+        return [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
+
+    registry: LocalRegistry
+    if config.redis_url:  # one replica of a cluster (server.cluster_registry); else the embedded default
+        registry = _cluster_registry(config, known, metrics, authority)
+    else:
+        registry = LocalRegistry(known=known)
     router = CallRouter(registry, metrics, config.default_call_timeout)
     live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
     state = ServerState(config, store, authority, registry, router, metrics, revoked, live)
     state.extras["user_revocations"] = users
+    if config.redis_url:
+        state.extras["cluster"] = registry
     heads = AuditHeads(store, registry)
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     state.extras["audit_heads"] = heads
     return state
+
+
+def _cluster_registry(
+    config: ServerConfig, known: Any, metrics: Metrics, authority: TokenAuthority
+) -> LocalRegistry:
+    from server.cluster_registry import ClusterConfig, ClusterRegistry, new_replica_id
+    from server.replica_link import ReplicaLinks
+
+    assert config.redis_url is not None
+    cluster = ClusterConfig(
+        config.redis_url,
+        config.replica_id or new_replica_id(),
+        lease_s=config.replica_lease_s,
+        refresh_s=config.replica_refresh_s,
+    )
+    registry = ClusterRegistry(cluster, known, metrics=metrics)
+    registry.links = ReplicaLinks(registry, authority, config.max_frame_bytes)
+    return registry
 
 
 def build_app(config: ServerConfig) -> Starlette:
@@ -127,6 +154,9 @@ def build_app(config: ServerConfig) -> Starlette:
         # The artifact store is made now (it empties its directory) and swept every minute.
         sweeper = asyncio.create_task(artifact_store(state).sweep_every(60.0), name="artifacts")
         state.extras["planner"] = planner.PlannerService.from_env(state)
+        cluster = state.extras.get("cluster")
+        if cluster is not None:
+            await cluster.start()
         try:
             async with mcp_surface.serving(state):
                 yield
@@ -138,12 +168,17 @@ def build_app(config: ServerConfig) -> Starlette:
                 link = state.registry.link(entry.name)
                 if link is not None:
                     await link.close(1001, "server shutting down")
+            if cluster is not None:
+                assert cluster.links is not None
+                await cluster.links.close()
+                await cluster.stop()
             state.store.close()
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
         WebSocketRoute("/api/v1/nodes/connect", node_endpoint),
         WebSocketRoute("/api/v1/rpc", rpc_endpoint),
+        WebSocketRoute(LINK_PATH, link_endpoint),  # replica links; refused unless clustered
         *fleet.routes(),  # before api's: POST/DELETE on paths api serves with GET
         *api.routes(),
         *mcp_surface.routes(),

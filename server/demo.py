@@ -159,6 +159,10 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
             port = sock.getsockname()[1]
     scheme = "https" if config.tls_cert else "http"
     base_url = f"{scheme}://{config.host}:{port}"
+    state = getattr(server.config.app.state, "cortex", None) if hasattr(server.config.app, "state") else None
+    cluster = state.extras.get("cluster") if state is not None else None
+    if cluster is not None:  # other replicas dial this address for calls to nodes held here
+        await cluster.advertise(config.advertise_url or base_url)
     print(f"cortex-server listening on {base_url}", flush=True)
     agent: asyncio.subprocess.Process | None = None
     if demo:

@@ -1,0 +1,258 @@
+"""Several `cortex-server serve` replicas sharing one Redis act as one server (issue 15, CONTRACT §1).
+
+Real processes only: a redis-server child (tests.support.engines), replicas sharing one data dir (the
+store; PostgreSQL comes with `--database-url`), real `cortex-agent run` nodes. Each test is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from sdk import AsyncClient, CallCancelled, NodeDisconnected
+from tests.support.pids import pids_with, wait_gone
+from tests.support.procs import AgentProc, ServerProc
+
+LEASE = "1.5"
+REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, redis_url: str) -> Iterator[list[ServerProc]]:
+    data = tmp_path / "server"
+    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis_url]) for _ in range(3)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def node_on(replicas: list[ServerProc], tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+    """node_on(server, name, workspace="ws1", home_tag="") -> an AgentProc connected through `server`."""
+    agents: list[AgentProc] = []
+    credentials: dict[str, str] = {}
+
+    def start(server: ServerProc, name: str, workspace: str = "ws1", home_tag: str = "") -> AgentProc:
+        if name not in credentials:
+            credentials[name] = server.enroll(name, workspace)
+        root = tmp_path / f"{name}{home_tag}-root"
+        root.mkdir(exist_ok=True)
+        (root / f"marker{home_tag or '-first'}").write_text("x")
+        agent = AgentProc(
+            tmp_path / f"{name}{home_tag}-home",
+            server.url,
+            name,
+            credentials[name],
+            ["--allow-root", str(root), "--no-browser"],
+        )
+        agents.append(agent)
+        with server.events() as stream:
+            agent.start()
+            for event, data in stream.items(deadline=time.monotonic() + 30):
+                if event == "node.connected" and data["name"] == name:
+                    break
+            else:
+                raise TimeoutError(f"node {name} did not connect:\n{''.join(agent.output[-30:])}")
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def _wait_listed(server: ServerProc, name: str, status: str, timeout: float = 10.0) -> dict[str, object]:
+    """Poll the listing (bounded): the mirror of another replica is fed asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with server.http() as http:
+            nodes = http.get("/api/v1/nodes").json()["nodes"]
+        found = [n for n in nodes if n["name"] == name]
+        assert len(found) <= 1, f"node {name} listed {len(found)} times"
+        if found and found[0]["status"] == status:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not {status} on {server.url}: {found}")
+        time.sleep(0.05)
+
+
+def test_listed_and_callable_from_every_replica(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    a, _, c = replicas
+    node_on(a, "laptop")
+    for server in replicas:
+        listed = _wait_listed(server, "laptop", "connected")
+        assert "echo" in listed["tools"]  # type: ignore[operator]
+        with server.http(server.token()) as http:
+            response = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "hi"}})
+            assert response.status_code == 200, response.text
+            assert response.json()["content"][0]["text"] == "hi"
+            # Same codes as on one process: schema failure 422, unknown tool 404.
+            bad = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": 5}})
+            assert bad.status_code == 422
+            unknown = http.post("/api/v1/nodes/laptop/tools/nope/call", json={"arguments": {}})
+            assert unknown.status_code == 404
+    # The heartbeat's RTT, measured by the holder, is seen on the others.
+    deadline = time.monotonic() + 10
+    while c.node("laptop")["rtt_ms"] is None:
+        assert time.monotonic() < deadline, "no rtt_ms from the holder reached replica c"
+        time.sleep(0.1)
+
+
+def test_workspace_isolation_across_replicas(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    a, b, _ = replicas
+    node_on(a, "secret-box", workspace="ws2")
+    _wait_listed(b, "secret-box", "connected")  # the admin sees it
+    with b.http(b.token("mallory", "ws1")) as http:
+        assert http.get("/api/v1/nodes/secret-box").status_code == 404
+        call = http.post("/api/v1/nodes/secret-box/tools/echo/call", json={"arguments": {"text": "x"}})
+        assert call.status_code == 404
+        assert all(n["name"] != "secret-box" for n in http.get("/api/v1/nodes").json()["nodes"])
+    with b.http(b.token("bob", "ws2")) as http:
+        call = http.post("/api/v1/nodes/secret-box/tools/echo/call", json={"arguments": {"text": "x"}})
+        assert call.status_code == 200
+
+
+async def test_progress_and_cancel_cross_replicas(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    seen: list[str] = []
+    async with AsyncClient(b.url, token=b.token()) as client:
+        result = await client.call(
+            "laptop",
+            "shell_exec",
+            {"command": "for i in $(seq 1 30); do echo line$i; sleep 0.01; done"},
+            on_progress=lambda p: seen.append(p.get("message") or ""),
+        )
+        assert not result.is_error
+        lines = [line for chunk in seen for line in chunk.splitlines() if line.startswith("line")]
+        assert lines == [f"line{i}" for i in range(1, 31)]  # all of it, in order, across two replicas
+
+        marker = f"701.{uuid.uuid4().int % 10**6}"
+        running = asyncio.Event()
+        call = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": f"echo started; sleep {marker}"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        await call.cancel()
+        with pytest.raises(CallCancelled):
+            async with asyncio.timeout(10):
+                await call
+        # The cancel crossed to the holder and down to the node: the command's process is gone.
+        assert await asyncio.to_thread(wait_gone, pids_with(marker), 5.0), "the sleep is still running"
+
+
+async def test_events_reach_every_replica(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    a, b, c = replicas
+    got: dict[str, list[str]] = {b.url: [], c.url: []}
+
+    def watch(server: ServerProc, ready: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        with server.events() as stream:
+            loop.call_soon_threadsafe(ready.set)
+            for event, data in stream.items(deadline=time.monotonic() + 25):
+                if data.get("name") == "roamer":
+                    got[server.url].append(event)
+                    if event == "node.disconnected":
+                        return
+
+    loop = asyncio.get_running_loop()
+    readies = [asyncio.Event(), asyncio.Event()]
+    watchers = [asyncio.to_thread(watch, s, r, loop) for s, r in zip((b, c), readies, strict=True)]
+    tasks = [asyncio.ensure_future(w) for w in watchers]
+    async with asyncio.timeout(10):
+        for ready in readies:
+            await ready.wait()
+    agent = await asyncio.to_thread(node_on, a, "roamer")
+    await asyncio.to_thread(_wait_listed, c, "roamer", "connected")
+    agent.stop()
+    async with asyncio.timeout(25):
+        await asyncio.gather(*tasks)
+    for events in got.values():
+        assert events[0] == "node.connected" and events[-1] == "node.disconnected", events
+
+
+async def test_replica_killed_mid_call(replicas: list[ServerProc], node_on: Callable[..., AgentProc]) -> None:
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    marker = f"702.{uuid.uuid4().int % 10**6}"
+    async with AsyncClient(b.url, token=b.token()) as client:
+        running = asyncio.Event()
+        call = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": f"echo started; sleep {marker}"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        started = time.monotonic()
+        a.kill()
+        with pytest.raises(NodeDisconnected):
+            async with asyncio.timeout(10):
+                await call
+        assert time.monotonic() - started < 5
+    # The dead replica's node turns disconnected on the others within a few lease intervals.
+    await asyncio.to_thread(_wait_listed, b, "laptop", "disconnected", 4 * float(LEASE) + 2)
+    for pid in pids_with(marker):
+        os.kill(pid, 9)
+
+
+def test_node_moves_between_replicas(replicas: list[ServerProc], node_on: Callable[..., AgentProc]) -> None:
+    a, b, c = replicas
+    first = node_on(a, "laptop")
+    _wait_listed(c, "laptop", "connected")
+    # A second connection of the same node, to another replica: the newest wins everywhere.
+    node_on(b, "laptop", home_tag="-second")
+    assert first.wait_output("4409", 10) or first.wait_output("replaced", 1), "".join(first.output[-20:])
+    for server in replicas:
+        _wait_listed(server, "laptop", "connected")
+        with server.http(server.token()) as http:
+            root_listing = http.post(
+                "/api/v1/nodes/laptop/tools/fs_list/call", json={"arguments": {"path": "."}}
+            )
+            assert root_listing.status_code == 200, root_listing.text
+            assert "marker-second" in root_listing.text, f"{server.url} called the replaced node"
+
+
+def test_replica_link_refuses_other_tokens(replicas: list[ServerProc]) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    a = replicas[0]
+    for token in (a.token(), a.admin_token, "garbage"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(
+                a.url.replace("http", "ws") + "/api/v1/cluster/link",
+                additional_headers={"Authorization": f"Bearer {token}"},
+                subprotocols=["cortex.cluster.v1"],  # type: ignore[list-item]
+                open_timeout=10,
+            )
+        assert refused.value.response.status_code in (401, 403)
+    # Without --redis-url there is no replica link at all.
+    with httpx2.Client(base_url=a.url, timeout=10) as http:
+        assert http.get("/healthz").status_code == 200
