@@ -256,3 +256,97 @@ def test_replica_link_refuses_other_tokens(replicas: list[ServerProc]) -> None:
     # Without --redis-url there is no replica link at all.
     with httpx2.Client(base_url=a.url, timeout=10) as http:
         assert http.get("/healthz").status_code == 200
+
+
+async def test_frozen_replica_calls_fail_by_lease_then_it_rejoins(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """A replica that stops answering but keeps its sockets open (SIGSTOP: a hung process, a partition)
+    is dead once its lease lapses: calls held by it fail within 5 s; resumed, it claims its nodes again."""
+    import signal
+
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    marker = f"703.{uuid.uuid4().int % 10**6}"
+    async with AsyncClient(b.url, token=b.token()) as client:
+        running = asyncio.Event()
+        call = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": f"echo started; sleep {marker}"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        started = time.monotonic()
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NodeDisconnected):
+                async with asyncio.timeout(10):
+                    await call
+            assert time.monotonic() - started < 5
+            await asyncio.to_thread(_wait_listed, b, "laptop", "disconnected", 2.0)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+    # Resumed, it finds its lease lapsed and claims its (still open) links again.
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected", 15.0)
+    with b.http(b.token()) as http:
+        response = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "back"}})
+        assert response.status_code == 200, response.text
+    for pid in pids_with(marker):
+        os.kill(pid, 9)
+
+
+async def test_replica_link_relays_only_tool_traffic(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """A genuine replica token still cannot make a holder send a node anything but calls and reads."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from server.auth import TokenAuthority
+    from server.store import ServerStore
+
+    a = replicas[0]
+    node_on(a, "laptop")
+    store = ServerStore(a.data_dir)
+    try:
+        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
+    finally:
+        store.close()
+    async with connect(
+        a.url.replace("http", "ws") + "/api/v1/cluster/link",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        subprotocols=["cortex.cluster.v1"],  # type: ignore[list-item]
+    ) as ws:
+
+        async def ask(id_: int, params: object) -> dict[str, object]:
+            await ws.send(
+                json.dumps({"jsonrpc": "2.0", "id": id_, "method": "node/request", "params": params})
+            )
+            async with asyncio.timeout(10):
+                answer: dict[str, object] = json.loads(await ws.recv())
+            return answer
+
+        bad_method = await ask(1, {"node": "laptop", "method": "initialize", "params": {}})
+        assert bad_method["error"]["code"] == -32602  # type: ignore[index]
+        elsewhere = await ask(2, {"node": "nobody-here", "method": "tools/call", "params": {}})
+        assert elsewhere["error"]["code"] == -32004  # type: ignore[index]
+        assert elsewhere["error"]["data"]["reason"] == "not_connected"  # type: ignore[index]
+        garbage = await ask(3, ["not", "an", "object"])
+        assert "error" in garbage
+        ok = await ask(
+            4,
+            {
+                "node": "laptop",
+                "method": "tools/call",
+                "params": {
+                    "name": "echo",
+                    "arguments": {"text": "relayed"},
+                    "_meta": {"cortex/caller": {"sub": "x", "ws": "ws1"}},
+                },
+            },
+        )
+        assert ok["result"]["content"][0]["text"] == "relayed"  # type: ignore[index]
