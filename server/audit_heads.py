@@ -22,15 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.registry import NodeEntry, NodeRegistry
 from server.store import AUDIT_OK, AuditHead, ServerStore, StoreError
 
-if TYPE_CHECKING:
-    from server.app import ServerState
-
-__all__ = ["AuditHeads", "audit_heads_of", "parse_head"]
+__all__ = ["AuditHeads", "parse_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +47,7 @@ def parse_head(head: Any) -> tuple[int, str | None] | None:
 
 
 class AuditHeads:
-    """Persisted heads of every node, cached in memory; one per app (``ServerState.extras``)."""
+    """Persisted heads of every node, cached in memory; one per app (``ServerState.audit_heads``)."""
 
     def __init__(self, store: ServerStore, registry: NodeRegistry) -> None:
         self._store = store
@@ -105,10 +102,3 @@ class AuditHeads:
         self.decorate(entry)
         self._registry.publish("node.updated", entry)
         return dict(entry.audit or self.view(entry.name))
-
-
-def audit_heads_of(state: ServerState) -> AuditHeads:
-    """The app's `AuditHeads` (built with the state, in ``ServerState.extras``)."""
-    heads = state.extras["audit_heads"]
-    assert isinstance(heads, AuditHeads)
-    return heads

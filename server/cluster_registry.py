@@ -49,12 +49,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.registry import LocalRegistry, NodeEntry, NodeLink
+from server.replica_link import RemoteLink, ReplicaLinks
 
 if TYPE_CHECKING:
+    from server.auth import TokenAuthority
+    from server.config import ServerConfig
     from server.metrics import Metrics
-    from server.replica_link import ReplicaLinks
 
-__all__ = ["PREFIX", "ClusterConfig", "ClusterRegistry", "new_replica_id"]
+__all__ = ["PREFIX", "ClusterConfig", "ClusterRegistry", "cluster_registry", "new_replica_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ PREFIX = "cortex:"
 EVENTS = PREFIX + "events"
 REPLICAS = PREFIX + "replicas"
 _BATCH = 512
+WRITE_WAIT_S = 2.0
+"""How long attach/detach wait for their write to reach Redis (it is retried in the background after)."""
 
 
 def new_replica_id() -> str:
@@ -157,6 +161,22 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def cluster_registry(
+    config: ServerConfig, known: Callable[[], list[tuple[str, str]]], metrics: Metrics
+) -> ClusterRegistry:
+    """The registry of one replica, from the server's configuration (``serve --redis-url``)."""
+    assert config.redis_url is not None
+    cluster = ClusterConfig(
+        config.redis_url,
+        config.replica_id or new_replica_id(),
+        lease_s=config.replica_lease_s,
+        refresh_s=config.replica_refresh_s,
+    )
+    registry = ClusterRegistry(cluster, known, metrics=metrics)
+    registry.max_frame_bytes = config.max_frame_bytes
+    return registry
+
+
 @dataclass
 class _Held:
     """A link this replica holds: its connection id and whether its claim came back on the channel."""
@@ -164,6 +184,10 @@ class _Held:
     link: NodeLink
     conn: str
     claim_seen: bool = False
+
+
+_Op = tuple[str, str, str, "asyncio.Future[None] | None"]
+"""A queued write: (claim | update | release, node name, connection id, done when written)."""
 
 
 class ClusterRegistry(LocalRegistry):
@@ -183,6 +207,8 @@ class ClusterRegistry(LocalRegistry):
         self.url: str | None = None
         """This replica's internal address for replica links (`advertise`)."""
         self.links: ReplicaLinks | None = None
+        """Set by `use_authority` (the links are signed with the server's key)."""
+        self.max_frame_bytes = 16 * 1024 * 1024
         self._metrics = metrics
         self._redis: aioredis.Redis | None = None
         self._held: dict[str, _Held] = {}
@@ -190,7 +216,7 @@ class ClusterRegistry(LocalRegistry):
         self._remote_links: dict[tuple[str, str, str], NodeLink] = {}
         self._tools: dict[str, tuple[list[dict[str, Any]], Any]] = {}
         self._tools_ids: dict[int, tuple[list[dict[str, Any]], str]] = {}
-        self._ops: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._ops: asyncio.Queue[_Op] = asyncio.Queue()
         self._dirty: set[str] = set()
         self._conns = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,6 +244,8 @@ class ClusterRegistry(LocalRegistry):
 
     async def stop(self) -> None:
         """Leave the cluster: send what is queued, release what this replica holds, drop the lease."""
+        if self.links is not None:
+            await self.links.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -227,7 +255,7 @@ class ClusterRegistry(LocalRegistry):
         if redis is None:
             return
         ops = [self._ops.get_nowait() for _ in range(self._ops.qsize())]
-        ops += [("release", name, held.conn) for name, held in self._held.items()]
+        ops += [("release", name, held.conn, None) for name, held in self._held.items()]
         self._held.clear()
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(3):
@@ -236,6 +264,10 @@ class ClusterRegistry(LocalRegistry):
                 await redis.delete(_replica_key(self.rid))
                 await redis.srem(REPLICAS, self.rid)
         await redis.aclose()
+
+    def use_authority(self, authority: TokenAuthority) -> None:
+        """Replica links are opened with tokens signed by the server's (shared) signing key."""
+        self.links = ReplicaLinks(self, authority, self.max_frame_bytes)
 
     async def advertise(self, url: str) -> None:
         """The address other replicas dial for calls to nodes held here (announced at once)."""
@@ -253,38 +285,47 @@ class ClusterRegistry(LocalRegistry):
         key = (name, *holder)
         remote = self._remote_links.get(key)
         if remote is None:
-            from server.replica_link import RemoteLink
-
             if len(self._remote_links) > 4 * (len(self._remote) + 64):
                 self._remote_links.clear()  # bounded: stale connections' links are rebuilt on demand
             remote = self._remote_links[key] = RemoteLink(self.links, holder[0], name)
         return remote
 
-    def forget(self, name: str) -> None:
-        super().forget(name)
+    async def forget(self, name: str) -> None:
+        await super().forget(name)
         self._remote.pop(name, None)
 
     def local_link(self, name: str) -> NodeLink | None:
         """The link to `name` if this replica holds it (what a replica link may call)."""
         return self._links.get(name)
 
-    def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
+    async def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
+        """Hold the node here; returns once the claim is in Redis (or after `WRITE_WAIT_S`)."""
         self._conns += 1
         conn = f"{self.rid}.{self._conns}"
         self._held[entry.name] = _Held(link, conn)
         self._remote.pop(entry.name, None)
-        old = super().attach(entry, link)  # publishes node.connected: queued as the claim (`publish`)
+        old = await super().attach(entry, link)  # publishes node.connected: queued as the claim
+        await self._written()
         return old
 
-    def detach(self, name: str, link: NodeLink) -> bool:
+    async def detach(self, name: str, link: NodeLink) -> bool:
         held = self._held.get(name)
-        if not super().detach(name, link):
+        if not await super().detach(name, link):
             return False
         if held is not None and held.link is link:
             del self._held[name]
             self._dirty.discard(name)
-            self._ops.put_nowait(("release", name, held.conn))
+            self._ops.put_nowait(("release", name, held.conn, None))
+            await self._written()
         return True
+
+    async def _written(self) -> None:
+        """Wait (bounded) until every write queued so far reached Redis."""
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.put_nowait(("flush", "", "", marker))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WRITE_WAIT_S):
+                await asyncio.shield(marker)
 
     def publish(self, event: str, entry: NodeEntry) -> None:
         super().publish(event, entry)
@@ -292,10 +333,10 @@ class ClusterRegistry(LocalRegistry):
         if held is None or self._links.get(entry.name) is not held.link:
             return  # only the holder tells the cluster about a node
         if event == "node.connected":
-            self._ops.put_nowait(("claim", entry.name, held.conn))
+            self._ops.put_nowait(("claim", entry.name, held.conn, None))
         elif event == "node.updated" and entry.name not in self._dirty:
             self._dirty.add(entry.name)
-            self._ops.put_nowait(("update", entry.name, held.conn))
+            self._ops.put_nowait(("update", entry.name, held.conn, None))
 
     def holder(self, name: str) -> str | None:
         """The replica id holding `name` (this one's own id for a local link), None if nobody does."""
@@ -333,11 +374,16 @@ class ClusterRegistry(LocalRegistry):
                 except (RedisError, OSError) as exc:
                     logger.warning("cluster: writing to Redis failed (%s); retrying", exc)
                     await asyncio.sleep(min(0.1 * (attempt + 1), 2.0))
+            for *_, done in ops:
+                if done is not None and not done.done():
+                    done.set_result(None)
 
-    async def _write(self, ops: list[tuple[str, str, Any]]) -> None:
+    async def _write(self, ops: list[_Op]) -> None:
         assert self._redis is not None
         pipe = self._redis.pipeline(transaction=False)
-        for op, name, conn in ops:
+        for op, name, conn, _done in ops:
+            if op == "flush":
+                continue
             if op == "release":
                 message = self._message("node.disconnected", name, conn, None)
                 await self._release(
@@ -541,7 +587,7 @@ class ClusterRegistry(LocalRegistry):
                     logger.warning("cluster: this replica's lease had lapsed; claiming its nodes again")
                     for name, held in self._held.items():
                         held.claim_seen = False
-                        self._ops.put_nowait(("claim", name, held.conn))
+                        self._ops.put_nowait(("claim", name, held.conn, None))
                 first = False
                 await self._reap_dead()
             except (RedisError, OSError) as exc:

@@ -160,7 +160,7 @@ async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, dem
     scheme = "https" if config.tls_cert else "http"
     base_url = f"{scheme}://{config.host}:{port}"
     state = getattr(server.config.app.state, "cortex", None) if hasattr(server.config.app, "state") else None
-    cluster = state.extras.get("cluster") if state is not None else None
+    cluster = state.cluster if state is not None else None
     if cluster is not None:  # other replicas dial this address for calls to nodes held here
         await cluster.advertise(config.advertise_url or base_url)
     print(f"cortex-server listening on {base_url}", flush=True)

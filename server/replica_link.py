@@ -2,10 +2,10 @@
 
 Where it sits: `server.cluster_registry.ClusterRegistry.link` hands the router a `RemoteLink` for a
 node held elsewhere; its `request` goes over a `ReplicaLinks` connection to the holding replica's
-``WS /api/v1/cluster/link``, whose handler runs the request on the local tunnel link — so every surface
-still calls through the one `CallRouter` (workspace, schema, timeout, metrics stay on the caller's
-replica), and the holder only relays. Both ends run `spec.session.RpcSession`, which already carries
-progress and cancellation end to end.
+``WS /api/v1/cluster/link`` (`server.replica_endpoint`), whose handler runs it on the local tunnel
+link — so every surface still calls through the one `CallRouter` (workspace, schema, timeout and
+metrics stay on the caller's replica), and the holder only relays. Both ends run
+`spec.session.RpcSession`, which already carries progress and cancellation end to end.
 
 Why a direct link and not Redis (measured, `bench/cluster_bench.py` and the commit message): the same
 RpcSession echo between two processes took ~165 µs p50 and ~32k calls/s with 64 in flight over a
@@ -30,23 +30,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import websockets
-from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.auth import AuthError, TokenAuthority
-from server.progress import ProgressPump
-from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, NODE_NOT_FOUND, RpcError
-from spec.session import CallContext, RpcSession, make_methods
+from server.auth import TokenAuthority
+from spec.errors import NODE_DISCONNECTED, RpcError
+from spec.session import RpcSession, make_methods
 
-if TYPE_CHECKING:
-    from server.app import ServerState
-    from server.cluster_registry import ClusterRegistry
-
-__all__ = ["LINK_PATH", "LINK_SUBPROTOCOL", "RELAYED_METHODS", "RemoteLink", "ReplicaLinks", "link_endpoint"]
+__all__ = [
+    "LINK_PATH",
+    "LINK_SUBPROTOCOL",
+    "MAX_RELAYED",
+    "RELAYED_METHODS",
+    "RemoteLink",
+    "ReplicaDirectory",
+    "ReplicaLinks",
+    "replica_gone_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,15 @@ MAX_RELAYED = 4096
 CONNECT_TIMEOUT = 5.0
 
 
-def _gone(rid: str, why: str) -> RpcError:
+class ReplicaDirectory(Protocol):
+    """Where the other replicas are (`server.cluster_registry.ClusterRegistry`)."""
+
+    rid: str
+
+    async def replica_url(self, rid: str) -> str | None: ...
+
+
+def replica_gone_error(rid: str, why: str) -> RpcError:
     return RpcError(
         NODE_DISCONNECTED, f"the replica holding the node is gone ({rid}: {why})", {"retryable": False}
     )
@@ -96,7 +106,7 @@ class _Outgoing:
 class ReplicaLinks:
     """This replica's links to the others, opened on first use and reopened after a drop."""
 
-    def __init__(self, registry: ClusterRegistry, authority: TokenAuthority, max_frame_bytes: int) -> None:
+    def __init__(self, registry: ReplicaDirectory, authority: TokenAuthority, max_frame_bytes: int) -> None:
         self._registry = registry
         self._authority = authority
         self._max_size = max_frame_bytes + 64 * 1024
@@ -117,7 +127,7 @@ class ReplicaLinks:
     async def _open(self, rid: str) -> _Outgoing:
         url = await self._registry.replica_url(rid)
         if url is None:
-            raise _gone(rid, "no lease")
+            raise replica_gone_error(rid, "no lease")
         ws_url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + LINK_PATH
         token = self._authority.mint_replica_token(self._registry.rid)
         try:
@@ -132,7 +142,7 @@ class ReplicaLinks:
                     open_timeout=CONNECT_TIMEOUT,
                 )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-            raise _gone(rid, f"unreachable: {type(exc).__name__}") from None
+            raise replica_gone_error(rid, f"unreachable: {type(exc).__name__}") from None
         session = RpcSession(ws.send, make_methods({}), name=f"replica:{rid}")
         link = _Outgoing(ws, session)
         link.reader = asyncio.create_task(self._read(rid, link), name=f"replica-link:{rid}")
@@ -147,7 +157,7 @@ class ReplicaLinks:
         except websockets.ConnectionClosed:
             pass
         finally:
-            link.session.close(_gone(rid, "link closed"))
+            link.session.close(replica_gone_error(rid, "link closed"))
             if self._links.get(rid) is link:
                 del self._links[rid]
 
@@ -157,7 +167,7 @@ class ReplicaLinks:
         self._locks.pop(rid, None)
         if link is None:
             return
-        link.session.close(_gone(rid, "lease lapsed"))
+        link.session.close(replica_gone_error(rid, "lease lapsed"))
         if link.reader is not None:
             link.reader.cancel()
         task = asyncio.ensure_future(link.ws.close())
@@ -166,79 +176,8 @@ class ReplicaLinks:
     async def close(self) -> None:
         for rid in list(self._links):
             link = self._links.pop(rid)
-            link.session.close(_gone(rid, "this replica is stopping"))
+            link.session.close(replica_gone_error(rid, "this replica is stopping"))
             if link.reader is not None:
                 link.reader.cancel()
             with contextlib.suppress(Exception):
                 await link.ws.close()
-
-
-# -- the holder's side --------------------------------------------------------------------------------
-async def link_endpoint(websocket: WebSocket) -> None:
-    state: ServerState = websocket.app.state.cortex
-    registry = state.extras.get("cluster")
-    authorization = str(websocket.headers.get("authorization", ""))
-    scheme, _, token = authorization.partition(" ")
-    if registry is None or LINK_SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
-        await websocket.send_denial_response(
-            JSONResponse({"error": "not_found", "message": "no replica links here"}, status_code=404)
-        )
-        return
-    try:
-        if scheme.lower() != "bearer":
-            raise AuthError("missing_token")
-        peer = state.authority.verify_replica_token(token.strip())
-    except AuthError as exc:
-        logger.info("cluster: replica link refused: %s", exc.reason)
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"error": "unauthorized", "message": "invalid replica token"}, status_code=exc.status
-            )
-        )
-        return
-    await websocket.accept(subprotocol=LINK_SUBPROTOCOL)
-
-    async def send(text: str) -> None:
-        await websocket.send_text(text)
-
-    async def node_request(ctx: CallContext, node: str, method: str, params: dict[str, Any]) -> Any:
-        if method not in RELAYED_METHODS or not isinstance(params, dict) or not isinstance(node, str):
-            raise RpcError(INVALID_PARAMS, "not a method a replica relays", {"reason": "not_relayed"})
-        link = registry.local_link(node)
-        if link is None:
-            raise RpcError(NODE_NOT_FOUND, f"node {node!r} is not connected", {"reason": "not_connected"})
-        pump: ProgressPump | None = None
-        if ctx.progress_token is not None:
-
-            async def forward(update: dict[str, Any]) -> None:
-                message = update.get("message")
-                await ctx.progress(
-                    update.get("progress", 0),
-                    update.get("total"),
-                    message if isinstance(message, str) else None,
-                )
-
-            pump = ProgressPump(forward)
-        try:
-            result = await link.request(method, params, on_progress=pump.push if pump is not None else None)
-            if pump is not None:
-                await pump.drain()
-            return result
-        finally:
-            if pump is not None:
-                pump.close()
-
-    session = RpcSession(
-        send, make_methods({"node/request": node_request}), name=f"from:{peer}", max_incoming=MAX_RELAYED
-    )
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            await session.feed(data if data is not None else (message.get("bytes") or b""))
-    except (WebSocketDisconnect, RuntimeError):
-        return
-    finally:
-        session.close(_gone(peer, "the calling replica left"))  # cancels its calls on the nodes (rule 5)
