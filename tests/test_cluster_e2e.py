@@ -350,3 +350,52 @@ async def test_replica_link_relays_only_tool_traffic(
             },
         )
         assert ok["result"]["content"][0]["text"] == "relayed"  # type: ignore[index]
+
+
+async def test_mcp_on_another_replica_lists_calls_and_hears_list_changed(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    import mcp_types as types
+
+    from tests.test_mcp import _text, mcp_client
+
+    a, b, _ = replicas
+    changed = asyncio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with mcp_client(b, b.token(), on_message) as session:
+        assert not any(t.name.startswith("desk__") for t in (await session.list_tools()).tools)
+        agent = await asyncio.to_thread(node_on, a, "desk")
+        async with asyncio.timeout(15):
+            await changed.wait()
+        assert "desk__echo" in {t.name for t in (await session.list_tools()).tools}
+        assert _text(await session.call_tool("desk__echo", {"text": "via b"})) == "via b"
+        changed.clear()
+        await asyncio.to_thread(agent.stop)
+        async with asyncio.timeout(15):
+            await changed.wait()
+        assert "desk__echo" not in {t.name for t in (await session.list_tools()).tools}
+
+
+def test_revoked_node_is_unknown_on_every_replica(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    from server import admin
+
+    a, _, _ = replicas
+    agent = node_on(a, "laptop")
+    for server in replicas:
+        _wait_listed(server, "laptop", "connected")
+    assert admin.revoke_node(a.data_dir, "laptop")
+    assert agent.wait_output("4403", 10) or agent.wait_output("revoked", 1), "".join(agent.output[-20:])
+    deadline = time.monotonic() + 5
+    for server in replicas:
+        with server.http(server.token()) as http:
+            while (status := http.get("/api/v1/nodes/laptop").status_code) != 404:
+                assert time.monotonic() < deadline, f"{server.url} still knows the revoked node ({status})"
+                time.sleep(0.05)
+            call = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "x"}})
+            assert call.status_code == 404
