@@ -108,6 +108,12 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     if not 0.3 <= args.replica_lease <= 60:
         print("--replica-lease must be between 0.3 and 60 seconds", file=sys.stderr)
         return 2
+    if args.redis_url and "CORTEX_REDIS_URL" not in os.environ and _has_password(args.redis_url):
+        print(
+            "cortex-server: warning: a password in --redis-url is visible to every user of this machine "
+            "(the process list); pass it in CORTEX_REDIS_URL instead",
+            file=sys.stderr,
+        )
     if args.client_ca and not args.tls_cert:
         print("--client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
@@ -172,6 +178,15 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         return await serve_with_extras(server, config, demo=args.demo)
 
     return asyncio.run(run())
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,8 +291,12 @@ class ClusterRegistry(LocalRegistry):
         return remote
 
     async def forget(self, name: str) -> None:
+        """Drop a revoked node. Held elsewhere, subscribers here still hear it disconnect (as when held
+        here: `NodeDirectory.on_revoked` detaches first); the holder closes its link itself."""
+        holder = self._remote.get(name)
+        if holder is not None:
+            self._drop_remote(name, holder[0])
         await super().forget(name)
-        self._remote.pop(name, None)
 
     def local_link(self, name: str) -> NodeLink | None:
         """The link to `name` if this replica holds it (what a replica link may call)."""

@@ -16,7 +16,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.auth import AuthError
 from server.progress import ProgressPump
-from server.replica_link import LINK_SUBPROTOCOL, MAX_RELAYED, RELAYED_METHODS, replica_gone_error
+from server.replica_link import (
+    LINK_SUBPROTOCOL,
+    MAX_RELAYED,
+    RELAYED_METHODS,
+    REPLICA_HEADER,
+    replica_gone_error,
+)
 from spec.errors import INVALID_PARAMS, NODE_NOT_FOUND, RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
@@ -48,6 +54,11 @@ async def link_endpoint(websocket: WebSocket) -> None:
             JSONResponse(
                 {"error": "unauthorized", "message": "invalid replica token"}, status_code=exc.status
             )
+        )
+        return
+    if websocket.headers.get(REPLICA_HEADER, registry.rid) != registry.rid:
+        await websocket.send_denial_response(
+            JSONResponse({"error": "wrong_replica", "message": "this is another replica"}, status_code=421)
         )
         return
     await websocket.accept(subprotocol=LINK_SUBPROTOCOL)

@@ -44,6 +44,7 @@ __all__ = [
     "LINK_SUBPROTOCOL",
     "MAX_RELAYED",
     "RELAYED_METHODS",
+    "REPLICA_HEADER",
     "RemoteLink",
     "ReplicaDirectory",
     "ReplicaLinks",
@@ -58,6 +59,8 @@ RELAYED_METHODS = frozenset({"tools/call", "tools/list", "audit/read"})
 MAX_RELAYED = 4096
 """Calls one replica may have running through another at once (beyond: -32012 overloaded)."""
 CONNECT_TIMEOUT = 5.0
+REPLICA_HEADER = "X-Cortex-Replica"
+"""The replica id the caller expects to reach; the holder refuses (421) a link meant for another."""
 
 
 class ReplicaDirectory(Protocol):
@@ -134,7 +137,8 @@ class ReplicaLinks:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 ws = await connect(
                     ws_url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
+                    # The holder refuses the link if it is not `rid` (a new process on a dead one's port).
+                    additional_headers={"Authorization": f"Bearer {token}", REPLICA_HEADER: rid},
                     subprotocols=[LINK_SUBPROTOCOL],  # type: ignore[list-item]
                     compression=None,
                     max_size=self._max_size,

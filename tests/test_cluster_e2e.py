@@ -27,7 +27,8 @@ REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE]
 @pytest.fixture
 def replicas(tmp_path: Path, redis_url: str) -> Iterator[list[ServerProc]]:
     data = tmp_path / "server"
-    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis_url]) for _ in range(3)]
+    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis_url]) for _ in range(2)]
+    servers.append(ServerProc(data, args=REPLICA_ARGS, env={"CORTEX_REDIS_URL": redis_url}))  # the env form
     try:
         for server in servers:
             server.start()
@@ -253,9 +254,57 @@ def test_replica_link_refuses_other_tokens(replicas: list[ServerProc]) -> None:
                 open_timeout=10,
             )
         assert refused.value.response.status_code in (401, 403)
-    # Without --redis-url there is no replica link at all.
-    with httpx2.Client(base_url=a.url, timeout=10) as http:
-        assert http.get("/healthz").status_code == 200
+    # A genuine replica token, but the link is meant for another replica (a new process on a dead one's
+    # port must not take its calls): refused.
+    from server.auth import TokenAuthority
+    from server.store import ServerStore
+
+    store = ServerStore(a.data_dir)
+    try:
+        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
+    finally:
+        store.close()
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            a.url.replace("http", "ws") + "/api/v1/cluster/link",
+            additional_headers={"Authorization": f"Bearer {token}", "X-Cortex-Replica": "r000000000000"},
+            subprotocols=["cortex.cluster.v1"],  # type: ignore[list-item]
+            open_timeout=10,
+        )
+    assert refused.value.response.status_code == 421
+
+
+def test_replica_link_absent_without_redis(server_proc: ServerProc) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            server_proc.url.replace("http", "ws") + "/api/v1/cluster/link",
+            additional_headers={"Authorization": "Bearer x"},
+            subprotocols=["cortex.cluster.v1"],  # type: ignore[list-item]
+            open_timeout=10,
+        )
+    assert refused.value.response.status_code == 404
+
+
+async def test_timeout_across_replicas_is_504_and_stops_the_command(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    marker = f"704.{uuid.uuid4().int % 10**6}"
+    async with httpx2.AsyncClient(base_url=b.url, headers={"Authorization": f"Bearer {b.token()}"}) as http:
+        started = time.monotonic()
+        response = await http.post(
+            "/api/v1/nodes/laptop/tools/shell_exec/call",
+            json={"arguments": {"command": f"sleep {marker}"}, "timeout_s": 1},
+            timeout=30,
+        )
+        assert response.status_code == 504, response.text
+        assert time.monotonic() - started < 10
+    assert await asyncio.to_thread(wait_gone, pids_with(marker), 5.0), "the timed-out command still runs"
 
 
 async def test_frozen_replica_calls_fail_by_lease_then_it_rejoins(
