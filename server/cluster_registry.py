@@ -199,9 +199,8 @@ class ClusterRegistry(LocalRegistry):
         known: Callable[[], list[tuple[str, str]]] | None = None,
         *,
         metrics: Metrics | None = None,
-        known_refresh_s: float = 2.0,
     ) -> None:
-        super().__init__(known, known_refresh_s)
+        super().__init__(known)
         self.config = config
         self.rid = config.replica_id
         self.url: str | None = None
@@ -445,14 +444,25 @@ class ClusterRegistry(LocalRegistry):
         alive = await self._alive(replicas)
         seen: set[str] = set()
         for rid in alive:
-            for name in _strs(await self._redis.smembers(_held_key(rid))):
-                fields: dict[str, str] = await self._redis.hgetall(_node_key(name))  # type: ignore[assignment]
-                if fields.get("holder") != rid:
-                    continue
-                seen.add(name)
-                if name in self._held:
-                    continue
-                await self._apply_connected(rid, fields.get("conn", ""), name, json.loads(fields["state"]))
+            names = _strs(await self._redis.smembers(_held_key(rid)))
+            for start in range(0, len(names), _BATCH):  # pipelined: thousands of nodes in a few trips
+                chunk = names[start : start + _BATCH]
+                pipe = self._redis.pipeline(transaction=False)
+                for name in chunk:
+                    pipe.hgetall(_node_key(name))
+                for name, fields in zip(chunk, await pipe.execute(), strict=True):
+                    if not isinstance(fields, dict) or fields.get("holder") != rid:
+                        continue
+                    seen.add(name)
+                    conn = str(fields.get("conn", ""))
+                    if name in self._held or self._remote.get(name) == (rid, conn):
+                        continue  # ours, or already mirrored (a resubscription)
+                    try:
+                        state = json.loads(fields.get("state") or "null")
+                    except ValueError:
+                        continue
+                    if isinstance(state, dict):
+                        await self._apply_connected(rid, conn, name, state)
         for name, (rid, _conn) in list(self._remote.items()):
             if name not in seen:
                 self._drop_remote(name, rid)

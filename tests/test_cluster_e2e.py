@@ -448,3 +448,24 @@ def test_revoked_node_is_unknown_on_every_replica(
                 time.sleep(0.05)
             call = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "x"}})
             assert call.status_code == 404
+
+
+def test_replica_started_later_lists_what_others_hold(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc], redis_url: str
+) -> None:
+    a = replicas[0]
+    node_on(a, "laptop")
+    _wait_listed(replicas[1], "laptop", "connected")
+    late = ServerProc(a.data_dir, args=[*REPLICA_ARGS, "--redis-url", redis_url]).start()
+    try:
+        listed = _wait_listed(
+            late, "laptop", "connected", timeout=2.0
+        )  # from Redis at start, no event needed
+        assert "echo" in listed["tools"]  # type: ignore[operator]
+        with late.http(late.token()) as http:
+            response = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "late"}})
+            assert response.status_code == 200 and response.json()["content"][0]["text"] == "late"
+    finally:
+        late.stop()
+    # It left cleanly: nobody lost the node.
+    _wait_listed(replicas[1], "laptop", "connected")
