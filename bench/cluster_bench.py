@@ -138,12 +138,19 @@ def _us(seconds: float) -> float:
     return seconds * 1e6
 
 
-async def run(quick: bool, workdir: Path) -> list[Row]:
+async def run(
+    quick: bool,
+    workdir: Path,
+    *,
+    seq_calls: int | None = None,
+    load_calls: int | None = None,
+    checked_calls: int = CHECKED_CALLS,
+) -> list[Row]:
     executable = shutil.which("redis-server")
     if executable is None:
         return []
-    seq_n = 300 if quick else 2000
-    load_n = 2000 if quick else 10_000
+    seq_n = seq_calls or (300 if quick else 2000)
+    load_n = load_calls or (2000 if quick else 10_000)
     redis = await asyncio.to_thread(_Redis(executable).start)
     data = workdir / "cluster-data"
     args = ["--redis-url", redis.url]
@@ -185,10 +192,10 @@ async def run(quick: bool, workdir: Path) -> list[Row]:
                     target="≥ 0.7x same replica",
                 )
             )
-            wrong = await _checked(cross, CHECKED_CALLS)
+            wrong = await _checked(cross, checked_calls)
             rows.append(
                 Row(
-                    f"cluster: {CHECKED_CALLS:,} cross-replica calls lost or crossed",
+                    f"cluster: {checked_calls:,} cross-replica calls lost or crossed",
                     float(wrong),
                     0.0,
                     "calls",
