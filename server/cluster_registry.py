@@ -599,6 +599,7 @@ class ClusterRegistry(LocalRegistry):
                 lapsed = await self._renew_lease()
                 if lapsed and not first:
                     logger.warning("cluster: this replica's lease had lapsed; claiming its nodes again")
+                    self._tools_ids.clear()  # Redis may have lost everything (restarted): store them again
                     for name, held in self._held.items():
                         held.claim_seen = False
                         self._ops.put_nowait(("claim", name, held.conn, None))

@@ -469,3 +469,58 @@ def test_replica_started_later_lists_what_others_hold(
         late.stop()
     # It left cleanly: nobody lost the node.
     _wait_listed(replicas[1], "laptop", "connected")
+
+
+def test_redis_restart_loses_nothing_for_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis dies and comes back empty (no persistence): the replicas announce and claim again, and a
+    node held by one is listed and callable on the other again, with its tools."""
+    import shutil
+
+    from tests.support import engines
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server absent")
+    redis = engines.RedisServer(executable).start()
+    port = redis.port
+    data = tmp_path / "server"
+    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis.url]) for _ in range(2)]
+    agent: AgentProc | None = None
+    try:
+        for server in servers:
+            server.start()
+        a, b = servers
+        credential = a.enroll("laptop")
+        root = tmp_path / "root"
+        root.mkdir()
+        agent = AgentProc(
+            tmp_path / "home", a.url, "laptop", credential, ["--allow-root", str(root), "--no-browser"]
+        )
+        agent.start()
+        _wait_listed(b, "laptop", "connected", 30)
+        redis.kill()
+        monkeypatch.setattr(engines, "free_port", lambda: port)  # the same address, empty
+        redis.start()
+        # A replica that knows only what is in the new Redis: it sees the node (with its tools) once the
+        # holder noticed its lease was gone and claimed its links again.
+        late = ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis.url])
+        servers.append(late.start())
+        deadline = time.monotonic() + 20
+        while True:
+            with late.http(late.token()) as http:
+                response = http.post(
+                    "/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "again"}}
+                )
+            if response.status_code == 200:
+                break
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        assert response.json()["content"][0]["text"] == "again"
+        for server in (b, late):
+            assert "echo" in _wait_listed(server, "laptop", "connected")["tools"]  # type: ignore[operator]
+    finally:
+        if agent is not None:
+            agent.stop()
+        for server in servers:
+            server.stop()
+        redis.close()
