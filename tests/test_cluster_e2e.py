@@ -7,6 +7,7 @@ store; PostgreSQL comes with `--database-url`), real `cortex-agent run` nodes. E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -524,3 +525,37 @@ def test_redis_restart_loses_nothing_for_good(tmp_path: Path, monkeypatch: pytes
         for server in servers:
             server.stop()
         redis.close()
+
+
+async def test_caller_replica_killed_cancels_the_call_on_the_node(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """Nobody is left to receive the result: the holder cancels the call on the node (its command stops)."""
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    marker = f"705.{uuid.uuid4().int % 10**6}"
+    client = AsyncClient(b.url, token=b.token())
+    await client.__aenter__()
+    try:
+        running = asyncio.Event()
+        call = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": f"echo started; sleep {marker}"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        assert pids_with(marker), "the command did not start"
+        b.kill()
+        assert await asyncio.to_thread(wait_gone, pids_with(marker), 5.0), (
+            "the call outlived its caller's replica"
+        )
+        del call  # its connection is gone with replica b
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await client.__aexit__(None, None, None)
+        for pid in pids_with(marker):
+            os.kill(pid, 9)
