@@ -94,3 +94,17 @@ def test_product_packages_have_no_import_cycle() -> None:
     from bench.import_graph import import_graph, strongly_connected
 
     assert strongly_connected(import_graph(REPO, typing=True)) == []
+
+
+def test_only_the_registry_reaches_other_replicas() -> None:
+    """Calls to a node on another replica go below the `CallRouter`: only the cluster registry makes
+    replica links (the app mounts the holder's endpoint); no surface dials another replica itself."""
+    allowed = {"server/cluster_registry.py", "server/replica_endpoint.py", "server/app.py"}
+    offenders = []
+    for path in sorted((REPO / "server").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+        imported = _imported_modules(ast.parse(path.read_text()), package)
+        if rel not in allowed and rel != "server/replica_link.py" and "server.replica_link" in imported:
+            offenders.append(rel)
+    assert offenders == []
