@@ -354,16 +354,18 @@ class ClusterRegistry(LocalRegistry):
         return head[:-1] + ',"node":' + (state or "null") + "}"
 
     def _tools_id(self, entry: NodeEntry) -> tuple[str, bool]:
-        """The id of the entry's tool list, and whether it is new here (then it is stored first)."""
+        """The id of the entry's tool list, and whether Redis may not have it yet (then it is stored
+        with the write; `_stored_tools` remembers it only once that write went through)."""
         known = self._tools_ids.get(id(entry.tools))
         if known is not None and known[0] is entry.tools:
             return known[1], False
         text = json.dumps(entry.tools, sort_keys=True, separators=(",", ":"))
-        tools_id = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return hashlib.sha256(text.encode()).hexdigest()[:32], True
+
+    def _stored_tools(self, tools: list[dict[str, Any]], tools_id: str) -> None:
         if len(self._tools_ids) > 1024:
             self._tools_ids.clear()
-        self._tools_ids[id(entry.tools)] = (entry.tools, tools_id)
-        return tools_id, True
+        self._tools_ids[id(tools)] = (tools, tools_id)
 
     async def _write_loop(self) -> None:
         while True:
@@ -384,6 +386,7 @@ class ClusterRegistry(LocalRegistry):
     async def _write(self, ops: list[_Op]) -> None:
         assert self._redis is not None
         pipe = self._redis.pipeline(transaction=False)
+        stored: list[tuple[list[dict[str, Any]], str]] = []
         for op, name, conn, _done in ops:
             if op == "flush":
                 continue
@@ -400,8 +403,9 @@ class ClusterRegistry(LocalRegistry):
             if op == "update":
                 self._dirty.discard(name)
             tools_id, new = self._tools_id(entry)
-            if new:
+            if new and all(tools is not entry.tools for tools, _ in stored):  # once per batch
                 pipe.set(_tools_key(tools_id), json.dumps(entry.tools, separators=(",", ":")))
+                stored.append((entry.tools, tools_id))
             state = json.dumps(_wire(entry, tools_id), separators=(",", ":"), default=str)
             if op == "claim":
                 message = self._message("node.connected", name, conn, state)
@@ -414,6 +418,8 @@ class ClusterRegistry(LocalRegistry):
                 message = self._message("node.updated", name, conn, state)
                 await self._update(keys=[_node_key(name)], args=[conn, state, message], client=pipe)
         await pipe.execute()
+        for tools, tools_id in stored:  # only now: a failed write is rebuilt with its tool lists again
+            self._stored_tools(tools, tools_id)
 
     # -- following the cluster ------------------------------------------------------------------------
     async def _follow(self) -> None:

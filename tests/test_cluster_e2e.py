@@ -26,10 +26,14 @@ REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE]
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, redis_url: str) -> Iterator[list[ServerProc]]:
-    data = tmp_path / "server"
-    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis_url]) for _ in range(2)]
-    servers.append(ServerProc(data, args=REPLICA_ARGS, env={"CORTEX_REDIS_URL": redis_url}))  # the env form
+def replicas(tmp_path: Path, redis_url: str, pg_url: str) -> Iterator[list[ServerProc]]:
+    """Three replicas, each with a data dir of its own, sharing one PostgreSQL and one Redis."""
+
+    def replica(i: int, args: list[str], env: dict[str, str] | None = None) -> ServerProc:
+        return ServerProc(tmp_path / f"replica{i}", args=args, env=env, database_url=pg_url)
+
+    servers = [replica(i, [*REPLICA_ARGS, "--redis-url", redis_url]) for i in range(2)]
+    servers.append(replica(2, REPLICA_ARGS, {"CORTEX_REDIS_URL": redis_url}))  # the env form
     try:
         for server in servers:
             server.start()
@@ -73,6 +77,18 @@ def node_on(replicas: list[ServerProc], tmp_path: Path) -> Iterator[Callable[...
     finally:
         for agent in agents:
             agent.stop()
+
+
+def _replica_token(server: ServerProc) -> str:
+    """A genuine replica token, signed with the cluster's key from the shared store."""
+    from server import admin
+    from server.auth import TokenAuthority
+    from server.store import Store
+
+    async def mint(store: Store) -> str:
+        return TokenAuthority(await store.load_or_create_signing_key()).mint_replica_token("rtest")
+
+    return admin.with_store(server.data_dir, server.database_url, mint)
 
 
 def _wait_listed(server: ServerProc, name: str, status: str, timeout: float = 10.0) -> dict[str, object]:
@@ -257,14 +273,7 @@ def test_replica_link_refuses_other_tokens(replicas: list[ServerProc]) -> None:
         assert refused.value.response.status_code in (401, 403)
     # A genuine replica token, but the link is meant for another replica (a new process on a dead one's
     # port must not take its calls): refused.
-    from server.auth import TokenAuthority
-    from server.store import ServerStore
-
-    store = ServerStore(a.data_dir)
-    try:
-        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
-    finally:
-        store.close()
+    token = _replica_token(a)
     with pytest.raises(InvalidStatus) as refused:
         connect(
             a.url.replace("http", "ws") + "/api/v1/cluster/link",
@@ -356,16 +365,9 @@ async def test_replica_link_relays_only_tool_traffic(
 
     from websockets.asyncio.client import connect
 
-    from server.auth import TokenAuthority
-    from server.store import ServerStore
-
     a = replicas[0]
     node_on(a, "laptop")
-    store = ServerStore(a.data_dir)
-    try:
-        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
-    finally:
-        store.close()
+    token = _replica_token(a)
     async with connect(
         a.url.replace("http", "ws") + "/api/v1/cluster/link",
         additional_headers={"Authorization": f"Bearer {token}"},
@@ -439,7 +441,7 @@ def test_revoked_node_is_unknown_on_every_replica(
     agent = node_on(a, "laptop")
     for server in replicas:
         _wait_listed(server, "laptop", "connected")
-    assert admin.revoke_node(a.data_dir, "laptop")
+    assert admin.revoke_node(a.data_dir, "laptop", a.database_url)
     assert agent.wait_output("4403", 10) or agent.wait_output("revoked", 1), "".join(agent.output[-20:])
     deadline = time.monotonic() + 5
     for server in replicas:
@@ -457,7 +459,11 @@ def test_replica_started_later_lists_what_others_hold(
     a = replicas[0]
     node_on(a, "laptop")
     _wait_listed(replicas[1], "laptop", "connected")
-    late = ServerProc(a.data_dir, args=[*REPLICA_ARGS, "--redis-url", redis_url]).start()
+    late = ServerProc(
+        a.data_dir.parent / "late",
+        args=[*REPLICA_ARGS, "--redis-url", redis_url],
+        database_url=a.database_url,
+    ).start()
     try:
         listed = _wait_listed(
             late, "laptop", "connected", timeout=2.0
