@@ -107,6 +107,16 @@ redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PUBLISH', 'cortex:events', ARGV[5])
 return 1
 """
+# A claim made again after this replica's lease lapsed: never over another connection's newer claim.
+# KEYS[1] node hash, KEYS[2] held set of this replica. ARGV: rid, conn, name, state, message.
+_RECLAIM = """
+local conn = redis.call('HGET', KEYS[1], 'conn')
+if conn and conn ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'conn', ARGV[2], 'state', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', 'cortex:events', ARGV[5])
+return 1
+"""
 # KEYS[1] node hash. ARGV: conn, state, message.
 _UPDATE = """
 if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
@@ -220,6 +230,7 @@ class ClusterRegistry(LocalRegistry):
         self._conns = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self._stopping = False
         self._started = time.time()
 
     # -- life -----------------------------------------------------------------------------------------
@@ -231,8 +242,13 @@ class ClusterRegistry(LocalRegistry):
         self._claim = self._redis.register_script(_CLAIM)
         self._update = self._redis.register_script(_UPDATE)
         self._release = self._redis.register_script(_RELEASE)
+        self._reclaim = self._redis.register_script(_RECLAIM)
         self._reap = self._redis.register_script(_REAP)
-        await self._renew_lease()
+        try:
+            await self._renew_lease()
+        except (RedisError, OSError) as exc:
+            logger.error("cluster: cannot reach Redis (%s): this replica cannot start", exc)
+            raise
         self._tasks = [
             asyncio.create_task(self._follow(), name="cluster-events"),
             asyncio.create_task(self._write_loop(), name="cluster-writer"),
@@ -243,6 +259,7 @@ class ClusterRegistry(LocalRegistry):
 
     async def stop(self) -> None:
         """Leave the cluster: send what is queued, release what this replica holds, drop the lease."""
+        self._stopping = True
         if self.links is not None:
             await self.links.close()
         for task in self._tasks:
@@ -324,6 +341,8 @@ class ClusterRegistry(LocalRegistry):
 
     async def _written(self) -> None:
         """Wait (bounded) until every write queued so far reached Redis."""
+        if self._stopping:
+            return  # the writer is gone; `stop` sends what is left
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ops.put_nowait(("flush", "", "", marker))
         with contextlib.suppress(TimeoutError):
@@ -340,13 +359,6 @@ class ClusterRegistry(LocalRegistry):
         elif event == "node.updated" and entry.name not in self._dirty:
             self._dirty.add(entry.name)
             self._ops.put_nowait(("update", entry.name, held.conn, None))
-
-    def holder(self, name: str) -> str | None:
-        """The replica id holding `name` (this one's own id for a local link), None if nobody does."""
-        if name in self._links:
-            return self.rid
-        remote = self._remote.get(name)
-        return remote[0] if remote else None
 
     # -- writing --------------------------------------------------------------------------------------
     def _message(self, event: str, name: str, conn: str, state: str | None) -> str:
@@ -387,6 +399,7 @@ class ClusterRegistry(LocalRegistry):
         assert self._redis is not None
         pipe = self._redis.pipeline(transaction=False)
         stored: list[tuple[list[dict[str, Any]], str]] = []
+        reclaims: dict[int, tuple[str, str]] = {}  # pipeline position -> the reclaimed node
         for op, name, conn, _done in ops:
             if op == "flush":
                 continue
@@ -407,17 +420,24 @@ class ClusterRegistry(LocalRegistry):
                 pipe.set(_tools_key(tools_id), json.dumps(entry.tools, separators=(",", ":")))
                 stored.append((entry.tools, tools_id))
             state = json.dumps(_wire(entry, tools_id), separators=(",", ":"), default=str)
-            if op == "claim":
+            if op in ("claim", "reclaim"):
                 message = self._message("node.connected", name, conn, state)
-                await self._claim(
+                script = self._claim if op == "claim" else self._reclaim
+                await script(
                     keys=[_node_key(name), _held_key(self.rid)],
                     args=[self.rid, conn, name, state, message],
                     client=pipe,
                 )
+                if op == "reclaim":
+                    reclaims[len(pipe.command_stack) - 1] = (name, conn)
             else:
                 message = self._message("node.updated", name, conn, state)
                 await self._update(keys=[_node_key(name)], args=[conn, state, message], client=pipe)
-        await pipe.execute()
+        results = await pipe.execute()
+        for position, (name, conn) in reclaims.items():
+            held = self._held.get(name)
+            if results[position] == 0 and held is not None and held.conn == conn:
+                self._supersede(name, held)  # a newer connection took the node while we were away
         for tools, tools_id in stored:  # only now: a failed write is rebuilt with its tool lists again
             self._stored_tools(tools, tools_id)
 
@@ -608,7 +628,7 @@ class ClusterRegistry(LocalRegistry):
                     self._tools_ids.clear()  # Redis may have lost everything (restarted): store them again
                     for name, held in self._held.items():
                         held.claim_seen = False
-                        self._ops.put_nowait(("claim", name, held.conn, None))
+                        self._ops.put_nowait(("reclaim", name, held.conn, None))
                 first = False
                 await self._reap_dead()
             except (RedisError, OSError) as exc:
@@ -639,7 +659,3 @@ class ClusterRegistry(LocalRegistry):
         except (ValueError, AttributeError):
             return None
         return url if isinstance(url, str) else None
-
-    def replica_alive(self, rid: str) -> bool:
-        """Whether this replica still lists `rid` as holding any node (as of the last reap)."""
-        return any(holder == rid for holder, _ in self._remote.values())

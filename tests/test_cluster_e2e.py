@@ -565,3 +565,28 @@ async def test_caller_replica_killed_cancels_the_call_on_the_node(
                 await client.__aexit__(None, None, None)
         for pid in pids_with(marker):
             os.kill(pid, 9)
+
+
+def test_newer_connection_made_while_a_replica_was_frozen_wins(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """The node connects elsewhere while its old replica is frozen; resumed, the old replica must not
+    take the node back with its stale link (it closes that one 4409 instead)."""
+    import signal
+
+    a, b, c = replicas
+    first = node_on(a, "laptop")
+    _wait_listed(c, "laptop", "connected")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        _wait_listed(c, "laptop", "disconnected", 4 * float(LEASE) + 2)
+        node_on(b, "laptop", home_tag="-second")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert first.wait_output("4409", 15) or first.wait_output("replaced", 1), "".join(first.output[-20:])
+    for server in replicas:
+        _wait_listed(server, "laptop", "connected")
+        with server.http(server.token()) as http:
+            listing = http.post("/api/v1/nodes/laptop/tools/fs_list/call", json={"arguments": {"path": "."}})
+            assert listing.status_code == 200, listing.text
+            assert "marker-second" in listing.text, f"{server.url} calls the stale connection"
