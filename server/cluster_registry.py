@@ -27,9 +27,12 @@ Rules:
    node (a replaced link's late exit never marks a live node disconnected).
 4. A replica whose lease is gone is dead: every replica turns the dead one's nodes disconnected in
    its own mirror (and tells its SSE/MCP subscribers) and fails calls in flight to it; any replica
-   clears the dead one's keys. A replica that finds its own lease gone claims its links again.
+   clears the dead one's keys. A replica that finds its own lease gone (it was paused, or Redis
+   restarted empty) claims its links again, and its tool lists, but never over a newer connection's
+   claim: that link is closed 4409 instead.
 5. Writes to Redis are queued and sent in order by one task, in pipelined batches: the tunnel's
-   heartbeat never waits on Redis, and a node's pending updates are coalesced into one.
+   heartbeat never waits on Redis, and a node's pending updates are coalesced into one. `attach` and
+   `detach` return once their write went through (at most `WRITE_WAIT_S`; it is retried after).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from tests.support.pids import pids_with, wait_gone
 from tests.support.procs import AgentProc, ServerProc
 
 LEASE = "1.5"
-REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE]
+FRAME = 1024 * 1024
+REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE, "--max-frame-bytes", str(FRAME)]
 
 
 @pytest.fixture
@@ -590,3 +591,34 @@ def test_newer_connection_made_while_a_replica_was_frozen_wins(
             listing = http.post("/api/v1/nodes/laptop/tools/fs_list/call", json={"arguments": {"path": "."}})
             assert listing.status_code == 200, listing.text
             assert "marker-second" in listing.text, f"{server.url} calls the stale connection"
+
+
+async def test_request_over_the_frame_limit_once_wrapped_spares_the_shared_link(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """A body just under the frame limit passes the caller's replica but would be over it once wrapped
+    for the replica link: that caller gets 422, and the calls sharing the link go on."""
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    async with AsyncClient(b.url, token=b.token()) as client:
+        running = asyncio.Event()
+        slow = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": "echo started; sleep 2; echo done"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        text = "x" * (FRAME - 100)
+        async with httpx2.AsyncClient(
+            base_url=b.url, headers={"Authorization": f"Bearer {b.token()}"}
+        ) as http:
+            big = await http.post(
+                "/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": text}}, timeout=30
+            )
+        assert big.status_code == 422, big.text[:300]
+        async with asyncio.timeout(15):
+            result = await slow
+        assert not result.is_error and "done" in result.text
