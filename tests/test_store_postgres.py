@@ -12,6 +12,7 @@ import asyncio
 import psycopg
 import pytest
 
+from server.schema import SCHEMA_VERSION
 from server.store import Store, StoreError, StoreUnavailable
 from server.stores import open_store
 from server.stores.postgres import PostgresStore
@@ -199,3 +200,43 @@ async def test_other_urls_are_a_clear_error_without_the_password(url: str, tmp_p
         await open_store(url, tmp_path)
     assert "postgresql://" in str(caught.value)
     assert "pw@" not in str(caught.value)
+
+
+async def test_replica_processes_starting_at_once_on_a_fresh_database_agree(pg_url: str) -> None:
+    """Separate processes (as replicas are), all opening an empty database at the same moment."""
+    import os
+    import sys
+
+    from tests.support.procs import REPO
+
+    code = (
+        "import asyncio, sys\n"
+        "from server.stores.postgres import PostgresStore\n"
+        "async def main():\n"
+        "    s = await PostgresStore.open(sys.argv[1])\n"
+        "    print((await s.load_or_create_signing_key()).kid, flush=True)\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}, "PYTHONPATH": str(REPO)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            pg_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    async with asyncio.timeout(120):
+        outputs = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        assert await (await conn.execute("SELECT version FROM schema_version")).fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        assert await (await conn.execute("SELECT count(*) FROM signing_keys")).fetchone() == (1,)
