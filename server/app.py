@@ -21,6 +21,8 @@ from server import api, artifacts, dashboard, fleet, oauth, planner
 from server import mcp as mcp_surface
 from server.config import ServerConfig
 from server.limits import BodyLimits, Limits
+from server.replica_endpoint import link_endpoint
+from server.replica_link import LINK_PATH
 from server.rpc import rpc_endpoint
 from server.state import build_state, change_handler, follow_enrollments
 from server.stores import open_store
@@ -48,6 +50,8 @@ def build_app(config: ServerConfig) -> Starlette:
         )
         sweeper = asyncio.create_task(state.artifacts.sweep_every(60.0), name="artifacts")
         state.planner = planner.PlannerService.from_env()
+        if state.cluster is not None:  # one replica of a cluster: join it before serving
+            await state.cluster.start()
         try:
             async with mcp_surface.serving(state):
                 yield
@@ -59,12 +63,15 @@ def build_app(config: ServerConfig) -> Starlette:
                 link = state.registry.link(entry.name)
                 if link is not None:
                     await link.close(1001, "server shutting down")
+            if state.cluster is not None:
+                await state.cluster.stop()
             await state.store.close()
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),
         WebSocketRoute(TUNNEL_PATH, node_endpoint),
         WebSocketRoute(RPC_PATH, rpc_endpoint),
+        WebSocketRoute(LINK_PATH, link_endpoint),  # replica links; refused unless clustered
         *fleet.routes(),  # before api's: POST/DELETE on paths api serves with GET
         *api.routes(),
         *mcp_surface.routes(),

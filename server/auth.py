@@ -59,6 +59,7 @@ __all__ = [
     "MAX_NODE_TTL",
     "MAX_USER_TTL",
     "NODE_AUDIENCE",
+    "REPLICA_AUDIENCE",
     "TOKEN_TYPE",
     "USER_AUDIENCE",
     "AuthError",
@@ -77,6 +78,9 @@ TOKEN_TYPE = "at+jwt"
 
 NODE_AUDIENCE = "cortex-node"
 USER_AUDIENCE = "cortex-api"
+REPLICA_AUDIENCE = "cortex-replica"
+"""Replica-to-replica links of a cluster (`server.replica_link`): useless on the tunnel and the API."""
+REPLICA_TTL = 60
 
 MAX_NODE_TTL = 900
 """Hard ceiling of a node token's lifetime (CONTRACT §3); ``max_ttl`` may lower it, never raise it."""
@@ -457,3 +461,26 @@ class TokenAuthority:
             raise AuthError("wrong_audience" if isinstance(aud, str | list) else "bad_claim")
         if exp - iat > max_lifetime:
             raise AuthError("lifetime_exceeded")
+
+    # -- replica links (server.replica_link) -----------------------------------------------------------
+
+    def mint_replica_token(self, replica_id: str) -> str:
+        """A short-lived token one replica shows another when it opens a replica link."""
+        if not NAME_PATTERN.fullmatch(replica_id):
+            raise ValueError("invalid replica id")
+        now = int(self._clock())
+        claims = {
+            "iss": self._issuer,
+            "sub": replica_id,
+            "aud": REPLICA_AUDIENCE,
+            "ws": "cluster",
+            "iat": now,
+            "exp": now + REPLICA_TTL,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return self._mint(claims)
+
+    def verify_replica_token(self, token: str) -> str:
+        """The replica id of a replica token, after every check a node token gets; raises AuthError."""
+        claims = self._verify(token, REPLICA_AUDIENCE, REPLICA_TTL, "replica")
+        return str(claims["sub"])

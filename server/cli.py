@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--artifact-total-bytes", type=int, default=2048 * 1024 * 1024)
     serve.add_argument("--demo", action="store_true", help="also run a local node named 'local'")
     serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("CORTEX_REDIS_URL") or None,
+        help="run as one replica of a cluster sharing this Redis (default $CORTEX_REDIS_URL)",
+    )
+    serve.add_argument(
+        "--advertise-url", default=None, help="the address other replicas reach this one at (cluster)"
+    )
+    serve.add_argument(
+        "--replica-lease",
+        type=float,
+        default=3.0,
+        help="seconds a dead replica's nodes stay listed (cluster)",
+    )
 
     enroll = sub.add_parser("enroll-node", help="register a node and print its credential")
     enroll.add_argument("name")
@@ -99,6 +113,15 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
     if bool(args.tls_cert) != bool(args.tls_key):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if not 0.3 <= args.replica_lease <= 60:
+        print("--replica-lease must be between 0.3 and 60 seconds", file=sys.stderr)
+        return 2
+    if args.redis_url and "CORTEX_REDIS_URL" not in os.environ and _has_password(args.redis_url):
+        print(
+            "cortex-server: warning: a password in --redis-url is visible to every user of this machine "
+            "(the process list); pass it in CORTEX_REDIS_URL instead",
+            file=sys.stderr,
+        )
     if args.client_ca and not args.tls_cert:
         print("--client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
@@ -120,6 +143,10 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         client_ca=args.client_ca,
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
+        redis_url=args.redis_url,
+        replica_lease_s=args.replica_lease,
+        replica_refresh_s=args.replica_lease / 3,
+        advertise_url=args.advertise_url,
         database_url=database_url,
     )
     logging.basicConfig(
@@ -163,6 +190,15 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         return await serve_with_extras(server, config, demo=args.demo)
 
     return asyncio.run(run())
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 async def _reachable(store: object) -> None:

@@ -33,6 +33,13 @@ class ServerConfig:
     max_connections: int = 10_000
     oauth_client_backoff: BackoffPolicy = CLIENT_BACKOFF
     oauth_address_backoff: BackoffPolicy = ADDRESS_BACKOFF
+    redis_url: str | None = None
+    """Set: this process is one replica of a cluster sharing Redis (server.cluster_registry)."""
+    replica_id: str | None = None
+    replica_lease_s: float = 3.0
+    replica_refresh_s: float = 1.0
+    advertise_url: str | None = None
+    """The address other replicas dial for replica links; default the address this one listens on."""
     database_url: str | None = field(default=None, repr=False)  # may hold a password: never in a repr
     """``--database-url``: None for the SQLite file in *data_dir*; ``postgresql://...`` to share state."""
 

@@ -11,7 +11,9 @@ Sync or async (the rule a shared implementation relies on):
   must record them in the shared engine (the holder's lease) before the caller goes on.
 - Reads — `get`, `nodes`, `link`, `connected_count`, `catalog` — stay sync: they are on every call's
   and every listing's hot path, so a shared registry answers them from a local mirror that it keeps
-  current from the engine's pub/sub. `link` only ever returns a link held by this process.
+  current from the engine's pub/sub. `link` returns a link to the node wherever it is held: this
+  process's tunnel link, or in a cluster one through the holding replica (`server.replica_link`), so
+  the router's one call path reaches every node; only the holder's own link closes the node.
 - `publish`, `subscribe` and `on_event` stay sync: publishing never waits for subscribers (rule 3); a
   shared registry fans the event out to other processes in the background.
 
@@ -179,7 +181,7 @@ class NodeRegistry(Protocol):
         ...
 
     def link(self, name: str) -> NodeLink | None:
-        """The live link to `name` if this process holds it."""
+        """The live link to `name`: held here, or (in a cluster) through the replica holding it."""
         ...
 
     def connected_count(self) -> int: ...

@@ -115,6 +115,11 @@ async def serve(server: uvicorn.Server, config: ServerConfig, extras: Extras | N
             return 1
         await asyncio.sleep(STARTED_CHECK_S)
     base_url = base_url_of(server, config)
+    app = server.config.app
+    state = getattr(app.state, "cortex", None) if hasattr(app, "state") else None
+    cluster = state.cluster if state is not None else None
+    if cluster is not None:  # other replicas dial this address for calls to nodes held here
+        await cluster.advertise(config.advertise_url or base_url)
     print(f"cortex-server listening on {base_url}", flush=True)
     child: asyncio.subprocess.Process | None = None
     try:

@@ -37,7 +37,7 @@ from server.changes import Change, ChangeFeed, ChangeHandler, NodeEnrolled, Node
 from server.config import ServerConfig
 from server.metrics import Metrics
 from server.nodes import NodeDirectory
-from server.registry import LocalRegistry, NodeRegistry
+from server.registry import LocalRegistry, NodeLink, NodeRegistry
 from server.router import Caller, CallRouter
 from server.store import NodeRecord, Store, StoreUnavailable
 from server.user_revocation import LiveCallers, UserRevocations
@@ -53,6 +53,21 @@ __all__ = [
     "change_handler",
     "follow_enrollments",
 ]
+
+
+class ClusterMember(Protocol):
+    """What the state needs of this process's membership in a cluster of replicas
+    (`server.cluster_registry.ClusterRegistry`, which is also the state's registry then)."""
+
+    rid: str
+
+    def local_link(self, name: str) -> NodeLink | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def advertise(self, url: str) -> None: ...
 
 
 class PlannerRuns(Protocol):
@@ -82,6 +97,8 @@ class ServerState:
     """Set in the lifespan (rule 1)."""
     mcp: ASGIApp | None = None
     """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
+    cluster: ClusterMember | None = None
+    """Set when this process is one replica of a cluster (``serve --redis-url``); None: embedded."""
     enrolled: EnrolledNodes | None = None
     """The enrolled nodes the registry lists before they connect (`follow_enrollments` keeps it)."""
 
@@ -93,7 +110,18 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
     # Enrolled nodes as `follow_enrollments` last read them: the registry asks synchronously, and a node
     # revoked here or through the feed drops out at once, before the next read.
     known = EnrolledNodes(enrolled)
-    registry = LocalRegistry(known=lambda: known.live(nodes.is_revoked))
+
+    def known_live() -> list[tuple[str, str]]:
+        return known.live(nodes.is_revoked)
+
+    registry: LocalRegistry
+    cluster = None
+    if config.redis_url:  # one replica of a cluster; without it, the embedded default below
+        from server.cluster_registry import cluster_registry
+
+        registry = cluster = cluster_registry(config, known_live, metrics)
+    else:
+        registry = LocalRegistry(known=known_live)
     nodes = NodeDirectory(store, registry, metrics, enrolled)  # handshakes look nodes up in memory
     live = LiveCallers()
     users = await UserRevocations.load(store, live)
@@ -106,6 +134,8 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
         is_user_revoked=users.covers,
         trusted=[k for k in await store.signing_keys() if k.kid != key.kid],  # the JWKS lists every key
     )
+    if cluster is not None:
+        cluster.use_authority(authority)  # replica links are signed with the shared key
     router = CallRouter(registry, metrics, config.default_call_timeout)
     heads = await AuditHeads.load(store, registry)
     registry.decorate = heads.decorate
@@ -133,6 +163,7 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
         artifacts=artifacts,
         oauth_backoff=OAuthBackoff(config.oauth_client_backoff, config.oauth_address_backoff),
         changes=SQLiteChangeFeed(store, users.last_seq, config.revocation_poll_interval),
+        cluster=cluster,
         enrolled=known,
     )
 

@@ -115,6 +115,7 @@ SURFACES: dict[str, tuple[str, ...]] = {
     "artifacts": ("server.artifacts",),  # GET /api/v1/artifacts/{id}
     "dashboard": ("server.dashboard",),  # GET / and its static assets
     "oauth": ("server.oauth",),  # POST /oauth/token
+    "replica": ("server.replica_endpoint",),  # WS /api/v1/cluster/link: calls from other replicas
 }
 ROOTS = {
     # Composition roots and entry points: they put the surfaces together, so they import anything.
@@ -217,3 +218,17 @@ def test_the_known_exceptions_are_still_needed() -> None:
     graph = _graph()
     stale = [edge for edge in KNOWN_EDGES if edge[1] not in graph.get(edge[0], set())]
     assert stale == [], "this edge is gone: drop it from KNOWN_EDGES"
+
+
+def test_only_the_registry_reaches_other_replicas() -> None:
+    """Calls to a node on another replica go below the `CallRouter`: only the cluster registry makes
+    replica links (the app mounts the holder's endpoint); no surface dials another replica itself."""
+    allowed = {"server/cluster_registry.py", "server/replica_endpoint.py", "server/app.py"}
+    offenders = []
+    for path in sorted((REPO / "server").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+        imported = _imported_modules(ast.parse(path.read_text()), package)
+        if rel not in allowed and rel != "server/replica_link.py" and "server.replica_link" in imported:
+            offenders.append(rel)
+    assert offenders == []

@@ -12,7 +12,8 @@ TIER_NAMES = ("unit", "inprocess", "e2e")
 _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
-    versions xdisplay links peer_core auth_keys store_layering edges
+    versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
+    protocol_constants
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls
@@ -26,7 +27,7 @@ _E2E = """
     limits mcp mcp_conformance mcp_resources metrics node_hostile planner process_planner process_tools
     redaction results_bench_smoke results_dashboard results_e2e results_planner revoke_user
     revoke_user_streams tray tray_approval_x11 tray_gtk tray_x11 tunnel_e2e database_url engines postgres_e2e
-    store_bench_smoke store_postgres
+    store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke
 """
 
 TIERS: dict[str, str] = {

@@ -1,0 +1,102 @@
+"""The holder's side of a replica link: ``WS /api/v1/cluster/link`` (rules in `server.replica_link`).
+
+Where it sits: a surface beside the tunnel and the client RPC, added to the app by `server.app`. Another
+replica of the cluster connects here with a replica token and asks for `tools/call`, `tools/list` or
+`audit/read` on a node this replica holds; the answer, its progress and its cancellation travel back
+over the same link. Without ``--redis-url`` every connection is refused (404).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.auth import AuthError
+from server.identity import denial
+from server.progress import ProgressPump
+from server.replica_link import (
+    LINK_SUBPROTOCOL,
+    MAX_RELAYED,
+    RELAYED_METHODS,
+    REPLICA_HEADER,
+    replica_gone_error,
+)
+from spec.errors import INVALID_PARAMS, NodeNotConnected, RpcError
+from spec.session import CallContext, RpcSession, make_methods
+
+if TYPE_CHECKING:
+    from server.state import ServerState
+
+__all__ = ["link_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+async def link_endpoint(websocket: WebSocket) -> None:
+    state: ServerState = websocket.app.state.cortex
+    registry = state.cluster
+    authorization = str(websocket.headers.get("authorization", ""))
+    scheme, _, token = authorization.partition(" ")
+    if registry is None or LINK_SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+        await websocket.send_denial_response(denial(404, "not_clustered", "no replica links here"))
+        return
+    try:
+        if scheme.lower() != "bearer":
+            raise AuthError("missing_token")
+        peer = state.authority.verify_replica_token(token.strip())
+    except AuthError as exc:
+        logger.info("cluster: replica link refused: %s", exc.reason)
+        await websocket.send_denial_response(denial(exc.status, "unauthorized", "invalid replica token"))
+        return
+    if websocket.headers.get(REPLICA_HEADER, registry.rid) != registry.rid:
+        await websocket.send_denial_response(denial(421, "wrong_replica", "this is another replica"))
+        return
+    await websocket.accept(subprotocol=LINK_SUBPROTOCOL)
+
+    async def send(text: str) -> None:
+        await websocket.send_text(text)
+
+    async def node_request(ctx: CallContext, node: str, method: str, params: dict[str, Any]) -> Any:
+        if method not in RELAYED_METHODS or not isinstance(params, dict) or not isinstance(node, str):
+            raise RpcError(INVALID_PARAMS, "not a method a replica relays", {"reason": "not_relayed"})
+        link = registry.local_link(node)
+        if link is None:
+            raise NodeNotConnected(f"node {node!r} is not connected")
+        pump: ProgressPump | None = None
+        if ctx.progress_token is not None:
+
+            async def forward(update: dict[str, Any]) -> None:
+                message = update.get("message")
+                await ctx.progress(
+                    update.get("progress", 0),
+                    update.get("total"),
+                    message if isinstance(message, str) else None,
+                )
+
+            pump = ProgressPump(forward)
+        try:
+            result = await link.request(method, params, on_progress=pump.push if pump is not None else None)
+            if pump is not None:
+                await pump.drain()
+            return result
+        finally:
+            if pump is not None:
+                pump.close()
+
+    session = RpcSession(
+        send, make_methods({"node/request": node_request}), name=f"from:{peer}", max_incoming=MAX_RELAYED
+    )
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            await session.feed(data if data is not None else (message.get("bytes") or b""))
+    except (WebSocketDisconnect, RuntimeError):
+        return
+    finally:
+        # Cancels its calls on the nodes (rule 5).
+        session.close(replica_gone_error(peer, "the calling replica left"))
