@@ -183,9 +183,18 @@ _DUMMY_HASH = _hash_credential("cnc_dummy", bytes(16))
 
 
 def _touch_private(path: Path) -> None:
-    """Create *path* if missing and force mode 0600 (the umask must not widen it)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    """Create *path* if missing and force mode 0600 (the umask must not widen it).
+
+    An existing file is never opened here: closing any descriptor of a database file drops every POSIX
+    lock this process holds on it, those of a store already open in this process included (an admin
+    command run inside the server, as the demo does). That store's connection would then look unused
+    to SQLite, and the next store to close would checkpoint and delete the WAL under it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)  # a file this call made: nothing in this process can hold a lock on it yet
     os.chmod(path, 0o600)
 
 
