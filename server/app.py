@@ -24,7 +24,8 @@ from server.limits import BodyLimits, Limits
 from server.replica_endpoint import link_endpoint
 from server.replica_link import LINK_PATH
 from server.rpc import rpc_endpoint
-from server.state import build_state, change_handler
+from server.state import build_state, change_handler, follow_enrollments
+from server.stores import open_store
 from server.tunnel import node_endpoint
 
 __all__ = ["build_app"]
@@ -35,9 +36,17 @@ logger = logging.getLogger(__name__)
 def build_app(config: ServerConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = build_state(config)
+        store = await open_store(config.database_url, config.data_dir)
+        try:
+            state = await build_state(config, store)
+        except BaseException:
+            await store.close()
+            raise
         app.state.cortex = state
         watcher = asyncio.create_task(state.changes.watch(change_handler(state)), name="changes")
+        enrollments = asyncio.create_task(
+            follow_enrollments(state, config.revocation_poll_interval), name="enrollments"
+        )
         sweeper = asyncio.create_task(state.artifacts.sweep_every(60.0), name="artifacts")
         state.planner = planner.PlannerService.from_env()
         if state.cluster is not None:  # one replica of a cluster: join it before serving
@@ -47,6 +56,7 @@ def build_app(config: ServerConfig) -> Starlette:
                 yield
         finally:
             watcher.cancel()
+            enrollments.cancel()
             sweeper.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
@@ -54,7 +64,7 @@ def build_app(config: ServerConfig) -> Starlette:
                     await link.close(1001, "server shutting down")
             if state.cluster is not None:
                 await state.cluster.stop()
-            state.store.close()
+            await state.store.close()
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.store import NodeRecord, ServerStore, SQLiteRevocationFeed, UserRevocation
+from server.store import NodeRecord, SQLiteRevocationFeed, Store, UserRevocation
 from server.user_revocation import SQLiteUserRevocationFeed
 
 __all__ = [
@@ -73,7 +73,7 @@ class SQLiteChangeFeed:
     revocations are delivered from the moment `watch` starts.
     """
 
-    def __init__(self, store: ServerStore, user_after_seq: int, interval: float = 0.5) -> None:
+    def __init__(self, store: Store, user_after_seq: int, interval: float = 0.5) -> None:
         self._nodes = SQLiteRevocationFeed(store, interval=interval)
         self._users = SQLiteUserRevocationFeed(store, user_after_seq, interval)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.backoff import ADDRESS_BACKOFF, CLIENT_BACKOFF, BackoffPolicy
@@ -40,6 +40,8 @@ class ServerConfig:
     replica_refresh_s: float = 1.0
     advertise_url: str | None = None
     """The address other replicas dial for replica links; default the address this one listens on."""
+    database_url: str | None = field(default=None, repr=False)  # may hold a password: never in a repr
+    """``--database-url``: None for the SQLite file in *data_dir*; ``postgresql://...`` to share state."""
 
     @property
     def base_url(self) -> str:

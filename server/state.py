@@ -21,6 +21,9 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,11 +39,20 @@ from server.metrics import Metrics
 from server.nodes import NodeDirectory
 from server.registry import LocalRegistry, NodeLink, NodeRegistry
 from server.router import Caller, CallRouter
-from server.store import ServerStore
+from server.store import NodeRecord, Store, StoreUnavailable
 from server.user_revocation import LiveCallers, UserRevocations
 from spec.version import VERSION
 
-__all__ = ["PlannerRuns", "ServerState", "build_state", "change_handler"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EnrolledNodes",
+    "PlannerRuns",
+    "ServerState",
+    "build_state",
+    "change_handler",
+    "follow_enrollments",
+]
 
 
 class ClusterMember(Protocol):
@@ -68,7 +80,7 @@ class PlannerRuns(Protocol):
 @dataclass(eq=False)
 class ServerState:
     config: ServerConfig
-    store: ServerStore
+    store: Store
     authority: TokenAuthority
     registry: NodeRegistry
     router: CallRouter
@@ -87,38 +99,45 @@ class ServerState:
     """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
     cluster: ClusterMember | None = None
     """Set when this process is one replica of a cluster (``serve --redis-url``); None: embedded."""
+    enrolled: EnrolledNodes | None = None
+    """The enrolled nodes the registry lists before they connect (`follow_enrollments` keeps it)."""
 
 
-def build_state(config: ServerConfig) -> ServerState:
-    store = ServerStore(config.data_dir)
-    enrolled = store.list_nodes()
+async def build_state(config: ServerConfig, store: Store) -> ServerState:
+    """Compose the services over *store* (opened by the caller, which closes it: `server.app`)."""
+    enrolled = await store.list_nodes()
     metrics = Metrics()
+    # Enrolled nodes as `follow_enrollments` last read them: the registry asks synchronously, and a node
+    # revoked here or through the feed drops out at once, before the next read.
+    known = EnrolledNodes(enrolled)
 
-    def known() -> list[tuple[str, str]]:
-        return [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
+    def known_live() -> list[tuple[str, str]]:
+        return known.live(nodes.is_revoked)
 
     registry: LocalRegistry
     cluster = None
     if config.redis_url:  # one replica of a cluster; without it, the embedded default below
         from server.cluster_registry import cluster_registry
 
-        registry = cluster = cluster_registry(config, known, metrics)
+        registry = cluster = cluster_registry(config, known_live, metrics)
     else:
-        registry = LocalRegistry(known=known)
+        registry = LocalRegistry(known=known_live)
     nodes = NodeDirectory(store, registry, metrics, enrolled)  # handshakes look nodes up in memory
     live = LiveCallers()
-    users = UserRevocations.load(store, live)
+    users = await UserRevocations.load(store, live)
+    key = await store.load_or_create_signing_key()
     authority = TokenAuthority(
-        store.load_or_create_signing_key(),
+        key,
         issuer=config.issuer,
         node_ttl=config.node_token_ttl,
         is_revoked=nodes.is_revoked,
         is_user_revoked=users.covers,
+        trusted=[k for k in await store.signing_keys() if k.kid != key.kid],  # the JWKS lists every key
     )
     if cluster is not None:
         cluster.use_authority(authority)  # replica links are signed with the shared key
     router = CallRouter(registry, metrics, config.default_call_timeout)
-    heads = AuditHeads(store, registry)
+    heads = await AuditHeads.load(store, registry)
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     # The artifact store empties its directory now; the lifespan sweeps it.
@@ -145,7 +164,36 @@ def build_state(config: ServerConfig) -> ServerState:
         oauth_backoff=OAuthBackoff(config.oauth_client_backoff, config.oauth_address_backoff),
         changes=SQLiteChangeFeed(store, users.last_seq, config.revocation_poll_interval),
         cluster=cluster,
+        enrolled=known,
     )
+
+
+class EnrolledNodes:
+    """The enrolled nodes' ``(name, workspace)``, refreshed from the store by `follow_enrollments`."""
+
+    def __init__(self, records: list[NodeRecord]) -> None:
+        self.set(records)
+
+    def set(self, records: list[NodeRecord]) -> None:
+        self._pairs = [(n.name, n.workspace) for n in records if n.revoked_at is None]
+
+    def live(self, is_revoked: Callable[[str], bool]) -> list[tuple[str, str]]:
+        return [(name, ws) for name, ws in self._pairs if not is_revoked(name)]
+
+
+async def follow_enrollments(state: ServerState, interval: float) -> None:
+    """Re-read the enrolled nodes every *interval* seconds (``enroll-node`` runs in other processes,
+    other replicas enroll too), until cancelled. The store is async, the registry's ``known`` is not:
+    this keeps the answer ready in memory."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            records = await state.store.list_nodes()
+        except StoreUnavailable:
+            logger.warning("reading the enrolled nodes failed; retrying", exc_info=True)
+            continue
+        if state.enrolled is not None:
+            state.enrolled.set(records)
 
 
 def change_handler(state: ServerState) -> ChangeHandler:
