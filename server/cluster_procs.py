@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -233,9 +234,9 @@ class PostgresChild(Child):
 
     stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown: roll back, disconnect, stop
 
-    def __init__(self, root: Path, bindir: Path, *, fsync: bool = False, traverse_levels: int = 2) -> None:
+    def __init__(self, root: Path, bindir: Path, *, fsync: bool = False) -> None:
         super().__init__("postgres", root / "postgres.log")
-        self.traverse_levels = traverse_levels
+        self.temporary = False
         self.root = root
         self.bindir = bindir
         self.fsync = fsync
@@ -246,13 +247,15 @@ class PostgresChild(Child):
         return f"postgresql://cortex@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60.0) -> PostgresChild:
+        if self.user is not None and not self._reachable(self.root.parent):
+            # Another user cannot pass through the cluster directory (e.g. under /root, mode 0700): the
+            # throwaway database goes to a temporary directory of its own instead, removed at stop.
+            self.root = Path(tempfile.mkdtemp(prefix="cortex-cluster-pg-"))
+            self.log = self.root / "postgres.log"
+            self.temporary = True
         self.root.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
             shutil.chown(self.root, self.user)
-            # The postgres user must reach its directory: the ancestors up to the cluster directory let
-            # others pass through (0711: no listing; every file in them is 0600, every directory 0700).
-            for parent in self.root.parents[: self.traverse_levels]:
-                os.chmod(parent, os.stat(parent).st_mode & 0o777 | 0o711)
         os.chmod(self.root, 0o700)
         data = self.root / "data"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
@@ -275,6 +278,16 @@ class PostgresChild(Child):
             if "already in use" not in self.tail(100):
                 raise ChildError(f"PostgreSQL did not start:\n{self.tail()}")
         raise ChildError(f"PostgreSQL found no free port in {START_ATTEMPTS} attempts")
+
+    def _reachable(self, directory: Path) -> bool:
+        """Whether the postgres user can pass through `directory` (and every ancestor of it)."""
+        done = subprocess.run(["test", "-x", str(directory)], user=self.user, capture_output=True, timeout=30)
+        return done.returncode == 0
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def create_database(self, name: str) -> str:
         import psycopg
