@@ -94,3 +94,11 @@ def test_product_packages_have_no_import_cycle() -> None:
     from bench.import_graph import import_graph, strongly_connected
 
     assert strongly_connected(import_graph(REPO, typing=True)) == []
+
+
+def test_the_cluster_runner_imports_no_agent() -> None:
+    # `make cluster` starts the demo node as a program: server/ stays free of desktop_agent.
+    for module in ("server/cluster_demo.py", "server/cluster_procs.py", "server/haproxy.py"):
+        imported = _imported_modules(ast.parse((REPO / module).read_text()), "server")
+        assert not any(name.split(".")[0] == "desktop_agent" for name in imported), module
+    assert "desktop_agent" not in _modules_after_import("server.cluster_demo")
