@@ -155,7 +155,8 @@ class SimFleet:
                 if node.connections:  # a fresh token for every attempt, as the agent mints one
                     node.token = await self._fresh_token(node, http)
                 await self._run(node, gate, url)
-                url = self.reconnect_url
+                if node.ready_at is not None:  # until first ready, retry where it was sent first
+                    url = self.reconnect_url
                 if node.ready.is_set():
                     node.ready.clear()
                     self._lost(node)
