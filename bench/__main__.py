@@ -42,6 +42,7 @@ EXTRA_MODULES = (
     "process_bench",
     "cluster_bench",
     "cluster_scale_bench",
+    "store_bench",
 )
 
 

@@ -126,7 +126,7 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         return 2
     # Open (and migrate) the store once before serving: an unreachable or too-new database is one clear
     # line and exit code 1 (StoreError, in `main`), not a startup traceback.
-    admin.with_store(data_dir, database_url, _opened)
+    admin.with_store(data_dir, database_url, _reachable)
     config = ServerConfig(
         data_dir=data_dir,
         host=args.host,
@@ -200,7 +200,8 @@ def _has_password(url: str) -> bool:
         return False
 
 
-async def _opened(store: object) -> None:
+async def _reachable(store: object) -> None:
+    """Nothing to do: opening the store (and migrating it) was the check."""
     return None
 
 

@@ -63,7 +63,12 @@ _OPTION_HELP = {
     "--max-connections": "connections held at once; past it new ones are refused (default 10000)",
     "--database-url": "postgresql://user@host:port/db for state shared by replicas (default "
     "$CORTEX_DATABASE_URL, else SQLite in the data dir)",
-    "--redis-url": "redis://host:port to run as one replica of a cluster (default: none)",
+    "--redis-url": "redis://host:port to run as one replica of a cluster (default $CORTEX_REDIS_URL, else "
+    "none); put a password in the environment variable, never on the command line",
+    "--advertise-url": "the address other replicas reach this one at, for calls to nodes held here "
+    "(default: the address it listens on)",
+    "--replica-lease": "seconds a replica's lease lasts: a dead replica's nodes and calls fail within it "
+    "(default 3)",
 }
 
 _POSITIONAL_HELP = {
@@ -125,4 +130,6 @@ def _metavar(option: str) -> str:
         "--max-connections": "N",
         "--database-url": "URL",
         "--redis-url": "URL",
+        "--advertise-url": "URL",
+        "--replica-lease": "S",
     }.get(option, option.lstrip("-").upper().replace("-", "_"))

@@ -27,9 +27,12 @@ Rules:
    node (a replaced link's late exit never marks a live node disconnected).
 4. A replica whose lease is gone is dead: every replica turns the dead one's nodes disconnected in
    its own mirror (and tells its SSE/MCP subscribers) and fails calls in flight to it; any replica
-   clears the dead one's keys. A replica that finds its own lease gone claims its links again.
+   clears the dead one's keys. A replica that finds its own lease gone (it was paused, or Redis
+   restarted empty) claims its links again, and its tool lists, but never over a newer connection's
+   claim: that link is closed 4409 instead.
 5. Writes to Redis are queued and sent in order by one task, in pipelined batches: the tunnel's
-   heartbeat never waits on Redis, and a node's pending updates are coalesced into one.
+   heartbeat never waits on Redis, and a node's pending updates are coalesced into one. `attach` and
+   `detach` return once their write went through (at most `WRITE_WAIT_S`; it is retried after).
 """
 
 from __future__ import annotations
@@ -102,6 +105,16 @@ class ClusterConfig:
 _CLAIM = """
 local prev = redis.call('HGET', KEYS[1], 'holder')
 if prev and prev ~= ARGV[1] then redis.call('SREM', 'cortex:held:' .. prev, ARGV[3]) end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'conn', ARGV[2], 'state', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', 'cortex:events', ARGV[5])
+return 1
+"""
+# A claim made again after this replica's lease lapsed: never over another connection's newer claim.
+# KEYS[1] node hash, KEYS[2] held set of this replica. ARGV: rid, conn, name, state, message.
+_RECLAIM = """
+local conn = redis.call('HGET', KEYS[1], 'conn')
+if conn and conn ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'conn', ARGV[2], 'state', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PUBLISH', 'cortex:events', ARGV[5])
@@ -199,9 +212,8 @@ class ClusterRegistry(LocalRegistry):
         known: Callable[[], list[tuple[str, str]]] | None = None,
         *,
         metrics: Metrics | None = None,
-        known_refresh_s: float = 2.0,
     ) -> None:
-        super().__init__(known, known_refresh_s)
+        super().__init__(known)
         self.config = config
         self.rid = config.replica_id
         self.url: str | None = None
@@ -221,6 +233,7 @@ class ClusterRegistry(LocalRegistry):
         self._conns = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self._stopping = False
         self._started = time.time()
 
     # -- life -----------------------------------------------------------------------------------------
@@ -232,8 +245,13 @@ class ClusterRegistry(LocalRegistry):
         self._claim = self._redis.register_script(_CLAIM)
         self._update = self._redis.register_script(_UPDATE)
         self._release = self._redis.register_script(_RELEASE)
+        self._reclaim = self._redis.register_script(_RECLAIM)
         self._reap = self._redis.register_script(_REAP)
-        await self._renew_lease()
+        try:
+            await self._renew_lease()
+        except (RedisError, OSError) as exc:
+            logger.error("cluster: cannot reach Redis (%s): this replica cannot start", exc)
+            raise
         self._tasks = [
             asyncio.create_task(self._follow(), name="cluster-events"),
             asyncio.create_task(self._write_loop(), name="cluster-writer"),
@@ -244,6 +262,7 @@ class ClusterRegistry(LocalRegistry):
 
     async def stop(self) -> None:
         """Leave the cluster: send what is queued, release what this replica holds, drop the lease."""
+        self._stopping = True
         if self.links is not None:
             await self.links.close()
         for task in self._tasks:
@@ -325,6 +344,8 @@ class ClusterRegistry(LocalRegistry):
 
     async def _written(self) -> None:
         """Wait (bounded) until every write queued so far reached Redis."""
+        if self._stopping:
+            return  # the writer is gone; `stop` sends what is left
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ops.put_nowait(("flush", "", "", marker))
         with contextlib.suppress(TimeoutError):
@@ -342,29 +363,24 @@ class ClusterRegistry(LocalRegistry):
             self._dirty.add(entry.name)
             self._ops.put_nowait(("update", entry.name, held.conn, None))
 
-    def holder(self, name: str) -> str | None:
-        """The replica id holding `name` (this one's own id for a local link), None if nobody does."""
-        if name in self._links:
-            return self.rid
-        remote = self._remote.get(name)
-        return remote[0] if remote else None
-
     # -- writing --------------------------------------------------------------------------------------
     def _message(self, event: str, name: str, conn: str, state: str | None) -> str:
         head = json.dumps({"rid": self.rid, "conn": conn, "event": event, "name": name})
         return head[:-1] + ',"node":' + (state or "null") + "}"
 
     def _tools_id(self, entry: NodeEntry) -> tuple[str, bool]:
-        """The id of the entry's tool list, and whether it is new here (then it is stored first)."""
+        """The id of the entry's tool list, and whether Redis may not have it yet (then it is stored
+        with the write; `_stored_tools` remembers it only once that write went through)."""
         known = self._tools_ids.get(id(entry.tools))
         if known is not None and known[0] is entry.tools:
             return known[1], False
         text = json.dumps(entry.tools, sort_keys=True, separators=(",", ":"))
-        tools_id = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return hashlib.sha256(text.encode()).hexdigest()[:32], True
+
+    def _stored_tools(self, tools: list[dict[str, Any]], tools_id: str) -> None:
         if len(self._tools_ids) > 1024:
             self._tools_ids.clear()
-        self._tools_ids[id(entry.tools)] = (entry.tools, tools_id)
-        return tools_id, True
+        self._tools_ids[id(tools)] = (tools, tools_id)
 
     async def _write_loop(self) -> None:
         while True:
@@ -385,6 +401,8 @@ class ClusterRegistry(LocalRegistry):
     async def _write(self, ops: list[_Op]) -> None:
         assert self._redis is not None
         pipe = self._redis.pipeline(transaction=False)
+        stored: list[tuple[list[dict[str, Any]], str]] = []
+        reclaims: dict[int, tuple[str, str]] = {}  # pipeline position -> the reclaimed node
         for op, name, conn, _done in ops:
             if op == "flush":
                 continue
@@ -401,20 +419,30 @@ class ClusterRegistry(LocalRegistry):
             if op == "update":
                 self._dirty.discard(name)
             tools_id, new = self._tools_id(entry)
-            if new:
+            if new and all(tools is not entry.tools for tools, _ in stored):  # once per batch
                 pipe.set(_tools_key(tools_id), json.dumps(entry.tools, separators=(",", ":")))
+                stored.append((entry.tools, tools_id))
             state = json.dumps(_wire(entry, tools_id), separators=(",", ":"), default=str)
-            if op == "claim":
+            if op in ("claim", "reclaim"):
                 message = self._message("node.connected", name, conn, state)
-                await self._claim(
+                script = self._claim if op == "claim" else self._reclaim
+                await script(
                     keys=[_node_key(name), _held_key(self.rid)],
                     args=[self.rid, conn, name, state, message],
                     client=pipe,
                 )
+                if op == "reclaim":
+                    reclaims[len(pipe.command_stack) - 1] = (name, conn)
             else:
                 message = self._message("node.updated", name, conn, state)
                 await self._update(keys=[_node_key(name)], args=[conn, state, message], client=pipe)
-        await pipe.execute()
+        results = await pipe.execute()
+        for position, (name, conn) in reclaims.items():
+            held = self._held.get(name)
+            if results[position] == 0 and held is not None and held.conn == conn:
+                self._supersede(name, held)  # a newer connection took the node while we were away
+        for tools, tools_id in stored:  # only now: a failed write is rebuilt with its tool lists again
+            self._stored_tools(tools, tools_id)
 
     # -- following the cluster ------------------------------------------------------------------------
     async def _follow(self) -> None:
@@ -445,14 +473,25 @@ class ClusterRegistry(LocalRegistry):
         alive = await self._alive(replicas)
         seen: set[str] = set()
         for rid in alive:
-            for name in _strs(await self._redis.smembers(_held_key(rid))):
-                fields: dict[str, str] = await self._redis.hgetall(_node_key(name))  # type: ignore[assignment]
-                if fields.get("holder") != rid:
-                    continue
-                seen.add(name)
-                if name in self._held:
-                    continue
-                await self._apply_connected(rid, fields.get("conn", ""), name, json.loads(fields["state"]))
+            names = _strs(await self._redis.smembers(_held_key(rid)))
+            for start in range(0, len(names), _BATCH):  # pipelined: thousands of nodes in a few trips
+                chunk = names[start : start + _BATCH]
+                pipe = self._redis.pipeline(transaction=False)
+                for name in chunk:
+                    pipe.hgetall(_node_key(name))
+                for name, fields in zip(chunk, await pipe.execute(), strict=True):
+                    if not isinstance(fields, dict) or fields.get("holder") != rid:
+                        continue
+                    seen.add(name)
+                    conn = str(fields.get("conn", ""))
+                    if name in self._held or self._remote.get(name) == (rid, conn):
+                        continue  # ours, or already mirrored (a resubscription)
+                    try:
+                        state = json.loads(fields.get("state") or "null")
+                    except ValueError:
+                        continue
+                    if isinstance(state, dict):
+                        await self._apply_connected(rid, conn, name, state)
         for name, (rid, _conn) in list(self._remote.items()):
             if name not in seen:
                 self._drop_remote(name, rid)
@@ -589,9 +628,10 @@ class ClusterRegistry(LocalRegistry):
                 lapsed = await self._renew_lease()
                 if lapsed and not first:
                     logger.warning("cluster: this replica's lease had lapsed; claiming its nodes again")
+                    self._tools_ids.clear()  # Redis may have lost everything (restarted): store them again
                     for name, held in self._held.items():
                         held.claim_seen = False
-                        self._ops.put_nowait(("claim", name, held.conn, None))
+                        self._ops.put_nowait(("reclaim", name, held.conn, None))
                 first = False
                 await self._reap_dead()
             except (RedisError, OSError) as exc:
@@ -622,7 +662,3 @@ class ClusterRegistry(LocalRegistry):
         except (ValueError, AttributeError):
             return None
         return url if isinstance(url, str) else None
-
-    def replica_alive(self, rid: str) -> bool:
-        """Whether this replica still lists `rid` as holding any node (as of the last reap)."""
-        return any(holder == rid for holder, _ in self._remote.values())

@@ -106,6 +106,5 @@ async def link_endpoint(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError):
         return
     finally:
-        session.close(
-            replica_gone_error(peer, "the calling replica left")
-        )  # cancels its calls on the nodes (rule 5)
+        # Cancels its calls on the nodes (rule 5).
+        session.close(replica_gone_error(peer, "the calling replica left"))

@@ -23,6 +23,8 @@ Rules:
    calls fail at their callers within the lease, not at their timeouts.
 5. A caller that goes away (its replica dies, or it cancels) cancels the call on the node.
 6. Progress is forwarded by a `ProgressPump`: a slow replica link never stalls the node's link.
+7. A request that would be over the holder's frame limit once wrapped is refused before it is sent
+   (INVALID_PARAMS ``invalid_arguments``, REST 422): it never closes the link other calls share.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.auth import TokenAuthority
-from spec.errors import NODE_DISCONNECTED, RpcError
+from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, RpcError
 from spec.session import RpcSession, make_methods
 
 __all__ = [
@@ -113,6 +115,7 @@ class ReplicaLinks:
         self._registry = registry
         self._authority = authority
         self._max_size = max_frame_bytes + 64 * 1024
+        self._frame_bytes = max_frame_bytes
         self._links: dict[str, _Outgoing] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -147,7 +150,20 @@ class ReplicaLinks:
                 )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise replica_gone_error(rid, f"unreachable: {type(exc).__name__}") from None
-        session = RpcSession(ws.send, make_methods({}), name=f"replica:{rid}")
+        limit = self._frame_bytes
+
+        async def send(text: str) -> None:
+            # The holder takes frames up to the frame limit, like every endpoint: one over it would close
+            # the link for every call on it, so it is refused here, for its own caller only (rule 7).
+            if len(text) * 4 > limit and len(text.encode()) > limit:
+                raise RpcError(
+                    INVALID_PARAMS,
+                    f"the request is over the frame limit ({limit} bytes) once wrapped for the replica link",
+                    {"reason": "invalid_arguments", "problem": "too large"},
+                )
+            await ws.send(text)
+
+        session = RpcSession(send, make_methods({}), name=f"replica:{rid}")
         link = _Outgoing(ws, session)
         link.reader = asyncio.create_task(self._read(rid, link), name=f"replica-link:{rid}")
         self._links[rid] = link

@@ -7,6 +7,7 @@ store; PostgreSQL comes with `--database-url`), real `cortex-agent run` nodes. E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -21,14 +22,19 @@ from tests.support.pids import pids_with, wait_gone
 from tests.support.procs import AgentProc, ServerProc
 
 LEASE = "1.5"
-REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE]
+FRAME = 1024 * 1024
+REPLICA_ARGS = ["--heartbeat-interval", "1", "--replica-lease", LEASE, "--max-frame-bytes", str(FRAME)]
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, redis_url: str) -> Iterator[list[ServerProc]]:
-    data = tmp_path / "server"
-    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis_url]) for _ in range(2)]
-    servers.append(ServerProc(data, args=REPLICA_ARGS, env={"CORTEX_REDIS_URL": redis_url}))  # the env form
+def replicas(tmp_path: Path, redis_url: str, pg_url: str) -> Iterator[list[ServerProc]]:
+    """Three replicas, each with a data dir of its own, sharing one PostgreSQL and one Redis."""
+
+    def replica(i: int, args: list[str], env: dict[str, str] | None = None) -> ServerProc:
+        return ServerProc(tmp_path / f"replica{i}", args=args, env=env, database_url=pg_url)
+
+    servers = [replica(i, [*REPLICA_ARGS, "--redis-url", redis_url]) for i in range(2)]
+    servers.append(replica(2, REPLICA_ARGS, {"CORTEX_REDIS_URL": redis_url}))  # the env form
     try:
         for server in servers:
             server.start()
@@ -72,6 +78,18 @@ def node_on(replicas: list[ServerProc], tmp_path: Path) -> Iterator[Callable[...
     finally:
         for agent in agents:
             agent.stop()
+
+
+def _replica_token(server: ServerProc) -> str:
+    """A genuine replica token, signed with the cluster's key from the shared store."""
+    from server import admin
+    from server.auth import TokenAuthority
+    from server.store import Store
+
+    async def mint(store: Store) -> str:
+        return TokenAuthority(await store.load_or_create_signing_key()).mint_replica_token("rtest")
+
+    return admin.with_store(server.data_dir, server.database_url, mint)
 
 
 def _wait_listed(server: ServerProc, name: str, status: str, timeout: float = 10.0) -> dict[str, object]:
@@ -256,14 +274,7 @@ def test_replica_link_refuses_other_tokens(replicas: list[ServerProc]) -> None:
         assert refused.value.response.status_code in (401, 403)
     # A genuine replica token, but the link is meant for another replica (a new process on a dead one's
     # port must not take its calls): refused.
-    from server.auth import TokenAuthority
-    from server.store import ServerStore
-
-    store = ServerStore(a.data_dir)
-    try:
-        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
-    finally:
-        store.close()
+    token = _replica_token(a)
     with pytest.raises(InvalidStatus) as refused:
         connect(
             a.url.replace("http", "ws") + "/api/v1/cluster/link",
@@ -355,16 +366,9 @@ async def test_replica_link_relays_only_tool_traffic(
 
     from websockets.asyncio.client import connect
 
-    from server.auth import TokenAuthority
-    from server.store import ServerStore
-
     a = replicas[0]
     node_on(a, "laptop")
-    store = ServerStore(a.data_dir)
-    try:
-        token = TokenAuthority(store.load_or_create_signing_key()).mint_replica_token("rtest")
-    finally:
-        store.close()
+    token = _replica_token(a)
     async with connect(
         a.url.replace("http", "ws") + "/api/v1/cluster/link",
         additional_headers={"Authorization": f"Bearer {token}"},
@@ -438,7 +442,7 @@ def test_revoked_node_is_unknown_on_every_replica(
     agent = node_on(a, "laptop")
     for server in replicas:
         _wait_listed(server, "laptop", "connected")
-    assert admin.revoke_node(a.data_dir, "laptop")
+    assert admin.revoke_node(a.data_dir, "laptop", a.database_url)
     assert agent.wait_output("4403", 10) or agent.wait_output("revoked", 1), "".join(agent.output[-20:])
     deadline = time.monotonic() + 5
     for server in replicas:
@@ -448,3 +452,173 @@ def test_revoked_node_is_unknown_on_every_replica(
                 time.sleep(0.05)
             call = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "x"}})
             assert call.status_code == 404
+
+
+def test_replica_started_later_lists_what_others_hold(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc], redis_url: str
+) -> None:
+    a = replicas[0]
+    node_on(a, "laptop")
+    _wait_listed(replicas[1], "laptop", "connected")
+    late = ServerProc(
+        a.data_dir.parent / "late",
+        args=[*REPLICA_ARGS, "--redis-url", redis_url],
+        database_url=a.database_url,
+    ).start()
+    try:
+        listed = _wait_listed(
+            late, "laptop", "connected", timeout=2.0
+        )  # from Redis at start, no event needed
+        assert "echo" in listed["tools"]  # type: ignore[operator]
+        with late.http(late.token()) as http:
+            response = http.post("/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "late"}})
+            assert response.status_code == 200 and response.json()["content"][0]["text"] == "late"
+    finally:
+        late.stop()
+    # It left cleanly: nobody lost the node.
+    _wait_listed(replicas[1], "laptop", "connected")
+
+
+def test_redis_restart_loses_nothing_for_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis dies and comes back empty (no persistence): the replicas announce and claim again, and a
+    node held by one is listed and callable on the other again, with its tools."""
+    import shutil
+
+    from tests.support import engines
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server absent")
+    redis = engines.RedisServer(executable).start()
+    port = redis.port
+    data = tmp_path / "server"
+    servers = [ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis.url]) for _ in range(2)]
+    agent: AgentProc | None = None
+    try:
+        for server in servers:
+            server.start()
+        a, b = servers
+        credential = a.enroll("laptop")
+        root = tmp_path / "root"
+        root.mkdir()
+        agent = AgentProc(
+            tmp_path / "home", a.url, "laptop", credential, ["--allow-root", str(root), "--no-browser"]
+        )
+        agent.start()
+        _wait_listed(b, "laptop", "connected", 30)
+        redis.kill()
+        monkeypatch.setattr(engines, "free_port", lambda: port)  # the same address, empty
+        redis.start()
+        # A replica that knows only what is in the new Redis: it sees the node (with its tools) once the
+        # holder noticed its lease was gone and claimed its links again.
+        late = ServerProc(data, args=[*REPLICA_ARGS, "--redis-url", redis.url])
+        servers.append(late.start())
+        deadline = time.monotonic() + 20
+        while True:
+            with late.http(late.token()) as http:
+                response = http.post(
+                    "/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": "again"}}
+                )
+            if response.status_code == 200:
+                break
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        assert response.json()["content"][0]["text"] == "again"
+        for server in (b, late):
+            assert "echo" in _wait_listed(server, "laptop", "connected")["tools"]  # type: ignore[operator]
+    finally:
+        if agent is not None:
+            agent.stop()
+        for server in servers:
+            server.stop()
+        redis.close()
+
+
+async def test_caller_replica_killed_cancels_the_call_on_the_node(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """Nobody is left to receive the result: the holder cancels the call on the node (its command stops)."""
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    marker = f"705.{uuid.uuid4().int % 10**6}"
+    client = AsyncClient(b.url, token=b.token())
+    await client.__aenter__()
+    try:
+        running = asyncio.Event()
+        call = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": f"echo started; sleep {marker}"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        assert pids_with(marker), "the command did not start"
+        b.kill()
+        assert await asyncio.to_thread(wait_gone, pids_with(marker), 5.0), (
+            "the call outlived its caller's replica"
+        )
+        del call  # its connection is gone with replica b
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await client.__aexit__(None, None, None)
+        for pid in pids_with(marker):
+            os.kill(pid, 9)
+
+
+def test_newer_connection_made_while_a_replica_was_frozen_wins(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """The node connects elsewhere while its old replica is frozen; resumed, the old replica must not
+    take the node back with its stale link (it closes that one 4409 instead)."""
+    import signal
+
+    a, b, c = replicas
+    first = node_on(a, "laptop")
+    _wait_listed(c, "laptop", "connected")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        _wait_listed(c, "laptop", "disconnected", 4 * float(LEASE) + 2)
+        node_on(b, "laptop", home_tag="-second")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert first.wait_output("4409", 15) or first.wait_output("replaced", 1), "".join(first.output[-20:])
+    for server in replicas:
+        _wait_listed(server, "laptop", "connected")
+        with server.http(server.token()) as http:
+            listing = http.post("/api/v1/nodes/laptop/tools/fs_list/call", json={"arguments": {"path": "."}})
+            assert listing.status_code == 200, listing.text
+            assert "marker-second" in listing.text, f"{server.url} calls the stale connection"
+
+
+async def test_request_over_the_frame_limit_once_wrapped_spares_the_shared_link(
+    replicas: list[ServerProc], node_on: Callable[..., AgentProc]
+) -> None:
+    """A body just under the frame limit passes the caller's replica but would be over it once wrapped
+    for the replica link: that caller gets 422, and the calls sharing the link go on."""
+    a, b, _ = replicas
+    node_on(a, "laptop")
+    await asyncio.to_thread(_wait_listed, b, "laptop", "connected")
+    async with AsyncClient(b.url, token=b.token()) as client:
+        running = asyncio.Event()
+        slow = client.start(
+            "laptop",
+            "shell_exec",
+            {"command": "echo started; sleep 2; echo done"},
+            on_progress=lambda _p: running.set(),
+        )
+        async with asyncio.timeout(10):
+            await running.wait()
+        text = "x" * (FRAME - 100)
+        async with httpx2.AsyncClient(
+            base_url=b.url, headers={"Authorization": f"Bearer {b.token()}"}
+        ) as http:
+            big = await http.post(
+                "/api/v1/nodes/laptop/tools/echo/call", json={"arguments": {"text": text}}, timeout=30
+            )
+        assert big.status_code == 422, big.text[:300]
+        async with asyncio.timeout(15):
+            result = await slow
+        assert not result.is_error and "done" in result.text

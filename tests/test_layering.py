@@ -102,3 +102,17 @@ def test_the_cluster_runner_imports_no_agent() -> None:
         imported = _imported_modules(ast.parse((REPO / module).read_text()), "server")
         assert not any(name.split(".")[0] == "desktop_agent" for name in imported), module
     assert "desktop_agent" not in _modules_after_import("server.cluster_demo")
+
+
+def test_only_the_registry_reaches_other_replicas() -> None:
+    """Calls to a node on another replica go below the `CallRouter`: only the cluster registry makes
+    replica links (the app mounts the holder's endpoint); no surface dials another replica itself."""
+    allowed = {"server/cluster_registry.py", "server/replica_endpoint.py", "server/app.py"}
+    offenders = []
+    for path in sorted((REPO / "server").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+        imported = _imported_modules(ast.parse(path.read_text()), package)
+        if rel not in allowed and rel != "server/replica_link.py" and "server.replica_link" in imported:
+            offenders.append(rel)
+    assert offenders == []

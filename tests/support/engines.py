@@ -34,13 +34,16 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from server.cluster_procs import HaproxyChild
 from server.haproxy import Backend, render_config
 from tests.support.procs import _Child, free_port
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 __all__ = [
     "Database",
@@ -262,7 +265,7 @@ class Database:
     data_dir: Path
     url: str | None
 
-    async def open(self) -> Any:
+    async def open(self) -> Store:
         """A new `server.store.Store` on this state (the caller closes it)."""
         from server.stores import open_store
 
