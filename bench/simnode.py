@@ -100,8 +100,11 @@ class SimFleet:
         """time.monotonic() of the first loss since all nodes were last ready (reconnect mode)."""
         self.all_ready = asyncio.Event()
         self.on_recovered: Any = None
-        """Called with (nodes lost, first loss, all ready again) — monotonic times — after each recovery."""
+        """Called with (nodes lost, first loss, all ready again, failed attempts so far) — monotonic
+        times — after each recovery."""
         self._lost_since_ready = 0
+        self.failed_attempts = 0
+        """Connection attempts that ended before the node was ready (refused, timed out, dropped)."""
         self._rng = random.Random()
 
     def mint(self, names: list[str]) -> None:
@@ -155,6 +158,8 @@ class SimFleet:
                 if node.connections:  # a fresh token for every attempt, as the agent mints one
                     node.token = await self._fresh_token(node, http)
                 await self._run(node, gate, url)
+                if not node.ready.is_set():  # this attempt never got as far as ready
+                    self.failed_attempts += 1
                 if node.ready_at is not None:  # until first ready, retry where it was sent first
                     url = self.reconnect_url
                 if node.ready.is_set():
@@ -191,7 +196,9 @@ class SimFleet:
             self.all_ready.set()
             if self._lost_since_ready and self.first_lost_at is not None:
                 if self.on_recovered is not None:
-                    self.on_recovered(self._lost_since_ready, self.first_lost_at, time.monotonic())
+                    self.on_recovered(
+                        self._lost_since_ready, self.first_lost_at, time.monotonic(), self.failed_attempts
+                    )
                 self._lost_since_ready = 0
                 self.first_lost_at = None
 
@@ -342,9 +349,9 @@ async def _serve_fleet(
         ws_base, authority, workspace, reconnect=backoff, reconnect_url=reconnect_url, credentials=credentials
     )
 
-    def recovered(lost: int, first_lost: float, all_ready: float) -> None:
+    def recovered(lost: int, first_lost: float, all_ready: float, failed: int) -> None:
         # Monotonic times: CLOCK_MONOTONIC is one clock for every process of the machine.
-        print(f"recovered {lost} {first_lost:.6f} {all_ready:.6f}", flush=True)
+        print(f"recovered {lost} {first_lost:.6f} {all_ready:.6f} {failed}", flush=True)
 
     fleet.on_recovered = recovered
     fleet.mint(names)
@@ -358,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
 
     Prints ``ready N SECONDS`` once all are callable, then serves; with ``--reconnect-url`` nodes that
     lose their connection dial that address again (full-jitter backoff) and
-    ``recovered LOST T_LOST T_READY`` is printed each time all are ready again. ``--credentials`` (a
+    ``recovered LOST T_LOST T_READY FAILED`` is printed each time all are ready again (FAILED: the
+    attempts so far that ended before ready). ``--credentials`` (a
     JSON file ``{name: credential}``, 0600) makes every reconnect ask ``/oauth/token`` first, as the
     agent does."""
     parser = argparse.ArgumentParser(prog="python3 -m bench.simnode")
