@@ -2,13 +2,17 @@
 PYTHON ?= python3
 DATA_DIR ?= $(HOME)/.cortex-server
 
-.PHONY: install run test test-unit test-inprocess test-e2e lint typecheck bench bench-quick
+.PHONY: install run test test-unit test-inprocess test-e2e lint typecheck bench bench-quick cluster
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
 run: install
 	cortex-server serve --demo --data-dir $(DATA_DIR)
+
+# Three replicas on PostgreSQL + Redis behind HAProxy, a demo node through HAProxy (server/cluster_demo.py).
+cluster: install
+	$(PYTHON) -m server.cluster_demo --data-dir $(DATA_DIR)-cluster
 
 lint:
 	$(PYTHON) -m ruff format --check .

@@ -41,6 +41,7 @@ EXTRA_MODULES = (
     "results_bench",
     "process_bench",
     "cluster_bench",
+    "cluster_scale_bench",
     "store_bench",
 )
 

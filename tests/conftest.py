@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.engines import database, pg_url, postgres, redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.support.engines import (  # noqa: F401  (fixtures)
+    database,
+    haproxy,
+    pg_url,
+    postgres,
+    redis_server,
+    redis_url,
+)
 from tests.support.procs import AgentProc, ServerProc
 from tests.tiers import TIERS
 

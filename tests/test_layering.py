@@ -220,6 +220,14 @@ def test_the_known_exceptions_are_still_needed() -> None:
     assert stale == [], "this edge is gone: drop it from KNOWN_EDGES"
 
 
+def test_the_cluster_runner_imports_no_agent() -> None:
+    # `make cluster` starts the demo node as a program: server/ stays free of desktop_agent.
+    for module in ("server/cluster_demo.py", "server/cluster_procs.py", "server/haproxy.py"):
+        imported = _imported_modules(ast.parse((REPO / module).read_text()), "server")
+        assert not any(name.split(".")[0] == "desktop_agent" for name in imported), module
+    assert "desktop_agent" not in _modules_after_import("server.cluster_demo")
+
+
 def test_only_the_registry_reaches_other_replicas() -> None:
     """Calls to a node on another replica go below the `CallRouter`: only the cluster registry makes
     replica links (the app mounts the holder's endpoint); no surface dials another replica itself."""

@@ -27,7 +27,8 @@ _E2E = """
     limits mcp mcp_conformance mcp_resources metrics node_hostile planner process_planner process_tools
     redaction results_bench_smoke results_dashboard results_e2e results_planner revoke_user
     revoke_user_streams tray tray_approval_x11 tray_gtk tray_x11 tunnel_e2e database_url engines postgres_e2e
-    store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke
+    store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke cluster_demo cluster_scale_smoke
+    mcp_haproxy
 """
 
 TIERS: dict[str, str] = {

@@ -32,12 +32,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from server.cluster_procs import HaproxyChild
+from server.haproxy import Backend, render_config
 from tests.support.procs import _Child, free_port
 
 if TYPE_CHECKING:
@@ -45,9 +47,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Database",
+    "HaproxyFactory",
     "PostgresServer",
     "RedisServer",
     "database",
+    "haproxy",
     "pg_url",
     "postgres",
     "postgres_bindir",
@@ -278,3 +282,41 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     """The same test once on SQLite and once on a real PostgreSQL (skipped only without its binaries)."""
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
     return Database(request.param, tmp_path / "server-home", url)
+
+
+HaproxyFactory = Callable[..., HaproxyChild]
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[HaproxyFactory]:
+    """``haproxy(urls, sticky_mcp=True, check_interval="1s")``: HAProxy round-robin over those replicas."""
+    from urllib.parse import urlsplit
+
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        pytest.skip("haproxy absent: apt-get install haproxy (as .ci/run does)")
+    started: list[HaproxyChild] = []
+
+    def start(urls: list[str], *, sticky_mcp: bool = True, check_interval: str = "1s") -> HaproxyChild:
+        root = tmp_path / f"haproxy-{len(started)}"
+        root.mkdir()
+        backends = []
+        for i, url in enumerate(urls):
+            parts = urlsplit(url)
+            backends.append(Backend(f"r{i + 1}", parts.hostname or "127.0.0.1", parts.port or 80))
+        pidfile = str(root / "haproxy.pid")
+
+        def render(port: int) -> str:
+            return render_config(
+                port, backends, pidfile=pidfile, sticky_mcp=sticky_mcp, check_interval=check_interval,
+                maxconn=2000,
+            )  # fmt: skip
+
+        child = HaproxyChild(root, render)
+        started.append(child)
+        return child.start()
+
+    try:
+        yield start
+    finally:
+        for child in started:
+            child.stop()
