@@ -1,6 +1,7 @@
 """The agent core: keep one tunnel to the server alive and serve the node's side of the protocol.
 
-Layering: `websockets` client (transport) → `spec.session.RpcSession` (dispatcher) → `NodeAgent` (this
+Layering: `websockets` client (transport) → `spec.link.WebsocketsLink` (or the in-memory link of the
+in-process tests, through `NodeAgent.serve_link`) → `spec.session.RpcSession` (dispatcher) → `NodeAgent` (this
 module: reconnect loop, token minting and renewal, state for the tray) → `ToolEngine` (tools, policy,
 audit). `cortex-agent run` and `cortex-agent tray` both drive exactly this class.
 
@@ -35,13 +36,14 @@ from typing import Any
 
 import httpx2
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from desktop_agent.engine import ToolEngine
 from desktop_agent.tools.basic import system_facts
 from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.errors import RpcError
+from spec.link import Link, WebsocketsLink, pump
 from spec.session import CallContext, RpcSession, make_methods
 
 __all__ = ["AgentState", "AgentStatus", "AuthFailed", "Backoff", "ConnectSettings", "NodeAgent", "Replaced"]
@@ -153,7 +155,7 @@ class NodeAgent:
         self._wanted.set()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._ws: ClientConnection | None = None
+        self._ws: Link | None = None
         self._rpc: RpcSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Future[Any]] = set()
@@ -294,27 +296,33 @@ class NodeAgent:
             ping_interval=20,
             ping_timeout=20,
         ) as ws:
-            self._ws = ws
-            rpc = RpcSession(ws.send, make_methods(self._methods()), name=f"agent:{self.settings.name}")
-            self._rpc = rpc
-            refresher = asyncio.create_task(self._refresh_loop(rpc, expires_in))
-            self._set(AgentState.CONNECTED, f"connected to {self.settings.server}")
-            await self.engine.record("node.connected", server=self.settings.server)
-            try:
-                async for message in ws:
-                    await rpc.feed(message)
-            finally:
-                refresher.cancel()
-                rpc.close()
-                self._rpc = None
-                self._ws = None
-                with contextlib.suppress(Exception):
-                    await self.engine.record(
-                        "node.disconnected", server=self.settings.server, code=ws.close_code
-                    )
-                logger.info("tunnel closed (code %s %s)", ws.close_code, ws.close_reason or "")
+            link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
+            await self.serve_link(link, expires_in)
         if ws.close_code == REPLACED_CLOSE_CODE:
             self._raise_replaced()
+
+    async def serve_link(self, link: Link, expires_in: int) -> None:
+        """Serve the node's side of the protocol on one open link until it closes (the token behind
+        it is renewed at two thirds of `expires_in`). The reconnect loop runs this on a `websockets`
+        link; the in-process tests on an in-memory one."""
+        self._ws = link
+        rpc = RpcSession(link.send, make_methods(self._methods()), name=f"agent:{self.settings.name}")
+        self._rpc = rpc
+        refresher = asyncio.create_task(self._refresh_loop(rpc, expires_in))
+        self._set(AgentState.CONNECTED, f"connected to {self.settings.server}")
+        await self.engine.record("node.connected", server=self.settings.server)
+        try:
+            await pump(link, rpc)
+        finally:
+            refresher.cancel()
+            rpc.close()
+            self._rpc = None
+            self._ws = None
+            with contextlib.suppress(Exception):
+                await self.engine.record(
+                    "node.disconnected", server=self.settings.server, code=link.close_code
+                )
+            logger.info("tunnel closed (code %s %s)", link.close_code, link.close_reason)
 
     def _raise_replaced(self) -> None:
         if not self._stop.is_set():
@@ -351,7 +359,12 @@ class NodeAgent:
         # Keep a reference until done: the loop holds tasks only weakly.
         task = asyncio.ensure_future(coro)
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. a notification after the link went
+            logger.debug("background send failed: %r", task.exception())
 
     # -- what the server may ask of us ------------------------------------------------------------------
     def _methods(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The Python SDK: `AsyncClient` over `WS /api/v1/rpc`, and `Client`, its blocking twin.
 
-Layering: `websockets` client (transport) → `spec.session.RpcSession` (dispatcher) → these facades.
+Layering: `websockets` client (transport) → `spec.link.WebsocketsLink` (or any `spec.link.Link`, given to
+`AsyncClient.attach`) → `spec.session.RpcSession` (dispatcher) → these facades.
 `Client` runs an `AsyncClient` on a private event loop in a background thread, so a plain script can use
 it without knowing asyncio; progress callbacks then run on that thread.
 """
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx2
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from sdk.exceptions import (
     AuthError,
@@ -32,6 +33,7 @@ from sdk.exceptions import (
 )
 from sdk.planner import PlanStep, aplan, plan
 from spec.errors import RpcError
+from spec.link import Link, WebsocketsLink, pump
 from spec.session import RpcSession
 
 __all__ = ["AsyncClient", "CallHandle", "CallResult", "Client", "Image"]
@@ -130,7 +132,7 @@ class AsyncClient:
         self._ssl = ssl_context
         self._max_frame = max_frame_bytes
         self._open_timeout = open_timeout
-        self._ws: ClientConnection | None = None
+        self._ws: Link | None = None
         self._rpc: RpcSession | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -144,7 +146,7 @@ class AsyncClient:
     async def connect(self) -> None:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
-            self._ws = await connect(
+            ws = await connect(
                 _ws_url(self.url),
                 additional_headers=headers,
                 subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -160,13 +162,18 @@ class AsyncClient:
             raise ConnectionLost(f"the server refused the connection ({status})") from None
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             raise ConnectionLost(f"cannot reach {self.url}: {exc}") from None
-        self._rpc = RpcSession(self._ws.send, {}, name="sdk")
-        self._reader = asyncio.create_task(self._read_loop(self._ws, self._rpc))
+        self.attach(WebsocketsLink(ws, websockets.ConnectionClosedOK))
 
-    async def _read_loop(self, ws: ClientConnection, rpc: RpcSession) -> None:
+    def attach(self, link: Link) -> None:
+        """Run this client over an already open link to a server's client RPC (what `connect` does
+        with the WebSocket it opens; the in-process tests give an in-memory link)."""
+        self._ws = link
+        self._rpc = RpcSession(link.send, {}, name="sdk")
+        self._reader = asyncio.create_task(self._read_loop(link, self._rpc))
+
+    async def _read_loop(self, link: Link, rpc: RpcSession) -> None:
         try:
-            async for message in ws:
-                await rpc.feed(message)
+            await pump(link, rpc)
         except websockets.WebSocketException:
             pass
         finally:

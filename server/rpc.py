@@ -1,4 +1,7 @@
-"""`WS /api/v1/rpc`: JSON-RPC for SDK clients, the same session core as the tunnel.
+"""`WS /api/v1/rpc`: JSON-RPC for SDK clients, the same session core and link adapter as the tunnel.
+
+Layering: Starlette WebSocket → `server.ws_link.StarletteLink` (or any `spec.link.Link`) →
+`spec.session.RpcSession` → `ClientSession` (this module) → `server.router.CallRouter`.
 
 Methods: `nodes/list`, `tools/list {node}`, `tools/call {node, name, arguments, timeout_s?}` (progress
 forwarded when the client sends `_meta.progressToken`; the client's `notifications/cancelled` — or its
@@ -12,12 +15,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from server.auth import AuthError
 from server.router import Caller
 from server.tunnel import SUBPROTOCOL, _denial, bearer_token
+from server.ws_link import StarletteLink
 from spec.errors import CANCELLED, RpcError
+from spec.link import Link, pump
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -70,19 +75,22 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         logger.info("client handshake refused: %s", exc.reason)
         await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid user token"))
         return
-    await websocket.accept(subprotocol=SUBPROTOCOL)
-    session = ClientSession(websocket, state, caller)
+    link = StarletteLink(websocket)
+    await link.accept(SUBPROTOCOL)
+    session = ClientSession(link, state, caller)
     with state.live_callers.track(caller.sub, caller.ws, caller.iat, session.revoked):
         await session.run()
 
 
 class ClientSession:
-    def __init__(self, websocket: WebSocket, state: ServerState, caller: Caller) -> None:
-        self.ws = websocket
+    """One client's live link (already accepted and authenticated as `caller`)."""
+
+    def __init__(self, link: Link, state: ServerState, caller: Caller) -> None:
+        self.link = link
         self.state = state
         self.caller = caller
         self.rpc = RpcSession(
-            self._send,
+            link.send,
             make_methods(
                 {
                     "ping": self.ping,
@@ -96,25 +104,15 @@ class ClientSession:
             max_incoming=MAX_CLIENT_REQUESTS,
         )
 
-    async def _send(self, text: str) -> None:
-        await self.ws.send_text(text)
-
     async def revoked(self) -> None:
         """The user was revoked (``cortex-server revoke-user``): close with 4403, like a revoked node."""
         self.rpc.close(RpcError(CANCELLED, "user revoked"))
         with contextlib.suppress(Exception):
-            await self.ws.close(code=4403, reason="user revoked")
+            await self.link.close(4403, "user revoked")
 
     async def run(self) -> None:
         try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = message.get("text")
-                await self.rpc.feed(data if data is not None else message.get("bytes") or b"")
-        except (WebSocketDisconnect, RuntimeError):
-            return
+            await pump(self.link, self.rpc)
         finally:
             # A dropped client cancels everything it had running (and so the work on the nodes).
             self.rpc.close(RpcError(CANCELLED, "client disconnected"))

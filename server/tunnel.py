@@ -1,6 +1,7 @@
 """The node tunnel: `WS /api/v1/nodes/connect`, one `NodeSession` per connected node.
 
-Layering: Starlette WebSocket (transport) → `spec.session.RpcSession` (dispatcher) → this module, which
+Layering: Starlette WebSocket (transport) → `server.ws_link.StarletteLink` (or any `spec.link.Link`, e.g.
+the in-memory pair of the in-process tests) → `spec.session.RpcSession` (dispatcher) → this module, which
 runs the link's life: token check before accept, `initialize` handshake, `tools/list`, registration in
 the `NodeRegistry`, heartbeat, in-band token renewal and the closing codes:
 
@@ -17,14 +18,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from server import approvals
 from server.auth import AuthError
 from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
+from server.ws_link import StarletteLink
 from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcError
+from spec.link import Link, pump
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -81,17 +84,17 @@ async def node_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(_denial(403, "forbidden", "node revoked or unknown"))
         return
     state.metrics.handshake()
-    session = NodeSession(websocket, state, claims.sub, claims.ws, claims.exp)
+    link = StarletteLink(websocket)
+    await link.accept(SUBPROTOCOL)
+    session = NodeSession(link, state, claims.sub, claims.ws, claims.exp)
     await session.run()
 
 
 class NodeSession:
-    """One node's live link; implements `server.registry.NodeLink`."""
+    """One node's live link (already accepted); implements `server.registry.NodeLink`."""
 
-    def __init__(
-        self, websocket: WebSocket, state: ServerState, name: str, workspace: str, exp: float
-    ) -> None:
-        self.ws = websocket
+    def __init__(self, link: Link, state: ServerState, name: str, workspace: str, exp: float) -> None:
+        self.link = link
         self.state = state
         self.name = name
         self.workspace = workspace
@@ -105,7 +108,7 @@ class NodeSession:
             state.artifacts, name, workspace, state.config.max_frame_bytes - UPLOAD_FRAME_OVERHEAD
         )
         self.rpc = RpcSession(
-            self._send,
+            link.send,
             make_methods(
                 {"ping": self._ping, "auth/refresh": self._refresh, "artifacts/write": self.uploads.write}
             ),
@@ -132,17 +135,17 @@ class NodeSession:
             RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected: {reason}", {"retryable": False})
         )
         try:
-            await self.ws.close(code=code, reason=reason)
+            await self.link.close(code, reason)
         except Exception:
             logger.debug("close of %s after the socket was gone", self.name)
 
     # -- life -------------------------------------------------------------------------------------
-    async def _send(self, text: str) -> None:
-        await self.ws.send_text(text)
+    def _seen(self) -> None:
+        if self.entry is not None:
+            self.entry.last_seen = time.time()
 
     async def run(self) -> None:
-        await self.ws.accept(subprotocol=SUBPROTOCOL)
-        reader = asyncio.create_task(self._read_loop(), name=f"read:{self.name}")
+        reader = asyncio.create_task(pump(self.link, self.rpc, on_frame=self._seen), name=f"read:{self.name}")
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await self._handshake()
@@ -200,23 +203,6 @@ class NodeSession:
         if old is not None:
             await old.close(4409, "replaced by a newer connection")
         logger.info("node %s connected (%s, %d tools)", self.name, self.workspace, len(entry.tools))
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = message.get("text")
-                if data is None:
-                    data = message.get("bytes") or b""
-                if self.entry is not None:
-                    self.entry.last_seen = time.time()
-                await self.rpc.feed(data)
-        except WebSocketDisconnect:
-            return
-        except RuntimeError:  # receive after the socket closed
-            return
 
     async def _heartbeat(self) -> None:
         interval = self.state.config.heartbeat_interval

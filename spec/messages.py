@@ -12,7 +12,9 @@ from spec.errors import RpcError
 
 __all__ = [
     "Event",
+    "IncomingCancel",
     "IncomingNotification",
+    "IncomingProgress",
     "IncomingRequest",
     "IncomingResponse",
     "JsonId",
@@ -25,12 +27,17 @@ JsonId = str | int
 
 @dataclass(frozen=True, slots=True)
 class IncomingRequest:
-    """A request the other side wants answered; dispatch it and `respond` with the same id."""
+    """A request the other side wants answered; dispatch it and `respond` with the same id.
+
+    `params` and `message` come without `_meta` (the core strips it); `meta` is what it held (`{}` when
+    absent or not an object).
+    """
 
     id: JsonId
     method: str
     params: dict[str, Any] | list[Any] | None
     message: dict[str, Any] = field(repr=False)
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,23 @@ class IncomingNotification:
 
     method: str
     params: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingProgress:
+    """`notifications/progress` for one of our requests still awaiting its answer (found by its token)."""
+
+    request_id: JsonId
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCancel:
+    """`notifications/cancelled` for a request of the other side's that is still in flight here: stop its
+    handler and send no answer (MCP: the receiver of a cancel does not answer the cancelled request)."""
+
+    request_id: JsonId
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,4 +89,12 @@ class ProtocolViolation:
     description: str
 
 
-Event = IncomingRequest | IncomingNotification | IncomingResponse | Reply | ProtocolViolation
+Event = (
+    IncomingRequest
+    | IncomingNotification
+    | IncomingProgress
+    | IncomingCancel
+    | IncomingResponse
+    | Reply
+    | ProtocolViolation
+)

@@ -1,21 +1,21 @@
 """The method-agnostic JSON-RPC dispatcher every adapter runs on top of the sans-I/O `Peer`.
 
-Layering: transport adapter (Starlette or `websockets`) → `RpcSession` (this module) → typed facades.
-The adapter calls `feed(text)` for each received frame and gives the session a `send(text)` coroutine;
-the session correlates responses by id, runs each incoming request in its own task (so a handler may
-call back across the link without deadlock), dispatches requests through jsonrpcserver with an explicit
-`methods=` table, and wires progress and cancellation:
+Layering: link adapter (`spec.link`: Starlette, `websockets`, in-memory) → `RpcSession` (this module) →
+typed facades. The adapter calls `feed(text)` for each received frame and gives the session a
+`send(text)` coroutine. Every protocol rule (ids, progress tokens, the incoming table and its
+`max_incoming` limit, cancellation both ways, `_meta`) belongs to the `spec.peer.Peer` core and is
+tested there without a loop; this module keeps only what needs asyncio — one future per request we
+sent, one task per request we serve (so a handler may call back across the link without deadlock) —
+and dispatches requests through jsonrpcserver with an explicit `methods=` table:
 
-1. Outgoing `request(..., on_progress=f)` puts a fresh `_meta.progressToken` into the params and routes
-   matching `notifications/progress` to `f`, in arrival order.
-2. Cancelling the task awaiting an outgoing request sends `notifications/cancelled {requestId, reason}`
-   and forgets the id (a late answer is ignored).
-3. An incoming `notifications/cancelled` cancels that request's handler task; no response is sent for it
-   (MCP: the receiver of a cancel does not answer the cancelled request).
+1. Outgoing `request(..., on_progress=f)` asks the core for a progress token; `IncomingProgress` for it
+   goes to `f`, in arrival order.
+2. Cancelling the task awaiting an outgoing request sends the core's `notifications/cancelled`
+   (only when no answer came; a late answer is ignored).
+3. `IncomingCancel` cancels that request's handler task; no response is sent for it.
 4. `close(exc)` fails every pending request with `exc` and cancels every handler task.
-5. With `max_incoming`, a request arriving while that many handlers of the other side's requests run
-   is answered -32012 (overloaded) at once, and one reusing an id still in flight -32600: the other
-   side cannot grow our task table without bound.
+5. The core's `max_incoming` answers (-32012, -32600) are sent as they come: the other side cannot grow
+   our task table without bound.
 
 Handlers are ``async def handler(ctx: CallContext, **params)``; whatever they return is the result, and
 any exception crosses the wire through `spec.errors.error_object` only.
@@ -38,9 +38,11 @@ from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import to_serializable
 from jsonrpcserver.result import SuccessResult
 
-from spec.errors import CANCELLED, INVALID_REQUEST, OVERLOADED, RpcError, error_object
+from spec.errors import CANCELLED, RpcError, error_object
 from spec.messages import (
+    IncomingCancel,
     IncomingNotification,
+    IncomingProgress,
     IncomingRequest,
     IncomingResponse,
     JsonId,
@@ -74,15 +76,7 @@ class CallContext:
 
     async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Send `notifications/progress` for this request, if the caller asked for progress."""
-        token = self.progress_token
-        if token is None:
-            return
-        params: dict[str, Any] = {"progressToken": token, "progress": progress}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        await self.session.notify("notifications/progress", params)
+        await self.session.progress(self.request_id, progress, total, message)
 
 
 def _adapt(handler: Handler) -> Handler:
@@ -144,17 +138,15 @@ class RpcSession:
         max_incoming: int | None = None,
     ) -> None:
         self.name = name
-        self._max_incoming = max_incoming
         self._send = send
         self._methods = methods
         self._shapes = {name: _ParamShape.of(method) for name, method in methods.items()}
         self._on_notification = on_notification
-        self._peer = Peer()
+        self._peer = Peer(name, max_incoming=max_incoming)
         self._waiters: dict[JsonId, asyncio.Future[Any]] = {}
-        self._progress: dict[str | int, ProgressCallback] = {}
+        self._progress: dict[JsonId, ProgressCallback] = {}  # by our request's id
         self._handlers: dict[JsonId, asyncio.Task[None]] = {}
         self._closed: BaseException | None = None
-        self._progress_seq = 0
 
     @property
     def closed(self) -> bool:
@@ -177,36 +169,31 @@ class RpcSession:
         """Send a request and wait for its result; raises `RpcError` for an error answer."""
         if self._closed is not None:
             raise self._closed
-        token: str | None = None
-        if on_progress is not None:
-            self._progress_seq += 1
-            token = f"{self.name}-p{self._progress_seq}"
-            params = dict(params or {})
-            params["_meta"] = {**params.get("_meta", {}), "progressToken": token}
-            self._progress[token] = on_progress
-        id_, text = self._peer.request(method, params)
+        id_, text = self._peer.request(method, params, progress=on_progress is not None)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[id_] = fut
+        if on_progress is not None:
+            self._progress[id_] = on_progress
         try:
             await self._send(text)
             return await fut
         except asyncio.CancelledError:
-            # Our caller gave up (cancel or an enclosing asyncio.timeout): tell the other side.
-            # (awaiting `fut` from a cancelled task cancels `fut` too: cancelled means no answer came)
-            if (fut.cancelled() or not fut.done()) and self._closed is None:
-                await self._send_cancel(id_, cancel_reason)
+            # Our caller gave up (cancel or an enclosing asyncio.timeout): tell the other side, unless
+            # the answer already came (the core knows: rule 7 of spec.peer).
+            if self._closed is None:
+                cancel = self._peer.cancel(id_, cancel_reason)
+                if cancel is not None:
+                    await self._send_cancel(id_, cancel)
             raise
         finally:
             self._waiters.pop(id_, None)
             self._peer.forget(id_)
-            if token is not None:
-                self._progress.pop(token, None)
+            if on_progress is not None:
+                self._progress.pop(id_, None)
 
-    async def _send_cancel(self, id_: JsonId, reason: str) -> None:
+    async def _send_cancel(self, id_: JsonId, text: str) -> None:
         try:
-            await self._send(
-                self._peer.notify("notifications/cancelled", {"requestId": id_, "reason": reason})
-            )
+            await self._send(text)
         except Exception:  # the link may be gone; nothing else to tell the other side
             logger.debug("%s: could not send cancel for %s", self.name, id_)
 
@@ -214,6 +201,16 @@ class RpcSession:
         if self._closed is not None:
             raise self._closed
         await self._send(self._peer.notify(method, params))
+
+    async def progress(
+        self, request_id: JsonId, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """`notifications/progress` for the other side's request `request_id`, if it asked for progress."""
+        if self._closed is not None:
+            raise self._closed
+        text = self._peer.progress(request_id, progress, total, message)
+        if text is not None:
+            await self._send(text)
 
     # -- incoming ---------------------------------------------------------------------------------
     async def feed(self, text: str | bytes) -> None:
@@ -227,62 +224,38 @@ class RpcSession:
                     else:
                         fut.set_result(event.result)
             elif isinstance(event, IncomingRequest):
-                if self._max_incoming is not None and event.id in self._handlers:
-                    # An id still in flight: a second handler would be untracked (and uncancellable).
-                    await self._send(
-                        self._peer.respond_error(
-                            event.id, {"code": INVALID_REQUEST, "message": "id already in flight"}
-                        )
-                    )
-                    continue
-                if self._max_incoming is not None and len(self._handlers) >= self._max_incoming:
-                    # The other side has too many requests running here already: refuse, do not queue.
-                    await self._send(
-                        self._peer.respond_error(
-                            event.id, {"code": OVERLOADED, "message": "too many requests in flight"}
-                        )
-                    )
-                    continue
                 # Unnamed: formatting a name for every request costs more than the debugging it helps.
                 task = asyncio.create_task(self._serve(event))
                 self._handlers[event.id] = task
                 task.add_done_callback(functools.partial(self._handler_done, event.id))
+            elif isinstance(event, IncomingProgress):
+                callback = self._progress.get(event.request_id)
+                if callback is not None:
+                    outcome = callback(event.params)
+                    if outcome is not None:
+                        await outcome
+            elif isinstance(event, IncomingCancel):
+                handler = self._handlers.get(event.request_id)
+                if handler is not None:
+                    handler.cancel(event.reason)
             elif isinstance(event, IncomingNotification):
-                await self._notification(event)
+                if self._on_notification is not None:
+                    outcome = self._on_notification(event.method, event.params or {})
+                    if outcome is not None:
+                        await outcome
             elif isinstance(event, Reply):
                 await self._send(event.text)
             elif isinstance(event, ProtocolViolation):
                 logger.debug("%s: %s", self.name, event.description)
 
-    def _handler_done(self, id_: JsonId, _task: asyncio.Task[None]) -> None:
-        self._handlers.pop(id_, None)
-
-    async def _notification(self, event: IncomingNotification) -> None:
-        params = event.params or {}
-        if event.method == "notifications/cancelled":
-            task = self._handlers.get(params.get("requestId"))  # type: ignore[arg-type]
-            if task is not None:
-                task.cancel(str(params.get("reason", "cancelled")))
-            return
-        if event.method == "notifications/progress":
-            callback = self._progress.get(params.get("progressToken"))  # type: ignore[arg-type]
-            if callback is not None:
-                outcome = callback(params)
-                if outcome is not None:
-                    await outcome
-            return
-        if self._on_notification is not None:
-            outcome = self._on_notification(event.method, params)
-            if outcome is not None:
-                await outcome
+    def _handler_done(self, id_: JsonId, task: asyncio.Task[None]) -> None:
+        if self._handlers.get(id_) is task:
+            del self._handlers[id_]
+            self._peer.finish(id_)
 
     async def _serve(self, req: IncomingRequest) -> None:
-        params = req.params if isinstance(req.params, dict) else {}
-        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        ctx = CallContext(self, req.id, req.method, meta or {})
-        message = req.message
-        if isinstance(req.params, dict) and "_meta" in req.params:
-            message = {**message, "params": {k: v for k, v in req.params.items() if k != "_meta"}}
+        ctx = CallContext(self, req.id, req.method, req.meta)
+        message = req.message  # without `_meta`: the core stripped it
         try:
             # The peer core already parsed and checked the envelope, and a request is never a batch, so
             # go straight to jsonrpcserver's per-request dispatch (method lookup, params check against
@@ -327,6 +300,7 @@ class RpcSession:
         if self._closed is not None:
             return
         self._closed = exc or RpcError(CANCELLED, "link closed")
+        self._peer.close()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(self._closed)
