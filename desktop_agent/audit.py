@@ -78,7 +78,7 @@ from desktop_agent.audit_file import (
     scan_tail,
     verify,
 )
-from desktop_agent.redaction import redact
+from desktop_agent.redaction import KeyMemo, redact
 
 __all__ = [
     "AUDIT_FILE",
@@ -171,6 +171,7 @@ class AuditLog:
         self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
         self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
+        self._keys = KeyMemo()  # rule 3's redaction of argument keys, remembered (used under _commit_lock)
 
     # -- the caller's side (event loop) ---------------------------------------------------------
     @property
@@ -320,7 +321,7 @@ class AuditLog:
                 barriers.append(pending.future)
                 continue
             try:
-                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts)
+                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts, self._keys)
             except Exception as exc:  # a bad field fails its own append only; the chain is untouched
                 outcomes.append((pending.future, None, exc))
                 continue
@@ -358,7 +359,7 @@ class AuditLog:
     def _append_now(self, event: str, fields: dict[str, Any]) -> None:
         """One record written at once from the writer thread (recovery records while opening)."""
         seq, prev = self._head
-        record, line = _build(event, fields, seq + 1, prev, _now())
+        record, line = _build(event, fields, seq + 1, prev, _now(), self._keys)
         self._write_all(line)
         self._head = (record["seq"], record["hash"])
 
@@ -465,7 +466,9 @@ class AuditLog:
             logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
 
 
-def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> tuple[dict[str, Any], bytes]:
+def _build(
+    event: str, fields: dict[str, Any], seq: int, prev: str, ts: str, keys: KeyMemo | None = None
+) -> tuple[dict[str, Any], bytes]:
     """The record at `seq` after `prev`, and its line: the canonical body with ``hash`` added last."""
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
@@ -480,7 +483,7 @@ def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> 
     for key, value in fields.items():
         if key in ("v", "seq", "ts", "event", "prev", "hash"):
             raise ValueError(f"audit field {key!r} is set by the log itself")
-        record[key] = redact(value) if key == "arguments" else value
+        record[key] = redact(value, keys) if key == "arguments" else value
     record["prev"] = prev
     body = _CANONICAL.encode(record).encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
