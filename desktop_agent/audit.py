@@ -23,8 +23,12 @@ Rules:
    CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
 2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
-   that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path); it is
-   written in the very next batch. `read` and `aclose` first wait for everything queued.
+   that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path). The
+   writer thread does not wake for it alone: it rides the next batch someone waits for (the next
+   call's ``tool.requested``), or goes on its own once it has waited ``linger_s`` (0.05 s). So calls
+   one after another cost one fsync each, not two (the previous call's ``tool.finished`` would
+   otherwise hold the disk when the next ``tool.requested`` comes). `read` and `aclose` first wait
+   for everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
 4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
@@ -59,6 +63,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +110,9 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 # CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+
+# Rule 2: a queued record (`enqueue`) waits at most this long for a batch someone waits for.
+LINGER_S = 0.05
 
 _F = TypeVar("_F", asyncio.Future[Any], None)
 
@@ -153,8 +161,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
 class AuditLog:
     """The append-only hash chain at `path`, written by one group-committing thread (rules 1, 3, 5, 6)."""
 
-    def __init__(self, path: Path, state_path: Path | None = None) -> None:
+    def __init__(self, path: Path, state_path: Path | None = None, *, linger_s: float = LINGER_S) -> None:
         self.path = path
+        self.linger_s = linger_s  # rule 2: how long a queued record may wait for a batch someone waits for
         self.state_path = state_path if state_path is not None else path.with_name(STATE_FILE)
         self._head: tuple[int, str] = (0, GENESIS)  # durable head; replaced whole, so readers see a pair
         self._fd: int | None = None
@@ -165,6 +174,7 @@ class AuditLog:
         self._needs_open = True
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
+        self._urgent = 0  # queued entries someone waits for (appends, barriers): the writer goes at once
         self._closing = False
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
@@ -256,7 +266,11 @@ class AuditLog:
                 if not self._inline_scheduled:
                     self._inline_scheduled = True
                     loop.call_soon(self._commit_inline)
-            elif len(self._queue) == 1:  # the writer sleeps only on an empty queue
+            elif future is not None:
+                self._urgent += 1
+                if self._urgent == 1:  # the writer waits until someone waits (or the linger ends)
+                    self._cond.notify()
+            elif len(self._queue) == 1:  # rule 2: starts the writer's linger clock
                 self._cond.notify()
         return future
 
@@ -265,7 +279,7 @@ class AuditLog:
         with self._commit_lock:
             with self._cond:
                 self._inline_scheduled = False
-                batch, self._queue = self._queue, []
+                batch, self._queue, self._urgent = self._queue, [], 0
             if batch:
                 _settle(self._commit(batch))
 
@@ -273,12 +287,10 @@ class AuditLog:
     def _writer(self) -> None:
         try:
             while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
+                self._wait_for_batch()
                 with self._commit_lock:  # held from taking the batch to its end: batches stay in order
                     with self._cond:
-                        batch, self._queue = self._queue, []
+                        batch, self._queue, self._urgent = self._queue, [], 0
                         if not batch and self._closing:
                             return  # nothing left to write
                     if not batch:
@@ -298,6 +310,23 @@ class AuditLog:
                     os.close(fd)
             self._fd = self._state_fd = None
             self._needs_open = True
+
+    def _wait_for_batch(self) -> None:
+        """Rule 2: until someone waits for a queued entry, the log closes, or a queued record has
+        waited `linger_s`."""
+        with self._cond:
+            linger_until: float | None = None
+            while not self._closing and not self._urgent:
+                if not self._queue:
+                    linger_until = None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if linger_until is None:
+                    linger_until = now + self.linger_s
+                if now >= linger_until:
+                    return
+                self._cond.wait(linger_until - now)
 
     def _commit(self, batch: list[_Pending]) -> list[_Outcome]:
         """Rule 1: build every waiting record on the chain, one write, one fsync, then the identity check."""

@@ -12,7 +12,7 @@ TIER_NAMES = ("unit", "inprocess", "e2e")
 _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
-    audit_cancel redaction_memo versions xdisplay
+    audit_cancel audit_linger redaction_memo versions xdisplay
 """
 _INPROCESS = """
     approval artifact_headers audit_group_commit confine engine fs_tools mcp_reply oauth_backoff schemas
