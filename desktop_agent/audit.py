@@ -23,8 +23,12 @@ Rules:
    CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
 2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
-   that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path); it is
-   written in the very next batch. `read` and `aclose` first wait for everything queued.
+   that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path). The
+   writer thread does not wake for it alone: it rides the next batch someone waits for (the next
+   call's ``tool.requested``), or goes on its own once it has waited ``linger_s`` (0.05 s). So calls
+   one after another cost one fsync each, not two (the previous call's ``tool.finished`` would
+   otherwise hold the disk when the next ``tool.requested`` comes). `read` and `aclose` first wait
+   for everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
 4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
@@ -59,6 +63,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +83,7 @@ from desktop_agent.audit_file import (
     scan_tail,
     verify,
 )
-from desktop_agent.redaction import redact
+from desktop_agent.redaction import KeyMemo, redact
 
 __all__ = [
     "AUDIT_FILE",
@@ -105,6 +110,9 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 # CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+
+# Rule 2: a queued record (`enqueue`) waits at most this long for a batch someone waits for.
+LINGER_S = 0.05
 
 _F = TypeVar("_F", asyncio.Future[Any], None)
 
@@ -153,8 +161,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
 class AuditLog:
     """The append-only hash chain at `path`, written by one group-committing thread (rules 1, 3, 5, 6)."""
 
-    def __init__(self, path: Path, state_path: Path | None = None) -> None:
+    def __init__(self, path: Path, state_path: Path | None = None, *, linger_s: float = LINGER_S) -> None:
         self.path = path
+        self.linger_s = linger_s  # rule 2: how long a queued record may wait for a batch someone waits for
         self.state_path = state_path if state_path is not None else path.with_name(STATE_FILE)
         self._head: tuple[int, str] = (0, GENESIS)  # durable head; replaced whole, so readers see a pair
         self._fd: int | None = None
@@ -165,12 +174,14 @@ class AuditLog:
         self._needs_open = True
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
+        self._urgent = 0  # queued entries someone waits for (appends, barriers): the writer goes at once
         self._closing = False
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
         self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
         self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
+        self._keys = KeyMemo()  # rule 3's redaction of argument keys, remembered (used under _commit_lock)
 
     # -- the caller's side (event loop) ---------------------------------------------------------
     @property
@@ -226,11 +237,13 @@ class AuditLog:
         self._closing = False
 
     async def _wait(self, future: asyncio.Future[Any]) -> Any:
+        # No `asyncio.shield` (an extra future and two callbacks per append): a cancellation cancels
+        # `future` itself, whose record stays queued, so a barrier queued after it says when it is written.
         try:
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:
-            if not future.done():  # rule 1: the record lands whole before the cancellation goes on
-                await asyncio.wait([future])
+            if future.cancelled():  # rule 1: the record lands whole before the cancellation goes on
+                await asyncio.wait([self._submit(None, {}, asyncio.get_running_loop().create_future())])
             raise
 
     def _submit(self, event: str | None, fields: dict[str, Any], future: _F) -> _F:
@@ -253,7 +266,11 @@ class AuditLog:
                 if not self._inline_scheduled:
                     self._inline_scheduled = True
                     loop.call_soon(self._commit_inline)
-            elif len(self._queue) == 1:  # the writer sleeps only on an empty queue
+            elif future is not None:
+                self._urgent += 1
+                if self._urgent == 1:  # the writer waits until someone waits (or the linger ends)
+                    self._cond.notify()
+            elif len(self._queue) == 1:  # rule 2: starts the writer's linger clock
                 self._cond.notify()
         return future
 
@@ -262,7 +279,7 @@ class AuditLog:
         with self._commit_lock:
             with self._cond:
                 self._inline_scheduled = False
-                batch, self._queue = self._queue, []
+                batch, self._queue, self._urgent = self._queue, [], 0
             if batch:
                 _settle(self._commit(batch))
 
@@ -270,12 +287,10 @@ class AuditLog:
     def _writer(self) -> None:
         try:
             while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
+                self._wait_for_batch()
                 with self._commit_lock:  # held from taking the batch to its end: batches stay in order
                     with self._cond:
-                        batch, self._queue = self._queue, []
+                        batch, self._queue, self._urgent = self._queue, [], 0
                         if not batch and self._closing:
                             return  # nothing left to write
                     if not batch:
@@ -295,6 +310,23 @@ class AuditLog:
                     os.close(fd)
             self._fd = self._state_fd = None
             self._needs_open = True
+
+    def _wait_for_batch(self) -> None:
+        """Rule 2: until someone waits for a queued entry, the log closes, or a queued record has
+        waited `linger_s`."""
+        with self._cond:
+            linger_until: float | None = None
+            while not self._closing and not self._urgent:
+                if not self._queue:
+                    linger_until = None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if linger_until is None:
+                    linger_until = now + self.linger_s
+                if now >= linger_until:
+                    return
+                self._cond.wait(linger_until - now)
 
     def _commit(self, batch: list[_Pending]) -> list[_Outcome]:
         """Rule 1: build every waiting record on the chain, one write, one fsync, then the identity check."""
@@ -320,7 +352,7 @@ class AuditLog:
                 barriers.append(pending.future)
                 continue
             try:
-                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts)
+                record, line = _build(pending.event, pending.fields, seq + 1, prev, ts, self._keys)
             except Exception as exc:  # a bad field fails its own append only; the chain is untouched
                 outcomes.append((pending.future, None, exc))
                 continue
@@ -358,7 +390,7 @@ class AuditLog:
     def _append_now(self, event: str, fields: dict[str, Any]) -> None:
         """One record written at once from the writer thread (recovery records while opening)."""
         seq, prev = self._head
-        record, line = _build(event, fields, seq + 1, prev, _now())
+        record, line = _build(event, fields, seq + 1, prev, _now(), self._keys)
         self._write_all(line)
         self._head = (record["seq"], record["hash"])
 
@@ -465,7 +497,9 @@ class AuditLog:
             logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
 
 
-def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> tuple[dict[str, Any], bytes]:
+def _build(
+    event: str, fields: dict[str, Any], seq: int, prev: str, ts: str, keys: KeyMemo | None = None
+) -> tuple[dict[str, Any], bytes]:
     """The record at `seq` after `prev`, and its line: the canonical body with ``hash`` added last."""
     record: dict[str, Any] = {
         "v": RECORD_VERSION,
@@ -480,7 +514,7 @@ def _build(event: str, fields: dict[str, Any], seq: int, prev: str, ts: str) -> 
     for key, value in fields.items():
         if key in ("v", "seq", "ts", "event", "prev", "hash"):
             raise ValueError(f"audit field {key!r} is set by the log itself")
-        record[key] = redact(value) if key == "arguments" else value
+        record[key] = redact(value, keys) if key == "arguments" else value
     record["prev"] = prev
     body = _CANONICAL.encode(record).encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()

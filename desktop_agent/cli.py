@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -319,6 +320,9 @@ async def _run(args: argparse.Namespace, home: Path) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, agent.stop)
     await engine.start()
+    # Everything built so far (modules, the tool table, schemas) lives as long as the process: moved out
+    # of the collector's sight, it is not walked again by every full collection under load.
+    gc.freeze()
     try:
         await agent.run()
     finally:

@@ -36,6 +36,7 @@ Rules of a call:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -409,39 +410,14 @@ class ToolEngine:
         durable_finish: bool = True,
     ) -> dict[str, Any]:
         name = tool.spec["name"]
-        ids = {"request_id": request_id, "tool": name, "caller": caller}
         started = time.monotonic()
-
-        async def digest_of(result: ToolResult | None) -> tuple[str | None, int]:
-            if result is None:
-                return None, 0
-            if size_bound(result.content) > BIG_RESULT_BYTES:
-                # A big result's digest (serialise + SHA-256 of megabytes) runs in a worker thread:
-                # on the loop it would stall every other call of the node meanwhile.
-                # The pieces are kept on the content (an EncodedList) for the upload to send as they are.
-                digest, size, pieces = await asyncio.to_thread(
-                    json_digest_kept, result.content, sort_keys=True
-                )
-                result.content = EncodedList(result.content, pieces)
-                return digest, size
-            return _content_digest(result)
-
-        def finished(status: str, result: ToolResult | None, digest: str | None, size: int) -> dict[str, Any]:
-            return {
-                **ids,
-                "status": status,
-                "exit_code": result.exit_code if result is not None else None,
-                "duration_ms": int((time.monotonic() - started) * 1000),
-                "output_sha256": digest,
-                "output_bytes": size,
-            }
-
-        async def finish(status: str, result: ToolResult | None) -> dict[str, Any]:
-            digest, size = await digest_of(result)
-            return await self._audit.append("tool.finished", **finished(status, result, digest, size))
+        # Per call only what depends on the call: no closures are built here (rule 6).
+        finish = functools.partial(self._finish, name, request_id, caller, started)
 
         try:
-            requested = await self._audit.append("tool.requested", **ids, arguments=arguments)
+            requested = await self._audit.append(
+                "tool.requested", request_id=request_id, tool=name, caller=caller, arguments=arguments
+            )
         except asyncio.CancelledError:
             await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
             raise
@@ -471,11 +447,55 @@ class ToolEngine:
         audit = {"requested_seq": requested["seq"]}
         try:
             if durable_finish:
-                audit["finished_seq"] = (await finish(status, result))["seq"]
+                record = await finish(status, result)
+                assert record is not None
+                audit["finished_seq"] = record["seq"]
             else:  # the connection path: queued for the next group commit, its seq not known yet
-                digest, size = await digest_of(result)
-                self._audit.enqueue("tool.finished", **finished(status, result, digest, size))
+                await finish(status, result, queued=True)
         except OSError:
             logger.exception("could not audit the end of %s (request %s)", name, request_id)
         # Where this call sits in the node's audit log, so a caller can link a result to its records.
-        return {**result.to_wire(), "_meta": {MetaKey.AUDIT: audit}}
+        wire = result.to_wire()  # a fresh dict: the audit link is added in place
+        wire["_meta"] = {MetaKey.AUDIT: audit}
+        return wire
+
+    async def _finish(
+        self,
+        name: str,
+        request_id: str | int,
+        caller: dict[str, Any],
+        started: float,
+        status: str,
+        result: ToolResult | None,
+        *,
+        queued: bool = False,
+    ) -> dict[str, Any] | None:
+        """Rule 4's `tool.finished`: appended (returned once durable), or with `queued` left to the next
+        group commit (None)."""
+        digest: str | None = None
+        size = 0
+        if result is not None:
+            if size_bound(result.content) > BIG_RESULT_BYTES:
+                # A big result's digest (serialise + SHA-256 of megabytes) runs in a worker thread:
+                # on the loop it would stall every other call of the node meanwhile.
+                # The pieces are kept on the content (an EncodedList) for the upload to send as they are.
+                digest, size, pieces = await asyncio.to_thread(
+                    json_digest_kept, result.content, sort_keys=True
+                )
+                result.content = EncodedList(result.content, pieces)
+            else:
+                digest, size = _content_digest(result)
+        fields = {
+            "request_id": request_id,
+            "tool": name,
+            "caller": caller,
+            "status": status,
+            "exit_code": result.exit_code if result is not None else None,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            "output_sha256": digest,
+            "output_bytes": size,
+        }
+        if queued:
+            self._audit.enqueue("tool.finished", **fields)
+            return None
+        return await self._audit.append("tool.finished", **fields)

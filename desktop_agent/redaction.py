@@ -46,6 +46,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_VALUES",
     "REDACTED",
+    "KeyMemo",
     "is_secret_key",
     "redact",
     "redact_text",
@@ -200,12 +201,43 @@ def redact_text(text: str) -> str:
     return f"{head}...[cut: {len(text)} chars, sha256 {digest}]"
 
 
-def redact(value: Any) -> Any:
-    """A copy of `value` with secret-looking values replaced by "[REDACTED]" (rules 1-5)."""
-    return _redact(value, 0, [MAX_VALUES, MAX_SEARCHED_CHARS])
+class KeyMemo:
+    """What rules 1-2 make of mapping keys already seen: (the key as recorded, does it name a secret).
+
+    Both are pure functions of the key, and callers send the same few keys (`text`, `command`, `path`)
+    on every call: the audit log keeps one memo, so a key costs one dict lookup instead of an RE2
+    search and the rule-1 test. Bounded: at most `MAX_KEYS` keys of at most `MAX_KEY_CHARS` characters
+    are kept (the rest are worked out each time), so hostile keys cannot grow it.
+    """
+
+    MAX_KEYS = 4096
+    MAX_KEY_CHARS = 256
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, bool]] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def lookup(self, key: str, budget: list[int]) -> tuple[str, bool]:
+        seen = self._seen.get(key)
+        if seen is not None and budget[1] > 0:
+            budget[1] -= len(key)  # what `_redact_str` charges for it (keys kept are shorter than the window)
+            return seen
+        searched = budget[1] > 0
+        outcome = (_redact_str(key, budget), is_secret_key(key))
+        if searched and len(key) <= self.MAX_KEY_CHARS and len(self._seen) < self.MAX_KEYS:
+            self._seen[key] = outcome
+        return outcome
 
 
-def _redact(value: Any, depth: int, budget: list[int]) -> Any:
+def redact(value: Any, keys: KeyMemo | None = None) -> Any:
+    """A copy of `value` with secret-looking values replaced by "[REDACTED]" (rules 1-5); `keys`
+    remembers what the rules made of mapping keys across calls (same result, less work)."""
+    return _redact(value, 0, [MAX_VALUES, MAX_SEARCHED_CHARS], keys)
+
+
+def _redact(value: Any, depth: int, budget: list[int], keys: KeyMemo | None = None) -> Any:
     budget[0] -= 1
     if depth > MAX_DEPTH:
         return f"{REDACTED} (nested deeper than {MAX_DEPTH})"
@@ -216,8 +248,11 @@ def _redact(value: Any, depth: int, budget: list[int]) -> Any:
                 out[CUT_KEY] = f"{len(value) - i} more entries not recorded"
                 break
             budget[0] -= 1
-            key = _redact_str(str(k), budget)
-            out[key] = REDACTED if v is not None and is_secret_key(str(k)) else _redact(v, depth + 1, budget)
+            if keys is not None:
+                key, secret = keys.lookup(str(k), budget)
+            else:
+                key, secret = _redact_str(str(k), budget), is_secret_key(str(k))
+            out[key] = REDACTED if v is not None and secret else _redact(v, depth + 1, budget, keys)
         return out
     if isinstance(value, list | tuple):
         items: list[Any] = []
@@ -225,7 +260,7 @@ def _redact(value: Any, depth: int, budget: list[int]) -> Any:
             if budget[0] <= 0:
                 items.append(f"{CUT_KEY} {len(value) - i} more entries not recorded")
                 break
-            items.append(_redact(v, depth + 1, budget))
+            items.append(_redact(v, depth + 1, budget, keys))
         return items
     if isinstance(value, str):
         return _redact_str(value, budget)

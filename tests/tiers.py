@@ -13,12 +13,12 @@ _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
     versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
-    protocol_constants store_same_process
+    protocol_constants store_same_process audit_cancel audit_linger redaction_memo
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls
     approval artifact_headers audit_group_commit confine engine fs_tools mcp_reply oauth_backoff schemas
-    shell_tool tray_approval
+    shell_tool tray_approval inprocess_approval inprocess_calls
 """
 _E2E = """
     agent_bench_smoke agent_cli approval_e2e audit_e2e audit_head backpressure_e2e bench_smoke browser_e2e

@@ -1,0 +1,71 @@
+"""Queued records ride the next batch someone waits for (desktop_agent.audit rule 2): calls made one after
+another cost one fsync each on a real disk, and a queued record alone still lands within the linger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import desktop_agent.audit as audit_module
+from desktop_agent.audit import MEMORY_FILESYSTEMS, AuditLog, filesystem_type, verify
+
+CALLER = {"sub": "alice", "ws": "w1"}
+
+
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Path:
+    if filesystem_type(tmp_path) in MEMORY_FILESYSTEMS:
+        pytest.skip("needs a real disk: on tmpfs batches commit on the loop (rule 1)")
+    return tmp_path
+
+
+async def test_calls_one_after_another_cost_one_fsync_each(
+    disk_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit_module.os, "fsync", counting_fsync)
+    log = AuditLog(disk_dir / "audit.log", linger_s=30)  # longer than the test: only the next call flushes
+    await log.open()
+    calls = 20
+    try:
+        for i in range(calls):  # what the engine does per call: wait for requested, queue finished
+            await log.append("tool.requested", request_id=i, tool="echo", caller=CALLER)
+            log.enqueue("tool.finished", request_id=i, tool="echo", caller=CALLER, status="ok")
+            await asyncio.sleep(0.005)  # the next request comes a network round trip later
+        assert len(fsyncs) == calls  # each tool.finished rode the next call's tool.requested
+    finally:
+        await log.aclose()
+    report = verify(disk_dir / "audit.log")
+    assert report.ok and report.count == 2 * calls  # the last finished was written on close
+
+
+async def test_a_queued_record_alone_lands_within_the_linger(disk_dir: Path) -> None:
+    path = disk_dir / "audit.log"
+    log = AuditLog(path, linger_s=0.05)
+    await log.open()
+    try:
+        queued_at = time.monotonic()
+        log.enqueue("tool.finished", request_id=1, status="ok")
+        written = None
+        async with asyncio.timeout(10):
+            while written is None:  # bounded by the timeout; the file is read, not `read` (that flushes)
+                lines = path.read_text().splitlines() if path.exists() else []
+                if lines:
+                    written = time.monotonic()
+                    assert json.loads(lines[-1])["event"] == "tool.finished"
+                else:
+                    await asyncio.sleep(0.01)
+        assert written - queued_at >= 0.04  # it waited for company first
+    finally:
+        await log.aclose()
