@@ -183,11 +183,17 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         backlog=limits.accept_backlog,  # also the accept burst per loop turn (server.limits rule 4)
     )
     server = uvicorn.Server(uv_config)
-    from server.serve import serve_with_extras
+    from server.serve import serve
+
+    extras = None
+    if args.demo:
+        from server.demo import demo_extras
+
+        extras = demo_extras(config)
 
     async def run() -> int:
         AcceptErrorLog(limits.accept_log_interval).install(asyncio.get_running_loop())
-        return await serve_with_extras(server, config, demo=args.demo)
+        return await serve(server, config, extras)
 
     return asyncio.run(run())
 

@@ -33,10 +33,18 @@ from pathlib import Path
 
 from server import admin
 from server.config import ServerConfig
-from server.serve import ChildSetupError, ChildSpec
+from server.serve import ChildSetupError, ChildSpec, Extras
 from spec.manifest import load_manifest
 
-__all__ = ["DEMO_NODE", "DEMO_TOKEN_FILE", "DemoError", "demo_child", "demo_root", "write_demo_policy"]
+__all__ = [
+    "DEMO_NODE",
+    "DEMO_TOKEN_FILE",
+    "DemoError",
+    "demo_child",
+    "demo_extras",
+    "demo_root",
+    "write_demo_policy",
+]
 
 DEMO_NODE = "local"
 DEMO_TOKEN_FILE = "demo-token"
@@ -201,3 +209,12 @@ def ready_block(base_url: str, token: str, home: Path, data_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def demo_extras(config: ServerConfig) -> Extras:
+    """What `serve --demo` starts beside the server once it listens: the demo node (`demo_child`)."""
+
+    async def extras(base_url: str) -> ChildSpec | None:
+        return await demo_child(config, base_url)
+
+    return extras

@@ -1,8 +1,9 @@
 """Running the server process: uvicorn, then the child processes that live and die with it.
 
 Layering: the runner under `cortex-server serve` (server.cli builds the uvicorn server and calls
-`serve_with_extras`). It knows processes, not what they are: the demo (server.demo) prepares its node
-and hands back a `ChildSpec`; nothing here imports the agent.
+`serve` with the extras it wants, e.g. `server.demo.demo_extras`). It knows processes, not what they
+are: the demo prepares its node and hands back a `ChildSpec`; nothing here imports the demo or the
+agent.
 
 Rules:
 1. A child starts only once uvicorn listens, with the port read back from the bound socket (port 0
@@ -29,7 +30,7 @@ from server.config import ServerConfig
 if TYPE_CHECKING:  # `cortex-server enroll-node` and friends never load uvicorn
     import uvicorn
 
-__all__ = ["CHILD_STOP_S", "ChildSetupError", "ChildSpec", "base_url_of", "serve_with_extras", "spawn_child"]
+__all__ = ["CHILD_STOP_S", "ChildSetupError", "ChildSpec", "Extras", "base_url_of", "serve", "spawn_child"]
 
 CHILD_STOP_S = 5.0
 STARTED_CHECK_S = 0.05  # uvicorn has no "started" event to wait on: its `started` flag is polled
@@ -95,20 +96,8 @@ def base_url_of(server: uvicorn.Server, config: ServerConfig) -> str:
     return f"{scheme}://{config.host}:{port}"
 
 
-async def serve_with_extras(server: uvicorn.Server, config: ServerConfig, *, demo: bool) -> int:
-    """Run `server` until it stops; with `demo`, also the demo node (server.demo) as a child."""
-    extras: Extras | None = None
-    if demo:
-        from server.demo import demo_child
-
-        async def demo_extras(base_url: str) -> ChildSpec | None:
-            return await demo_child(config, base_url)
-
-        extras = demo_extras
-    return await serve(server, config, extras)
-
-
 async def serve(server: uvicorn.Server, config: ServerConfig, extras: Extras | None = None) -> int:
+    """Run `server` until it stops, and the child `extras` names once it listens (rules 1-3)."""
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from server.store import Store, StoreError
+from server.stores.urls import redact_url
 
 __all__ = ["ENGINE_POSTGRESQL", "ENGINE_SQLITE", "engine_of", "open_store", "redact_url"]
 
@@ -27,22 +28,7 @@ ENGINE_SQLITE = "sqlite"
 ENGINE_POSTGRESQL = "postgresql"
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 _FORMS = "postgresql://user[:password]@host:port/database, or no --database-url for the SQLite file"
-
-
-def redact_url(url: str) -> str:
-    """*url* with any password replaced by ``***`` (rule 3); safe on malformed input."""
-    text = str(url)
-    head, sep, rest = text.partition("://")
-    if sep:
-        at = rest.rfind("@")
-        if at >= 0:
-            userinfo, host = rest[:at], rest[at:]
-            user, colon, _password = userinfo.partition(":")
-            rest = f"{user}:***{host}" if colon else rest
-        text = head + sep + rest
-    return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
 def engine_of(database_url: str | None) -> str:

@@ -53,7 +53,6 @@ from server.store import (
     _hash_credential,
     validate_name,
 )
-from server.stores import redact_url
 from server.stores.postgres_schema import (
     AUDIT_LOCK,
     ENROLLMENTS_LOCK,
@@ -62,6 +61,7 @@ from server.stores.postgres_schema import (
     USER_REVOCATIONS_LOCK,
     migrate,
 )
+from server.stores.urls import redact_url
 
 __all__ = ["PostgresStore"]
 
