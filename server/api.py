@@ -115,11 +115,11 @@ async def list_nodes(request: Request, state: ServerState, caller: Caller) -> Re
 
 
 async def get_node(request: Request, state: ServerState, caller: Caller) -> Response:
-    return JSONResponse(state.router.node(caller, request.path_params["node"]).to_json())
+    return JSONResponse((await state.router.find(caller, request.path_params["node"])).to_json())
 
 
 async def node_tools(request: Request, state: ServerState, caller: Caller) -> Response:
-    return JSONResponse({"tools": state.router.node(caller, request.path_params["node"]).tools})
+    return JSONResponse({"tools": (await state.router.find(caller, request.path_params["node"])).tools})
 
 
 async def call_tool(request: Request, state: ServerState, caller: Caller) -> Response:

@@ -25,6 +25,7 @@ from server.auth import TokenAuthority
 from server.config import ServerConfig
 from server.limits import BodyLimits, Limits
 from server.metrics import Metrics
+from server.node_lookup import NodeLookup
 from server.registry import LocalRegistry
 from server.router import CallRouter
 from server.rpc import live_callers as rpc_live_callers
@@ -103,6 +104,11 @@ def build_state(config: ServerConfig) -> ServerState:
         known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
     )
     router = CallRouter(registry, metrics, config.default_call_timeout)
+
+    async def fetch_node(name: str) -> NodeRecord | None:
+        return await asyncio.to_thread(store.get_node, name)
+
+    router.lookup = NodeLookup(registry, fetch_node)
     live = {n.name: n for n in enrolled if n.revoked_at is None}  # handshakes look nodes up in memory
     state = ServerState(config, store, authority, registry, router, metrics, revoked, live)
     state.extras["user_revocations"] = users
