@@ -19,17 +19,16 @@ from starlette.routing import Route
 
 from server import sse
 from server.approvals import node_approvals
-from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.router import Caller
-from server.rpc import caller_from_token, live_callers
+from server.rpc import caller_from_token
 from server.tunnel import bearer_token
 from server.user_revocation import end_event_queue
 from spec import errors
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["ApiError", "authenticate", "http_error", "routes"]
 
@@ -139,10 +138,9 @@ async def call_tool(request: Request, state: ServerState, caller: Caller) -> Res
         body.get("arguments", {}),
         timeout_s=timeout,
     )
-    from server.artifact_store import artifact_store  # here: results builds on starlette only
     from server.results import rest_response
 
-    return await rest_response(artifact_store(state), result)  # a large result comes back whole
+    return await rest_response(state.artifacts, result)  # a large result comes back whole
 
 
 async def node_audit(request: Request, state: ServerState, caller: Caller) -> Response:
@@ -170,7 +168,7 @@ async def acknowledge_audit(request: Request, state: ServerState, caller: Caller
     entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
     if not caller.is_admin:
         raise ApiError(403, "forbidden", "only an admin can acknowledge an audit rewind")
-    audit = await audit_heads_of(state).acknowledge(entry)
+    audit = await state.audit_heads.acknowledge(entry)
     logger.info("%s/%s acknowledged the audit status of node %s", caller.ws, caller.sub, entry.name)
     return JSONResponse({"name": entry.name, "audit": audit})
 
@@ -179,7 +177,7 @@ async def events(request: Request, state: ServerState, caller: Caller) -> Respon
     async def stream() -> AsyncIterator[str]:
         with (
             state.registry.subscribe() as queue,
-            live_callers(state).track(caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)),
+            state.live_callers.track(caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)),
         ):
             for entry in state.router.visible_nodes(caller):
                 yield sse.frame("node.updated", entry.to_json())

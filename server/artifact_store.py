@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
-    from server.app import ServerState
     from server.router import Caller
 
 __all__ = [
@@ -51,7 +50,6 @@ __all__ = [
     "ArtifactStore",
     "ArtifactUpload",
     "DiskArtifactStore",
-    "artifact_store",
     "artifact_uri",
 ]
 
@@ -340,23 +338,6 @@ class DiskArtifactStore:
         with self._lock:
             self._expire()
             return len(self._items)
-
-
-def artifact_store(state: ServerState) -> DiskArtifactStore:
-    """The store kept in `ServerState.extras` (created on first use, in ``<data dir>/artifacts``)."""
-    store = state.extras.get("artifacts")
-    if not isinstance(store, DiskArtifactStore):
-        config = state.config
-        store = DiskArtifactStore(
-            config.data_dir / "artifacts",
-            ArtifactLimits(
-                ttl_s=config.artifact_ttl_s,
-                node_bytes=config.artifact_node_bytes,
-                total_bytes=config.artifact_total_bytes,
-            ),
-        )
-        state.extras["artifacts"] = store
-    return store
 
 
 def artifact_uri(artifact_id: str) -> str:

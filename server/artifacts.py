@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from server.api import ApiError, authenticate, state_of
-from server.artifact_store import DiskArtifactStore, artifact_store
+from server.artifact_store import DiskArtifactStore
 
 if TYPE_CHECKING:
     from server.router import Caller
@@ -63,7 +63,7 @@ async def _streamed(store: DiskArtifactStore, artifact_id: str, caller: Caller) 
 async def get_artifact(request: Request) -> Response:
     try:
         caller = authenticate(request)
-        store = artifact_store(state_of(request))
+        store = state_of(request).artifacts
         streamed = await _streamed(store, request.path_params["artifact_id"], caller)
         if streamed is not None:
             return streamed

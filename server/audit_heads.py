@@ -22,15 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.registry import NodeEntry, NodeRegistry
 from server.store import AUDIT_OK, AuditHead, ServerStore, StoreError
 
-if TYPE_CHECKING:
-    from server.app import ServerState
-
-__all__ = ["AuditHeads", "audit_heads_of", "parse_head"]
+__all__ = ["AuditHeads", "parse_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +47,7 @@ def parse_head(head: Any) -> tuple[int, str | None] | None:
 
 
 class AuditHeads:
-    """Persisted heads of every node, cached in memory; one per app (``ServerState.extras``)."""
+    """Persisted heads of every node, cached in memory; one per app (``ServerState.audit_heads``)."""
 
     def __init__(self, store: ServerStore, registry: NodeRegistry) -> None:
         self._store = store
@@ -96,6 +93,18 @@ class AuditHeads:
         if publish and entry.audit != before:
             self._registry.publish("node.updated", entry)
 
+    def apply(self, head: AuditHead) -> None:
+        """Another replica persisted *head* (the shared change feed, `server.changes.AuditHeadChanged`):
+        the cached view follows, and a listed node whose ``audit`` changed is published (rule 4)."""
+        self._heads[head.node] = head
+        entry = self._registry.get(head.node)
+        if entry is None:
+            return
+        before = entry.audit
+        self.decorate(entry)
+        if entry.audit != before:
+            self._registry.publish("node.updated", entry)
+
     async def acknowledge(self, entry: NodeEntry) -> dict[str, Any]:
         """An admin has seen the rewind: back to ``ok`` at the current head."""
         acknowledged = await asyncio.to_thread(self._store.acknowledge_audit, entry.name)
@@ -105,10 +114,3 @@ class AuditHeads:
         self.decorate(entry)
         self._registry.publish("node.updated", entry)
         return dict(entry.audit or self.view(entry.name))
-
-
-def audit_heads_of(state: ServerState) -> AuditHeads:
-    """The app's `AuditHeads` (built with the state, in ``ServerState.extras``)."""
-    heads = state.extras["audit_heads"]
-    assert isinstance(heads, AuditHeads)
-    return heads

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ADDRESS_BACKOFF", "CLIENT_BACKOFF", "BackoffPolicy", "FailureBackoff"]
+__all__ = ["ADDRESS_BACKOFF", "CLIENT_BACKOFF", "BackoffPolicy", "FailureBackoff", "OAuthBackoff"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +112,11 @@ class FailureBackoff:
     def header_value(seconds: float) -> str:
         """``Retry-After`` in whole seconds, rounded up, at least 1."""
         return str(max(1, math.ceil(seconds)))
+
+
+class OAuthBackoff:
+    """The two failure tables of one app (rule 1): per ``client_id`` and per remote address."""
+
+    def __init__(self, clients: BackoffPolicy, addresses: BackoffPolicy) -> None:
+        self.clients = FailureBackoff(clients)
+        self.addresses = FailureBackoff(addresses)

@@ -2,7 +2,7 @@
 
 Layering: a surface beside `server.api` (same `authenticate`, same JSON errors), added to the app by
 `server.app.build_app`. Enrolment and revocation go to `ServerStore` exactly as the `cortex-server`
-commands do (revocation then runs `ServerState.on_revoked` at once instead of waiting for the feed).
+commands do (revocation then runs `NodeDirectory.on_revoked` at once instead of waiting for the feed).
 `RecentCalls` is filled by `CallRouter.call_tool`, the one path every surface's calls take.
 
 Rules:
@@ -35,7 +35,7 @@ from server.router import Caller
 from server.store import InvalidName, NodeExists
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["CallRecord", "RecentCalls", "routes"]
 
@@ -201,7 +201,7 @@ async def revoke(request: Request, state: ServerState, caller: Caller) -> Respon
     name = request.path_params["node"]
     if not await asyncio.to_thread(state.store.revoke_node, name):
         raise ApiError(404, "node_not_found", f"no live node named {name!r}")
-    await state.on_revoked(name)
+    await state.nodes.on_revoked(name)
     return JSONResponse({"name": name, "revoked": True})
 
 

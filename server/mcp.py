@@ -58,22 +58,22 @@ from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.artifact_store import artifact_store, artifact_uri
+from server.artifact_store import artifact_uri
 from server.auth import AuthError
 from server.mcp_reply import serve_with_json_reply
 from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources
 from server.registry import NodeEntry
 from server.results import expand_for_mcp
 from server.router import Caller
-from server.rpc import caller_from_token, live_callers
+from server.rpc import caller_from_token
 from server.tunnel import bearer_token
 from spec import errors
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = [
     "INLINE_IMAGE_LIMIT",
@@ -336,7 +336,7 @@ class McpEndpoint:
             revoked = True
             exchange.cancel()
 
-        with live_callers(self.state).track(caller.sub, caller.ws, caller.iat, close):
+        with self.state.live_callers.track(caller.sub, caller.ws, caller.iat, close):
             try:
                 await asyncio.shield(exchange)
             except asyncio.CancelledError:
@@ -399,7 +399,7 @@ class McpEndpoint:
         )
         entry = self.state.registry.get(node)
         result = await expand_for_mcp(
-            artifact_store(self.state),
+            self.state.artifacts,
             result,
             node=node,
             workspace=entry.workspace if entry is not None else caller.ws,
@@ -485,7 +485,7 @@ class McpEndpoint:
         content = result.get("content") or []
         if not any(c.get("type") == "image" and len(c.get("data", "")) > INLINE_IMAGE_LIMIT for c in content):
             return result
-        store = artifact_store(self.state)
+        store = self.state.artifacts
         entry = self.state.registry.get(node)
         workspace = entry.workspace if entry is not None else caller.ws
         replaced: list[dict[str, Any]] = []
@@ -551,9 +551,10 @@ def transport_security(state: ServerState) -> TransportSecuritySettings:
     )
 
 
-def _endpoint_of(scope: Scope) -> McpEndpoint:
-    endpoint = scope["app"].state.cortex.extras.get("mcp")
-    if not isinstance(endpoint, McpEndpoint):
+def _endpoint_of(scope: Scope) -> ASGIApp:
+    state: ServerState = scope["app"].state.cortex
+    endpoint = state.mcp
+    if endpoint is None:
         raise RuntimeError("the MCP endpoint is not running (build_app's lifespan starts it)")
     return endpoint
 
@@ -569,9 +570,12 @@ class _McpRoute:
 async def serving(state: ServerState) -> AsyncIterator[McpEndpoint]:
     """Build the endpoint and run its session manager for the app's lifetime (call from the lifespan)."""
     endpoint = McpEndpoint(state)
-    state.extras["mcp"] = endpoint
-    async with endpoint.run():
-        yield endpoint
+    state.mcp = endpoint
+    try:
+        async with endpoint.run():
+            yield endpoint
+    finally:
+        state.mcp = None
 
 
 def routes() -> list[Route]:

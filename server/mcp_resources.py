@@ -35,13 +35,12 @@ from urllib.parse import parse_qs, urlsplit
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from server.artifact_store import artifact_store
 from server.router import Caller
 from spec import errors
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = [
     "ARTIFACT_TEMPLATE",
@@ -163,7 +162,7 @@ class McpResources:
         if ref is None:
             raise _not_found(uri)
         if isinstance(ref, str):
-            artifact = artifact_store(self.state).get(ref, caller)
+            artifact = self.state.artifacts.get(ref, caller)
             if artifact is None:
                 raise _not_found(uri)
             remaining_ms = max(0, int((artifact.expires_at - time.monotonic()) * 1000))

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from server.backoff import FailureBackoff
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["token_endpoint"]
 
@@ -36,21 +36,6 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=status, headers=headers
     )
-
-
-class OAuthBackoff:
-    """The two failure tables of one app (kept in ``ServerState.extras``)."""
-
-    def __init__(self, state: ServerState) -> None:
-        self.clients = FailureBackoff(state.config.oauth_client_backoff)
-        self.addresses = FailureBackoff(state.config.oauth_address_backoff)
-
-
-def oauth_backoff(state: ServerState) -> OAuthBackoff:
-    backoff = state.extras.get("oauth_backoff")
-    if not isinstance(backoff, OAuthBackoff):
-        backoff = state.extras["oauth_backoff"] = OAuthBackoff(state)
-    return backoff
 
 
 def _slow_down(seconds: float) -> JSONResponse:
@@ -87,13 +72,13 @@ async def token_endpoint(request: Request) -> Response:
         return _oauth_error(400, "unsupported_grant_type", "only client_credentials is supported")
     client = _basic_auth(request.headers.get("authorization", ""))
     client_id, secret = client if client else (form.get("client_id", ""), form.get("client_secret", ""))
-    backoff = oauth_backoff(state)
+    backoff = state.oauth_backoff
     address = request.client.host if request.client is not None else "unknown"
     client_key = client_id[:128]  # bounded: the table must not hold megabyte keys
     # The address table guards only names that are not enrolled (spraying made-up client ids): nodes
     # behind one NAT or load balancer share an address, and a hostile one must not lock the others out.
     # An enrolled name is guarded by its own table.
-    by_address = client_key not in state.node_records
+    by_address = not state.nodes.is_enrolled(client_key)
     wait = backoff.clients.retry_after(client_key)
     if by_address:
         wait = max(wait, backoff.addresses.retry_after(address))

@@ -1,8 +1,20 @@
 """The node registry: which nodes exist, their live state, and the link to each connected one.
 
 Layering: the tunnel (`server.tunnel`) attaches and detaches links; the router (`server.router`), the REST
-API, the client RPC, MCP and the planner read from it. `NodeRegistry` is the small interface a shared
-(Redis-backed) registry will implement for several replicas; `LocalRegistry` is the in-process default.
+API, the client RPC, MCP and the planner read from it. `NodeRegistry` is the interface every caller uses
+(`ServerState.registry` has that type) and a shared (Redis-backed) registry implements for several
+replicas; `LocalRegistry` is the in-process default and is checked against it by mypy.
+
+Sync or async (the rule a shared implementation relies on):
+
+- Writes that change who holds a node — `attach`, `detach`, `forget` — are async: a shared registry
+  must record them in the shared engine (the holder's lease) before the caller goes on.
+- Reads — `get`, `nodes`, `link`, `connected_count`, `catalog` — stay sync: they are on every call's
+  and every listing's hot path, so a shared registry answers them from a local mirror that it keeps
+  current from the engine's pub/sub. `link` only ever returns a link held by this process. `learn`
+  (an enrollment this process heard of) is sync and local too: every replica hears it from the feed.
+- `publish`, `subscribe` and `on_event` stay sync: publishing never waits for subscribers (rule 3); a
+  shared registry fans the event out to other processes in the background.
 
 Rules:
 1. At most one link per node name. Attaching a second one returns the first, which the caller closes
@@ -21,10 +33,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jsonschema import Draft202012Validator
 
@@ -32,7 +44,16 @@ from spec.manifest import schema_validator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalRegistry", "NodeEntry", "NodeLink", "NodeRegistry", "ToolCatalog", "rfc3339"]
+__all__ = [
+    "EventListener",
+    "EventQueue",
+    "LocalRegistry",
+    "NodeEntry",
+    "NodeLink",
+    "NodeRegistry",
+    "ToolCatalog",
+    "rfc3339",
+]
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -140,22 +161,59 @@ class ToolCatalog:
         return known
 
 
+EventListener = Callable[[str, NodeEntry], Awaitable[None] | None]
+EventQueue = asyncio.Queue[tuple[str, dict[str, Any]]]
+
+
 class NodeRegistry(Protocol):
-    def get(self, name: str) -> NodeEntry | None: ...
+    """What every caller uses of a registry (the module docstring says which methods are async and why)."""
 
-    def nodes(self, workspace: str | None = None) -> list[NodeEntry]: ...
+    catalog: ToolCatalog
+    """Shared tool declarations (`NodeEntry.set_tools`); per process, never shared between replicas."""
 
-    def link(self, name: str) -> NodeLink | None: ...
+    def get(self, name: str) -> NodeEntry | None:
+        """The node `name` (enrolled or seen), connected here, elsewhere, or not at all."""
+        ...
 
-    def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None: ...
+    def nodes(self, workspace: str | None = None) -> list[NodeEntry]:
+        """Every node (of `workspace`), sorted by name."""
+        ...
 
-    def detach(self, name: str, link: NodeLink) -> bool: ...
-
-    def publish(self, event: str, entry: NodeEntry) -> None: ...
-
-    def subscribe(self) -> Any: ...
+    def link(self, name: str) -> NodeLink | None:
+        """The live link to `name` if this process holds it."""
+        ...
 
     def connected_count(self) -> int: ...
+
+    async def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
+        """Make `link` the node's current link (rule 1); returns the replaced one, for the caller to close."""
+        ...
+
+    async def detach(self, name: str, link: NodeLink) -> bool:
+        """Mark the node disconnected if `link` is still its current link (rule 2); True if it was."""
+        ...
+
+    async def forget(self, name: str) -> None:
+        """Drop the node entirely (it was revoked)."""
+        ...
+
+    def learn(self, name: str, workspace: str) -> NodeEntry:
+        """An enrolled node this process did not know (the change feed, or a miss that asked the store:
+        server.node_lookup); listed as disconnected until it connects. Sync and local: every replica
+        hears the enrollment from the feed itself. Returns the entry (the known one if there is one)."""
+        ...
+
+    def publish(self, event: str, entry: NodeEntry) -> None:
+        """Tell subscribers and listeners about a change of `entry` (rule 3); never blocks."""
+        ...
+
+    def subscribe(self, maxsize: int = 256) -> AbstractContextManager[EventQueue]:
+        """A bounded queue of ``(event, node_json)`` for as long as the context lasts (rule 3)."""
+        ...
+
+    def on_event(self, listener: EventListener) -> None:
+        """Call ``listener(event, entry)`` on every change for the registry's lifetime."""
+        ...
 
 
 class LocalRegistry:
@@ -172,7 +230,7 @@ class LocalRegistry:
         self._known = known
         self.decorate = decorate
         """Called on every entry made from `known` (the app gives it the node's persisted audit head)."""
-        self._listeners: list[Callable[[str, NodeEntry], Awaitable[None] | None]] = []
+        self._listeners: list[EventListener] = []
         self.catalog = ToolCatalog()
         self._pending: set[asyncio.Future[None]] = set()
 
@@ -211,7 +269,7 @@ class LocalRegistry:
             key=lambda e: e.name,
         )
 
-    def forget(self, name: str) -> None:
+    async def forget(self, name: str) -> None:
         """Drop a node entirely (revoked)."""
         self._entries.pop(name, None)
 
@@ -221,7 +279,7 @@ class LocalRegistry:
     def connected_count(self) -> int:
         return len(self._links)
 
-    def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
+    async def attach(self, entry: NodeEntry, link: NodeLink) -> NodeLink | None:
         old = self._links.get(entry.name)
         self._entries[entry.name] = entry
         self._links[entry.name] = link
@@ -230,7 +288,7 @@ class LocalRegistry:
         self.publish("node.connected", entry)
         return old
 
-    def detach(self, name: str, link: NodeLink) -> bool:
+    async def detach(self, name: str, link: NodeLink) -> bool:
         if self._links.get(name) is not link:
             return False
         del self._links[name]
@@ -241,7 +299,7 @@ class LocalRegistry:
             self.publish("node.disconnected", entry)
         return True
 
-    def on_event(self, listener: Callable[[str, NodeEntry], Awaitable[None] | None]) -> None:
+    def on_event(self, listener: EventListener) -> None:
         """Call `listener(event, entry)` on every change (used by MCP's list_changed and metrics)."""
         self._listeners.append(listener)
 
@@ -261,10 +319,14 @@ class LocalRegistry:
                 task.add_done_callback(self._pending.discard)
 
     @contextmanager
-    def subscribe(self, maxsize: int = 256) -> Iterator[asyncio.Queue[tuple[str, dict[str, Any]]]]:
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize)
+    def subscribe(self, maxsize: int = 256) -> Iterator[EventQueue]:
+        queue: EventQueue = asyncio.Queue(maxsize)
         self._subscribers.add(queue)
         try:
             yield queue
         finally:
             self._subscribers.discard(queue)
+
+
+if TYPE_CHECKING:
+    _LOCAL_IS_A_REGISTRY: NodeRegistry = LocalRegistry()  # mypy: LocalRegistry satisfies NodeRegistry

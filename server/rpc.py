@@ -17,17 +17,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server.auth import AuthError
 from server.router import Caller
 from server.tunnel import SUBPROTOCOL, _denial, bearer_token
-from server.user_revocation import LiveCallers
 from spec.errors import CANCELLED, RpcError
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = [
     "SUBPROTOCOL_TOKEN_PREFIX",
     "caller_from_token",
-    "live_callers",
     "rpc_endpoint",
     "subprotocol_token",
 ]
@@ -48,14 +46,6 @@ def subprotocol_token(scope: Mapping[str, Any]) -> str | None:
         if value.startswith(SUBPROTOCOL_TOKEN_PREFIX) and len(value) > len(SUBPROTOCOL_TOKEN_PREFIX):
             return str(value[len(SUBPROTOCOL_TOKEN_PREFIX) :])
     return None
-
-
-def live_callers(state: ServerState) -> LiveCallers:
-    """The tracked live user links of this app (kept in ``ServerState.extras``)."""
-    live = state.extras.get("live_callers")
-    if not isinstance(live, LiveCallers):
-        live = state.extras["live_callers"] = LiveCallers()
-    return live
 
 
 def caller_from_token(state: ServerState, token: str) -> Caller:
@@ -82,7 +72,7 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
     session = ClientSession(websocket, state, caller)
-    with live_callers(state).track(caller.sub, caller.ws, caller.iat, session.revoked):
+    with state.live_callers.track(caller.sub, caller.ws, caller.iat, session.revoked):
         await session.run()
 
 

@@ -306,6 +306,25 @@ class ServerStore:
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM revocations").fetchone()
         return int(row[0])
 
+    def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
+        """Nodes enrolled after enrollment number *seq*, oldest first, as ``(seq, record)``.
+
+        The number is the row's rowid: nodes are never deleted, so it only grows (rule 2), and any
+        process can follow enrollments by it as it follows revocations (`server.changes`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, name, workspace, created_at, revoked_at FROM nodes WHERE rowid > ?"
+                " ORDER BY rowid",
+                (int(seq),),
+            ).fetchall()
+        return [(int(r[0]), NodeRecord(r[1], r[2], r[3], r[4])) for r in rows]
+
+    def last_enrollment_seq(self) -> int:
+        """The newest enrollment's number (`enrollments_after`), 0 if there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM nodes").fetchone()
+        return int(row[0])
+
     # -- users -------------------------------------------------------------------------------------
 
     def revoke_user(self, sub: str, workspace: str | None = None) -> UserRevocation:

@@ -20,8 +20,6 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import approvals
-from server.artifact_store import artifact_store
-from server.audit_heads import audit_heads_of
 from server.auth import AuthError
 from server.limits import cap_node_info
 from server.registry import NodeEntry
@@ -30,7 +28,7 @@ from spec.errors import INVALID_PARAMS, NODE_DISCONNECTED, UNAUTHORIZED, RpcErro
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["PROTOCOL_VERSION", "SUBPROTOCOL", "NodeSession", "bearer_token", "node_endpoint"]
 
@@ -76,7 +74,7 @@ async def node_endpoint(websocket: WebSocket) -> None:
         logger.info("node handshake refused: %s", exc.reason)
         await websocket.send_denial_response(_denial(exc.status, "unauthorized", "invalid node token"))
         return
-    record = await state.node_record(claims.sub)
+    record = await state.nodes.node_record(claims.sub)
     if record is None or record.revoked_at is not None or record.workspace != claims.ws:
         state.metrics.refused("revoked")
         logger.info("node handshake refused: %s is unknown or revoked", claims.sub)
@@ -104,7 +102,7 @@ class NodeSession:
         self._refetches: set[asyncio.Task[None]] = set()
         self._tools_stale = False  # a list_changed came while a tools/list was in flight
         self.uploads = ResultUploads(
-            artifact_store(state), name, workspace, state.config.max_frame_bytes - UPLOAD_FRAME_OVERHEAD
+            state.artifacts, name, workspace, state.config.max_frame_bytes - UPLOAD_FRAME_OVERHEAD
         )
         self.rpc = RpcSession(
             self._send,
@@ -163,7 +161,7 @@ class NodeSession:
             self.rpc.close(
                 RpcError(NODE_DISCONNECTED, f"node {self.name} disconnected", {"retryable": False})
             )
-            if self.state.registry.detach(self.name, self):
+            if await self.state.registry.detach(self.name, self):
                 approvals.clear(self.entry)
                 self.state.metrics.node_disconnected()
                 logger.info("node %s disconnected", self.name)
@@ -193,11 +191,11 @@ class NodeSession:
         if previous is not None:
             entry.audit_head, entry.audit_warning = previous.audit_head, previous.audit_warning
         entry.observe_audit_head(init.get("audit_head"))
-        heads = audit_heads_of(self.state)
+        heads = self.state.audit_heads
         heads.decorate(entry)
         await heads.observe(entry, init.get("audit_head"), publish=False)  # node.connected carries it
         self.entry = entry
-        old = self.state.registry.attach(entry, self)
+        old = await self.state.registry.attach(entry, self)
         self.state.metrics.node_connected()
         if old is not None:
             await old.close(4409, "replaced by a newer connection")

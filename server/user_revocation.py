@@ -36,18 +36,28 @@ logger = logging.getLogger(__name__)
 
 
 class UserRevocations:
-    """The newest revocation time per (sub, workspace); workspace None means every workspace."""
+    """The newest revocation time per (sub, workspace); workspace None means every workspace.
 
-    def __init__(self) -> None:
+    With *live* given, `on_revoked` also closes the revoked user's live links (rule 3).
+    """
+
+    def __init__(self, live: LiveCallers | None = None) -> None:
         self._at: dict[tuple[str, str | None], float] = {}
         self.last_seq = 0
+        self._live = live
 
     @classmethod
-    def load(cls, store: ServerStore) -> UserRevocations:
-        view = cls()
+    def load(cls, store: ServerStore, live: LiveCallers | None = None) -> UserRevocations:
+        view = cls(live)
         for revocation in store.user_revocations_after(0):
             view.apply(revocation)
         return view
+
+    async def on_revoked(self, revocation: UserRevocation) -> None:
+        """``revoke-user`` ran (here or in another process): refuse the tokens, close the live links."""
+        self.apply(revocation)
+        if self._live is not None:
+            await self._live.revoke(revocation)
 
     def apply(self, revocation: UserRevocation) -> None:
         key = (revocation.sub, revocation.workspace)

@@ -15,7 +15,6 @@ from starlette.testclient import TestClient
 
 from server import admin
 from server.app import build_app
-from server.artifact_store import artifact_store
 from server.config import ServerConfig
 
 
@@ -28,7 +27,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _put(client: TestClient, data: bytes, mime: str) -> str:
-    store = artifact_store(client.app.state.cortex)  # type: ignore[attr-defined]
+    store = client.app.state.cortex.artifacts  # type: ignore[attr-defined]
     return store.put(data, mime, node="n1", workspace="ws1")
 
 

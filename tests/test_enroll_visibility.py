@@ -10,6 +10,7 @@ again costs one query per TTL, and an enrollment heard from the feed clears a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from server.changes import Change, NodeEnrolled, NodeRevoked, SQLiteChangeFeed
 from server.node_lookup import NodeLookup
 from server.registry import LocalRegistry
 from server.store import ServerStore
@@ -140,3 +142,38 @@ async def test_a_failing_store_is_a_miss_not_an_error() -> None:
     assert await lookup.entry("n1") is None
     assert await lookup.entry("n1") is None
     assert calls == 2  # a failure is not remembered as a miss
+
+
+async def test_the_sqlite_feed_delivers_enrollments_made_by_another_process(tmp_path: Path) -> None:
+    server, cli = ServerStore(tmp_path / "data"), ServerStore(tmp_path / "data")
+    try:
+        cli.enroll_node("before", "ws1")
+        seen: asyncio.Queue[Change] = asyncio.Queue()
+
+        async def handler(change: Change) -> None:
+            await seen.put(change)
+
+        feed = SQLiteChangeFeed(server, user_after_seq=0, interval=0.02)  # starts after "before"
+        task = asyncio.create_task(feed.watch(handler))
+        try:
+            async with asyncio.timeout(5):
+                await feed.ready.wait()  # node revocations are followed from then on
+            cli.enroll_node("after", "ws2")
+            cli.enroll_node("flash", "ws1")
+            cli.revoke_node("flash")
+            got: list[Change] = []
+            async with asyncio.timeout(10):
+                while not any(c == NodeRevoked("flash") for c in got):
+                    got.append(await seen.get())
+                while not any(isinstance(c, NodeEnrolled) and c.record.name == "after" for c in got):
+                    got.append(await seen.get())
+            enrolled = [c.record for c in got if isinstance(c, NodeEnrolled)]
+            assert ("after", "ws2") in [(r.name, r.workspace) for r in enrolled]
+            assert "before" not in [r.name for r in enrolled]  # known when the feed was made
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        server.close()
+        cli.close()

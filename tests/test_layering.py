@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import subprocess
 import sys
+import typing
 
 import sdk
 from tests.support.procs import REPO
@@ -45,3 +48,49 @@ def test_sdk_exports_the_contract_api() -> None:
         assert getattr(sdk, name) is not None
     for name in contract - {"Client", "AsyncClient"}:
         assert issubclass(getattr(sdk, name), sdk.CortexError)
+
+
+def _imported_modules(tree: ast.AST, package: str) -> set[str]:
+    """Every module an AST imports, at any depth (TYPE_CHECKING blocks and function bodies included)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_the_cli_imports_the_composition_root() -> None:
+    allowed = {"server/cli.py"}
+    offenders = []
+    for path in sorted((REPO / "server").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+        if rel not in allowed and "server.app" in _imported_modules(ast.parse(path.read_text()), package):
+            offenders.append(rel)
+    assert offenders == []
+
+
+def test_server_state_is_typed_services_without_extras() -> None:
+    from server.state import ServerState
+
+    names = {f.name for f in dataclasses.fields(ServerState)}
+    assert "extras" not in names
+    assert not hasattr(ServerState, "extras")
+    hints = typing.get_type_hints(ServerState)
+    assert all(hints[name] is not typing.Any and typing.get_origin(hints[name]) is not dict for name in names)
+    # Behaviour lives in the services, not on the state (node_record/on_revoked: server.nodes).
+    assert [n for n in vars(ServerState) if callable(vars(ServerState)[n]) and not n.startswith("_")] == []
+
+
+def test_product_packages_have_no_import_cycle() -> None:
+    # TYPE_CHECKING imports count too: a cycle there is still a dependency loop between layers.
+    from bench.import_graph import import_graph, strongly_connected
+
+    assert strongly_connected(import_graph(REPO, typing=True)) == []

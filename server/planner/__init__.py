@@ -29,12 +29,11 @@ from server.api import ApiError, authenticate, http_error, state_of
 from server.planner.loop import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, PlannerRun
 from server.planner.providers import UNCONFIGURED_MESSAGE, LlmConfig
 from server.router import Caller
-from server.rpc import live_callers
 from server.user_revocation import end_event_queue
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["LlmConfig", "PlannerRun", "PlannerService", "routes"]
 
@@ -45,18 +44,17 @@ _END: tuple[str, dict[str, Any]] = ("", {})
 
 @dataclass
 class PlannerService:
-    state: ServerState
     config: LlmConfig
     runs: dict[str, tuple[Caller, asyncio.Task[None]]] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, state: ServerState) -> PlannerService:
+    def from_env(cls) -> PlannerService:
         config = LlmConfig.from_env()
         if config.configured:
             logger.info("planner: provider %s, model %s", config.provider, config.model)
         else:
             logger.info("planner: no LLM provider configured (CORTEX_LLM_PROVIDER)")
-        return cls(state, config)
+        return cls(config)
 
     def start(self, run: PlannerRun) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         """Start `run` in its own task; its events arrive on the returned queue, then `_END`."""
@@ -113,10 +111,9 @@ def _error_text(exc: BaseException) -> str:
 
 
 def planner_service(state: ServerState) -> PlannerService:
-    service = state.extras.get("planner")
+    service = state.planner
     if not isinstance(service, PlannerService):
-        service = PlannerService.from_env(state)
-        state.extras["planner"] = service
+        raise RuntimeError("the planner is not running (build_app's lifespan starts it)")
     return service
 
 
@@ -159,7 +156,7 @@ async def create_run(request: Request) -> Response:
     task = service.runs[run.run_id][1]
 
     async def stream() -> AsyncIterator[str]:
-        revocable = live_callers(state).track(
+        revocable = state.live_callers.track(
             caller.sub, caller.ws, caller.iat, lambda: end_event_queue(queue)
         )
         try:

@@ -38,7 +38,7 @@ from server.router import Caller
 from spec.errors import RpcError
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 __all__ = ["DEFAULT_MAX_STEPS", "MAX_STEPS_LIMIT", "SYSTEM_PROMPT", "PlannerRun"]
 

@@ -1,0 +1,153 @@
+"""The server's state: one typed `ServerState` of named services, and `build_state`, which composes them.
+
+Where it sits: above every service module (store, auth, registry, router, node directory, user
+revocations, audit heads, artifacts, change feed), below every surface (tunnel, REST, RPC, MCP, planner,
+OAuth, dashboard), which reach the state through ``app.state.cortex`` and import the type from here,
+never from the composition root `server.app`. Nothing lives in module globals, so tests and several
+apps can share one process.
+
+Rules:
+
+1. Each service is a named, typed field, built eagerly by `build_state`; there is no untyped bag of
+   extras. The two surface services that need the running loop — `planner` and `mcp` — are None until
+   the app's lifespan (`server.app.build_app`) sets them, before any request is served. They are typed by
+   what the state needs of them (an ASGI app, `PlannerRuns`), so this module imports no surface, not
+   even for type checking (no import cycle through the state: ``python3 -m bench.import_graph``).
+2. Behaviour lives in the services: revocation of nodes in `NodeDirectory`, of users in
+   `UserRevocations`; `change_handler` only routes a change from the feed to its owner.
+3. The engines a deployment picks (the store, the registry, the change feed) are chosen here and typed by
+   the interface callers use (`NodeRegistry`, `ChangeFeed`), so a shared implementation drops in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.types import ASGIApp
+
+from server.artifact_store import ArtifactLimits, DiskArtifactStore
+from server.audit_heads import AuditHeads
+from server.auth import TokenAuthority
+from server.backoff import OAuthBackoff
+from server.changes import (
+    Change,
+    ChangeFeed,
+    ChangeHandler,
+    NodeEnrolled,
+    NodeRevoked,
+    SQLiteChangeFeed,
+    UserRevoked,
+)
+from server.config import ServerConfig
+from server.metrics import Metrics
+from server.node_lookup import NodeLookup
+from server.nodes import NodeDirectory
+from server.registry import LocalRegistry, NodeRegistry
+from server.router import Caller, CallRouter
+from server.store import NodeRecord, ServerStore
+from server.user_revocation import LiveCallers, UserRevocations
+from spec.version import VERSION
+
+__all__ = ["PlannerRuns", "ServerState", "build_state", "change_handler"]
+
+
+class PlannerRuns(Protocol):
+    """What the state promises of the planner service (`server.planner.PlannerService`, which narrows
+    to its own type). Typed by this Protocol, not the class, so the state never depends on a surface."""
+
+    def cancel(self, run_id: str, caller: Caller) -> bool: ...
+
+
+@dataclass(eq=False)
+class ServerState:
+    config: ServerConfig
+    store: ServerStore
+    authority: TokenAuthority
+    registry: NodeRegistry
+    router: CallRouter
+    metrics: Metrics
+    nodes: NodeDirectory
+    users: UserRevocations
+    live_callers: LiveCallers
+    audit_heads: AuditHeads
+    artifacts: DiskArtifactStore
+    oauth_backoff: OAuthBackoff
+    changes: ChangeFeed
+    version: str = VERSION
+    planner: PlannerRuns | None = None
+    """Set in the lifespan (rule 1)."""
+    mcp: ASGIApp | None = None
+    """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
+
+
+def build_state(config: ServerConfig) -> ServerState:
+    store = ServerStore(config.data_dir)
+    enrolled = store.list_nodes()
+    metrics = Metrics()
+    registry = LocalRegistry(
+        known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
+    )
+    nodes = NodeDirectory(store, registry, metrics, enrolled)  # handshakes look nodes up in memory
+    live = LiveCallers()
+    users = UserRevocations.load(store, live)
+    authority = TokenAuthority(
+        store.load_or_create_signing_key(),
+        issuer=config.issuer,
+        node_ttl=config.node_token_ttl,
+        is_revoked=nodes.is_revoked,
+        is_user_revoked=users.covers,
+    )
+    router = CallRouter(registry, metrics, config.default_call_timeout)
+
+    async def fetch_node(name: str) -> NodeRecord | None:
+        return await asyncio.to_thread(store.get_node, name)
+
+    router.lookup = NodeLookup(registry, fetch_node)  # a miss asks the store (server.node_lookup)
+    heads = AuditHeads(store, registry)
+    registry.decorate = heads.decorate
+    router.on_audit_head = heads.observe
+    # The artifact store empties its directory now; the lifespan sweeps it.
+    artifacts = DiskArtifactStore(
+        config.data_dir / "artifacts",
+        ArtifactLimits(
+            ttl_s=config.artifact_ttl_s,
+            node_bytes=config.artifact_node_bytes,
+            total_bytes=config.artifact_total_bytes,
+        ),
+    )
+    return ServerState(
+        config=config,
+        store=store,
+        authority=authority,
+        registry=registry,
+        router=router,
+        metrics=metrics,
+        nodes=nodes,
+        users=users,
+        live_callers=live,
+        audit_heads=heads,
+        artifacts=artifacts,
+        oauth_backoff=OAuthBackoff(config.oauth_client_backoff, config.oauth_address_backoff),
+        changes=SQLiteChangeFeed(store, users.last_seq, config.revocation_poll_interval),
+    )
+
+
+def change_handler(state: ServerState) -> ChangeHandler:
+    """Route each change from `state.changes` to the service that owns it (rule 2)."""
+
+    async def apply(change: Change) -> None:
+        if isinstance(change, NodeRevoked):
+            await state.nodes.on_revoked(change.name)
+        elif isinstance(change, NodeEnrolled):
+            state.nodes.on_enrolled(change.record)
+            state.registry.learn(change.record.name, change.record.workspace)
+            if state.router.lookup is not None:
+                state.router.lookup.forget_miss(change.record.name)
+        elif isinstance(change, UserRevoked):
+            await state.users.on_revoked(change.revocation)
+        else:
+            state.audit_heads.apply(change.head)
+
+    return apply
