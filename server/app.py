@@ -48,6 +48,7 @@ def build_app(config: ServerConfig) -> Starlette:
                 link = state.registry.link(entry.name)
                 if link is not None:
                     await link.close(1001, "server shutting down")
+            await state.engines.aclose()
             state.store.close()
 
     routes: list[Any] = [

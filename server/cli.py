@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--artifact-total-bytes", type=int, default=2048 * 1024 * 1024)
     serve.add_argument("--demo", action="store_true", help="also run a local node named 'local'")
     serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("CORTEX_REDIS_URL") or None,
+        help="run as one replica of a cluster sharing this Redis (default $CORTEX_REDIS_URL)",
+    )
 
     enroll = sub.add_parser("enroll-node", help="register a node and print its credential")
     enroll.add_argument("name")
@@ -109,6 +114,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         client_ca=args.client_ca,
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
+        redis_url=args.redis_url,
     )
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.backoff import ADDRESS_BACKOFF, CLIENT_BACKOFF, BackoffPolicy
@@ -33,6 +33,10 @@ class ServerConfig:
     max_connections: int = 10_000
     oauth_client_backoff: BackoffPolicy = CLIENT_BACKOFF
     oauth_address_backoff: BackoffPolicy = ADDRESS_BACKOFF
+    redis_url: str | None = None
+    """Set: this process is one replica of a cluster sharing Redis (server.cluster_registry)."""
+    database_url: str | None = field(default=None, repr=False)  # may hold a password: never in a repr
+    """``--database-url``: None for the SQLite file in *data_dir*; ``postgresql://...`` to share state."""
 
     @property
     def base_url(self) -> str:

@@ -37,7 +37,6 @@ from server.changes import (
     ChangeHandler,
     NodeEnrolled,
     NodeRevoked,
-    SQLiteChangeFeed,
     UserRevoked,
 )
 from server.config import ServerConfig
@@ -46,6 +45,7 @@ from server.node_lookup import NodeLookup
 from server.nodes import NodeDirectory
 from server.registry import LocalRegistry, NodeRegistry
 from server.router import Caller, CallRouter
+from server.shared_state import SharedEngines
 from server.store import NodeRecord, ServerStore
 from server.user_revocation import LiveCallers, UserRevocations
 from spec.version import VERSION
@@ -75,6 +75,8 @@ class ServerState:
     artifacts: DiskArtifactStore
     oauth_backoff: OAuthBackoff
     changes: ChangeFeed
+    engines: SharedEngines
+    """The shared engines' clients (none in the embedded default); closed by the lifespan."""
     version: str = VERSION
     planner: PlannerRuns | None = None
     """Set in the lifespan (rule 1)."""
@@ -99,7 +101,9 @@ def build_state(config: ServerConfig) -> ServerState:
         is_revoked=nodes.is_revoked,
         is_user_revoked=users.covers,
     )
+    engines = SharedEngines.open(config)  # embedded or shared twins of each service (server.shared_state)
     router = CallRouter(registry, metrics, config.default_call_timeout)
+    router.recent = engines.recent_calls()
 
     async def fetch_node(name: str) -> NodeRecord | None:
         return await asyncio.to_thread(store.get_node, name)
@@ -129,8 +133,11 @@ def build_state(config: ServerConfig) -> ServerState:
         live_callers=live,
         audit_heads=heads,
         artifacts=artifacts,
-        oauth_backoff=OAuthBackoff(config.oauth_client_backoff, config.oauth_address_backoff),
-        changes=SQLiteChangeFeed(store, users.last_seq, config.revocation_poll_interval),
+        oauth_backoff=engines.oauth_backoff(config),
+        changes=engines.change_feed(
+            config, store, revocation_after=store.last_revocation_seq(), user_after=users.last_seq
+        ),
+        engines=engines,
     )
 
 
