@@ -11,12 +11,13 @@ always was; each shared twin (embedded | shared) is picked by the setting that n
   replica shows on every replica).
 - oauth back-off tables: `InProcessBackoff` | `RedisFailureBackoff` (``--redis-url``).
 - recent calls: `RecentCalls` | `RedisRecentCalls` (``--redis-url``).
+- artifacts: `DiskArtifactStore` | `RedisArtifactStore` (``--redis-url``; why Redis: its module).
 - pending approvals: `NodeEntry.approvals`, always read through the registry (`server.approvals`), so a
   shared registry that mirrors entries across replicas shares them too.
 
 Redis keys used by these services (all under ``cortex:``; the registry's keys are listed in its own
 module): ``cortex:oauth:*`` (`server.redis_backoff`), ``cortex:calls``, ``cortex:calls:id``
-(`server.redis_calls`).
+(`server.redis_calls`), ``cortex:artifact:*``, ``cortex:artifacts:*`` (`server.redis_artifacts`).
 
 Rules:
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from server.artifact_store import ArtifactLimits, ArtifactStore
 from server.backoff import OAuthBackoff
 from server.changes import ChangeFeed, SQLiteChangeFeed
 from server.config import ServerConfig
@@ -41,6 +43,13 @@ from server.store import ServerStore
 __all__ = ["SharedEngines", "is_postgres_url", "redacted"]
 
 logger = logging.getLogger(__name__)
+
+
+def _sync_closer(client: Any) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        client.close()
+
+    return close
 
 
 def is_postgres_url(url: str | None) -> bool:
@@ -64,6 +73,7 @@ class SharedEngines:
     database_url: str | None = None
     redis: Any = None
     """A `redis.asyncio.Redis` when ``--redis-url`` is set."""
+    redis_url: str | None = field(default=None, repr=False)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
@@ -72,6 +82,7 @@ class SharedEngines:
         if config.redis_url:
             import redis.asyncio as aioredis
 
+            engines.redis_url = config.redis_url
             engines.redis = aioredis.Redis.from_url(
                 config.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=15
             )
@@ -97,6 +108,19 @@ class SharedEngines:
         recent = RedisRecentCalls(self.redis)
         self._closers.insert(0, recent.aclose)  # stop the flusher before its client closes
         return recent
+
+    def artifacts(self, limits: ArtifactLimits) -> ArtifactStore | None:
+        """Artifacts in Redis (server.redis_artifacts), or None for the embedded disk store."""
+        if self.redis_url is None:
+            return None
+        import redis
+
+        from server.redis_artifacts import RedisArtifactStore
+
+        # Synchronous: the store's interface is (its byte-moving calls run in worker threads).
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5, socket_timeout=10)
+        self._closers.append(_sync_closer(client))
+        return RedisArtifactStore(client, limits)
 
     def change_feed(
         self, config: ServerConfig, store: ServerStore, *, revocation_after: int, user_after: int

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from starlette.types import ASGIApp
 
-from server.artifact_store import ArtifactLimits, DiskArtifactStore
+from server.artifact_store import ArtifactLimits, ArtifactStore, DiskArtifactStore
 from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
 from server.backoff import OAuthBackoff
@@ -72,7 +72,7 @@ class ServerState:
     users: UserRevocations
     live_callers: LiveCallers
     audit_heads: AuditHeads
-    artifacts: DiskArtifactStore
+    artifacts: ArtifactStore
     oauth_backoff: OAuthBackoff
     changes: ChangeFeed
     engines: SharedEngines
@@ -113,13 +113,16 @@ def build_state(config: ServerConfig) -> ServerState:
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     # The artifact store empties its directory now; the lifespan sweeps it.
-    artifacts = DiskArtifactStore(
-        config.data_dir / "artifacts",
-        ArtifactLimits(
-            ttl_s=config.artifact_ttl_s,
-            node_bytes=config.artifact_node_bytes,
-            total_bytes=config.artifact_total_bytes,
-        ),
+    limits = ArtifactLimits(
+        ttl_s=config.artifact_ttl_s,
+        node_bytes=config.artifact_node_bytes,
+        total_bytes=config.artifact_total_bytes,
+    )
+    shared_artifacts = engines.artifacts(limits)  # (a store has a length: an empty one is falsy)
+    artifacts = (
+        shared_artifacts
+        if shared_artifacts is not None
+        else DiskArtifactStore(config.data_dir / "artifacts", limits)
     )
     return ServerState(
         config=config,

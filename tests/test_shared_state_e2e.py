@@ -7,19 +7,25 @@ replica), and a call made through one replica is in `GET /api/v1/calls` of the o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.support.procs import AgentProc, ServerProc
+
+FRAME = 256 * 1024
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.fixture
 def replicas(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServerProc, ServerProc]]:
     data = tmp_path / "data"
-    one = ServerProc(data, args=["--redis-url", redis_url]).start()
-    two = ServerProc(data, args=["--redis-url", redis_url])
+    args = ["--redis-url", redis_url, "--max-frame-bytes", str(FRAME)]  # a small frame: results upload
+    one = ServerProc(data, args=args).start()
+    two = ServerProc(data, args=args)
     try:
         two.start()
         yield one, two
@@ -69,5 +75,81 @@ def test_a_call_through_one_replica_is_listed_by_the_other(
         assert [c["node"] for c in listed if c["result"] == "across"] == ["n1"]
         with two.http(two.token("bob", "ws2")) as http:
             assert http.get("/api/v1/calls").json()["calls"] == []  # another workspace sees nothing
+    finally:
+        agent.stop()
+
+
+def _mcp(
+    http: httpx2.Client, url: str, token: str, body: dict[str, object], session: str | None
+) -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {token}", **MCP_HEADERS}
+    if session is not None:
+        headers |= {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    return http.post(url, json=body, headers=headers)
+
+
+def _answer(response: httpx2.Response) -> dict[str, object]:
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:") and '"id"' in line:
+                data: dict[str, object] = json.loads(line[5:])
+                return data
+        raise AssertionError(response.text[:500])
+    answer: dict[str, object] = response.json()
+    return answer
+
+
+def test_an_artifact_written_through_one_replica_is_read_through_the_other(
+    replicas: tuple[ServerProc, ServerProc], tmp_path: Path
+) -> None:
+    one, two = replicas
+    root = tmp_path / "root"
+    root.mkdir()
+    text = "0123456789abcdef" * (FRAME // 8)  # twice the frame: the node uploads the result in chunks
+    (root / "big.txt").write_text(text)
+    args = ["--no-browser", "--allow-root", str(root)]
+    agent = AgentProc(tmp_path / "home", one.url, "n1", one.enroll("n1"), args).start()
+    token = one.token()
+    try:
+        one.wait_status("n1", "connected", timeout=60)
+        with httpx2.Client(timeout=60) as http:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+            started = _mcp(http, one.url + "/mcp", token, init, None)
+            assert started.status_code == 200, started.text
+            session = started.headers["mcp-session-id"]
+            _mcp(
+                http,
+                one.url + "/mcp",
+                token,
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                session,
+            )
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "n1__fs_read", "arguments": {"path": "big.txt", "limit": 4 * FRAME}},
+            }
+            answer = _answer(_mcp(http, one.url + "/mcp", token, call, session))
+            result = answer.get("result")
+            assert isinstance(result, dict), answer
+            links = [c["uri"] for c in result["content"] if c.get("type") == "resource_link"]
+            assert links, result
+            path = "/api/v1/artifacts/" + links[-1].rsplit("/api/v1/artifacts/", 1)[1]
+            auth = {"Authorization": f"Bearer {token}"}
+            whole = http.get(two.url + path, headers=auth)  # the other replica
+            assert whole.status_code == 200, whole.text
+            assert whole.json()["content"][0]["text"] == text
+            other = http.get(two.url + path, headers={"Authorization": f"Bearer {two.token('bob', 'ws2')}"})
+            assert other.status_code == 404  # the same authorization as the node, on every replica
     finally:
         agent.stop()
