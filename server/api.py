@@ -165,7 +165,7 @@ async def node_audit(request: Request, state: ServerState, caller: Caller) -> Re
 
 async def acknowledge_audit(request: Request, state: ServerState, caller: Caller) -> Response:
     """An admin clears a node's ``rewound`` audit status (it stays until then, across restarts)."""
-    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
+    entry = await state.router.find(caller, request.path_params["node"])  # another workspace: 404
     if not caller.is_admin:
         raise ApiError(403, "forbidden", "only an admin can acknowledge an audit rewind")
     audit = await state.audit_heads.acknowledge(entry)

@@ -76,6 +76,6 @@ def clear(entry: NodeEntry | None) -> None:
 
 async def node_approvals(request: Request, state: Any, caller: Any) -> Response:
     """`GET /api/v1/nodes/{node}/approvals`: read-only; answering happens on the node only."""
-    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
+    entry = await state.router.find(caller, request.path_params["node"])  # another workspace: 404
     waiting = entry.approvals if entry.status != "disconnected" else []
     return JSONResponse({"node": entry.name, "approvals": waiting})
