@@ -37,11 +37,10 @@ async def _postgres_latencies(url: str, count: int, replicas: int) -> list[float
     import psycopg
 
     from server.changes import NodeRevoked
-    from server.pg_changes import NOTIFY_TRIGGERS, PostgresChangeFeed
+    from server.pg_changes import PostgresChangeFeed
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA)
-        conn.execute(NOTIFY_TRIGGERS)
     arrivals: list[dict[str, float]] = [{} for _ in range(replicas)]
     arrived = asyncio.Event()
 

@@ -2,7 +2,7 @@
 
 Where it sits: a `server.changes.ChangeFeed` beside the embedded `SQLiteChangeFeed`, chosen by
 `server.state.build_state` when ``--database-url postgresql://…`` is set. Below it only the database:
-the notifications are sent by triggers (`NOTIFY_TRIGGERS`, installed by the PostgreSQL migrations), so
+the notifications are sent by triggers (`NOTIFY_TRIGGERS`, which each feed installs: `install_triggers`), so
 whatever writes the tables — ``cortex-server enroll-node | revoke-node | revoke-user`` in another
 process or host, the fleet API of any replica, a replica persisting an audit head — notifies every
 replica, and no writer can forget to.
@@ -48,7 +48,9 @@ __all__ = [
     "CATCH_UP_OVERLAP",
     "CHANNEL",
     "NOTIFY_TRIGGERS",
+    "TRIGGERS_VERSION",
     "PostgresChangeFeed",
+    "install_triggers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,11 @@ CREATE OR REPLACE TRIGGER cortex_user_revocations_notify AFTER INSERT ON user_re
 CREATE OR REPLACE TRIGGER cortex_audit_heads_notify AFTER INSERT OR UPDATE ON audit_heads
     FOR EACH ROW EXECUTE FUNCTION cortex_notify_change();
 """
-"""Rule 1, as one migration step (idempotent: ``CREATE OR REPLACE``)."""
+"""Rule 1 (idempotent: ``CREATE OR REPLACE``), installed by `install_triggers`."""
+
+TRIGGERS_VERSION = "cortex-notify-v1"
+MIGRATION_LOCK = 0x435458_0001
+"""The advisory lock the PostgreSQL migrations hold (`server.stores.postgres_schema.MIGRATION_LOCK`)."""
 
 
 _Seq = tuple[Change, int | None]
@@ -126,6 +132,32 @@ def _parse(payload: str) -> _Seq | None:
             )
         ), None
     return None
+
+
+async def install_triggers(conn: Any) -> bool:
+    """Install (or bring up to `TRIGGERS_VERSION`) the notify triggers of rule 1; True if it did.
+
+    Run by every feed when it connects, after the store has migrated the tables, in one transaction
+    under the migration advisory lock (replicas starting together install once). The version is the
+    trigger function's comment, so a later Cortex replaces the function when its payloads change. The
+    triggers live beside the versioned migrations, not in them: they exist only for PostgreSQL (the
+    SQLite schema's steps must match this engine's one for one), and a database written by admin
+    commands before any replica ran needs none (the feeds catch up when they connect: rule 2).
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        cur = await conn.execute(
+            "SELECT obj_description(p.oid, 'pg_proc') FROM pg_proc p WHERE p.proname = 'cortex_notify_change'"
+        )
+        row = await cur.fetchone()
+        cur = await conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'cortex\\_%%\\_notify'")
+        triggers = int((await cur.fetchone())[0])
+        if row is not None and row[0] == TRIGGERS_VERSION and triggers == 4:
+            return False
+        await conn.execute(NOTIFY_TRIGGERS)
+        await conn.execute(f"COMMENT ON FUNCTION cortex_notify_change() IS '{TRIGGERS_VERSION}'")
+        logger.info("installed the change-feed triggers (%s)", TRIGGERS_VERSION)
+        return True
 
 
 class _Delivered:
@@ -200,6 +232,7 @@ class PostgresChangeFeed:
             connect_timeout=max(1, int(self._connect_timeout_s)),
             application_name=APPLICATION_NAME,
         ) as conn:
+            await install_triggers(conn)
             await conn.execute(f"LISTEN {CHANNEL}")
             self.connections += 1
             for change, seq in await self._catch_up(conn):

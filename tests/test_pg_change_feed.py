@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from server.changes import NodeEnrolled, NodeRevoked, UserRevoked
-from server.pg_changes import CHANNEL, NOTIFY_TRIGGERS, AuditHeadChanged, PostgresChangeFeed
+from server.changes import AuditHeadChanged, NodeEnrolled, NodeRevoked, UserRevoked
+from server.pg_changes import CHANNEL, TRIGGERS_VERSION, PostgresChangeFeed, install_triggers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, workspace TEXT NOT NULL,
@@ -57,8 +57,7 @@ class Seen:
 
 def _prepare(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-        conn.execute(NOTIFY_TRIGGERS)
+        conn.execute(SCHEMA)  # the feeds install their triggers themselves
 
 
 @contextlib.asynccontextmanager
@@ -192,3 +191,17 @@ async def test_revocations_reach_three_feeds_within_a_second(pg_url: str, count:
         f"\nrevocation -> every feed: p50 {p50 * 1000:.1f} ms, max {worst * 1000:.1f} ms (n={len(latencies)})"
     )
     assert worst < 1.0
+
+
+async def test_triggers_are_installed_once_and_upgraded(pg_url: str) -> None:
+    _prepare(pg_url)
+    conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+    async with conn:
+        assert await install_triggers(conn) is True
+        assert await install_triggers(conn) is False  # a second replica finds them in place
+        await conn.execute("COMMENT ON FUNCTION cortex_notify_change() IS 'cortex-notify-v0'")
+        assert await install_triggers(conn) is True  # an older version is replaced
+        cur = await conn.execute(
+            "SELECT obj_description(p.oid, 'pg_proc') FROM pg_proc p WHERE p.proname = 'cortex_notify_change'"
+        )
+        assert (await cur.fetchone())[0] == TRIGGERS_VERSION
