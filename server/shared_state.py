@@ -37,7 +37,6 @@ from server.artifact_store import ArtifactLimits, ArtifactStore
 from server.backoff import OAuthBackoff
 from server.changes import ChangeFeed, SQLiteChangeFeed
 from server.config import ServerConfig
-from server.fleet import RecentCalls
 from server.store import ServerStore
 
 __all__ = ["SharedEngines", "is_postgres_url", "redacted"]
@@ -100,10 +99,14 @@ class SharedEngines:
             RedisFailureBackoff(self.redis, "address", config.oauth_address_backoff),
         )
 
-    def recent_calls(self) -> RecentCalls:
+    def recent_calls(self) -> Any:
+        """A `server.fleet.RecentCalls` (typed loosely: fleet is a surface, and the state module that
+        calls this must not depend on a surface, not even for type checking: tests/test_layering.py)."""
+        from server.fleet import RecentCalls
+        from server.redis_calls import RedisRecentCalls
+
         if self.redis is None:
             return RecentCalls()
-        from server.redis_calls import RedisRecentCalls
 
         recent = RedisRecentCalls(self.redis)
         self._closers.insert(0, recent.aclose)  # stop the flusher before its client closes
