@@ -23,6 +23,7 @@ from server.config import ServerConfig
 from server.limits import BodyLimits, Limits
 from server.rpc import rpc_endpoint
 from server.state import build_state, change_handler
+from server.stores import open_store
 from server.tunnel import node_endpoint
 
 __all__ = ["build_app"]
@@ -33,7 +34,12 @@ logger = logging.getLogger(__name__)
 def build_app(config: ServerConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = build_state(config)
+        store = await open_store(config.database_url, config.data_dir)
+        try:
+            state = await build_state(config, store)
+        except BaseException:
+            await store.close()
+            raise
         app.state.cortex = state
         watcher = asyncio.create_task(state.changes.watch(change_handler(state)), name="changes")
         sweeper = asyncio.create_task(state.artifacts.sweep_every(60.0), name="artifacts")
@@ -49,7 +55,7 @@ def build_app(config: ServerConfig) -> Starlette:
                 if link is not None:
                     await link.close(1001, "server shutting down")
             await state.engines.aclose()
-            state.store.close()
+            await state.store.close()
 
     routes: list[Any] = [
         Route("/oauth/token", oauth.token_endpoint, methods=["POST"]),

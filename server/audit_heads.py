@@ -19,13 +19,11 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 from typing import Any
 
 from server.registry import NodeEntry, NodeRegistry
-from server.store import AUDIT_OK, AuditHead, ServerStore, StoreError
+from server.store import AUDIT_OK, AuditHead, Store, StoreError
 
 __all__ = ["AuditHeads", "parse_head"]
 
@@ -49,10 +47,15 @@ def parse_head(head: Any) -> tuple[int, str | None] | None:
 class AuditHeads:
     """Persisted heads of every node, cached in memory; one per app (``ServerState.audit_heads``)."""
 
-    def __init__(self, store: ServerStore, registry: NodeRegistry) -> None:
+    def __init__(self, store: Store, registry: NodeRegistry, heads: dict[str, AuditHead]) -> None:
         self._store = store
         self._registry = registry
-        self._heads: dict[str, AuditHead] = store.audit_heads()
+        self._heads: dict[str, AuditHead] = dict(heads)
+
+    @classmethod
+    async def load(cls, store: Store, registry: NodeRegistry) -> AuditHeads:
+        """The heads persisted in *store* (read once; this object keeps them current afterwards)."""
+        return cls(store, registry, await store.audit_heads())
 
     def view(self, node: str) -> dict[str, Any]:
         """``Node.audit`` for *node*: the persisted head, or an empty ``ok`` one if none was seen yet."""
@@ -81,8 +84,8 @@ class AuditHeads:
             entry.audit = {"seq": 0, "hash": head_hash, "status": AUDIT_OK}
             return
         try:
-            persisted = await asyncio.to_thread(self._store.observe_audit_head, entry.name, seq, head_hash)
-        except (sqlite3.Error, StoreError):
+            persisted = await self._store.observe_audit_head(entry.name, seq, head_hash)
+        except StoreError:
             # A busy database must not cost the node its link; the next head is compared again.
             logger.warning("could not persist the audit head of node %s", entry.name, exc_info=True)
             self.decorate(entry)
@@ -107,7 +110,7 @@ class AuditHeads:
 
     async def acknowledge(self, entry: NodeEntry) -> dict[str, Any]:
         """An admin has seen the rewind: back to ``ok`` at the current head."""
-        acknowledged = await asyncio.to_thread(self._store.acknowledge_audit, entry.name)
+        acknowledged = await self._store.acknowledge_audit(entry.name)
         if acknowledged is not None:
             self._heads[entry.name] = acknowledged
             logger.info("audit status of node %s acknowledged", entry.name)

@@ -13,7 +13,8 @@ refuses everything else. The checks, in order (each failure is an `AuthError` wi
 2. ``alg`` is exactly ``Ed25519`` (no ``none``, no HMAC, RSA, ECDSA, not even ``EdDSA``).  -> bad_algorithm
 3. The header holds only ``alg``, ``typ``, ``kid``: ``jku``/``jwk``/``x5u``/``x5c``/``crit``/... are
    refused, never fetched or honoured.                                           -> forbidden_header
-4. ``kid`` equals our key's kid (it is compared, never used as a path or URL).      -> unknown_kid
+4. ``kid`` is the kid of one of our keys: the signing key or a *trusted* one (another active key of
+   the shared store, in the JWKS too). It is compared, never used as a path or URL.  -> unknown_kid
 5. ``typ`` is ``at+jwt`` (RFC 9068).                                             -> bad_type
 6. The Ed25519 signature (64 bytes) over ``header.payload``.                      -> bad_signature
 7. Claims present and typed: ``iss sub aud ws iat exp jti`` (+ ``role``).      -> missing_claim / bad_claim
@@ -43,7 +44,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -190,11 +191,13 @@ def _str_claim(claims: dict[str, Any], name: str, max_len: int = _MAX_SUB_LEN) -
 class TokenAuthority:
     """Mints and verifies the server's tokens with one Ed25519 key.
 
-    *key* is the private `OKPKey` from `ServerStore.load_or_create_signing_key`. *node_ttl* is the
+    *key* is the private `OKPKey` from `Store.load_or_create_signing_key`. *node_ttl* is the
     default node token lifetime, *max_ttl* the longest accepted (≤ 900), *leeway* the clock skew
     tolerated (≤ 5 s). *clock* returns Unix seconds (tests pass a fixed one). *is_revoked*, if given, is
     asked about every node token's ``sub`` after all other checks (keep it fast: an in-memory set);
     *is_user_revoked(sub, ws, iat)* likewise about every user token (``cortex-server revoke-user``).
+    *trusted* are further keys (the store's other active keys, `Store.signing_keys`): tokens they
+    signed verify and the JWKS lists them, but only *key* signs.
     """
 
     def __init__(
@@ -208,6 +211,7 @@ class TokenAuthority:
         clock: Callable[[], float] = time.time,
         is_revoked: Callable[[str], bool] | None = None,
         is_user_revoked: Callable[[str, str, int], bool] | None = None,
+        trusted: Sequence[OKPKey] = (),
     ) -> None:
         if not isinstance(key, OKPKey) or key.curve_name != "Ed25519" or not key.is_private:
             raise ValueError("the signing key must be a private Ed25519 OKPKey")
@@ -221,6 +225,12 @@ class TokenAuthority:
             raise ValueError("issuer must not be empty")
         self._key = key
         self._kid: str = key.kid or key.thumbprint()
+        # kid -> key, the signing key first (the JWKS order); a trusted key is used only to verify.
+        self._keys: dict[str, OKPKey] = {self._kid: key}
+        for other in trusted:
+            if not isinstance(other, OKPKey) or other.curve_name != "Ed25519":
+                raise ValueError("a trusted key must be an Ed25519 OKPKey")
+            self._keys.setdefault(other.kid or other.thumbprint(), other)
         self._issuer = issuer
         self._node_ttl = node_ttl
         self._max_ttl = max_ttl
@@ -296,16 +306,20 @@ class TokenAuthority:
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         """The public key set for ``/.well-known/jwks.json`` (never the private part)."""
-        public = self._key.as_dict(private=False)
-        entry = {
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": str(public["x"]),
-            "kid": self._kid,
-            "alg": ALGORITHM,
-            "use": "sig",
-        }
-        return {"keys": [entry]}
+        entries = []
+        for kid, key in self._keys.items():
+            public = key.as_dict(private=False)
+            entries.append(
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": str(public["x"]),
+                    "kid": kid,
+                    "alg": ALGORITHM,
+                    "use": "sig",
+                }
+            )
+        return {"keys": entries}
 
     # -- verification --------------------------------------------------------------------------------
 
@@ -351,8 +365,8 @@ class TokenAuthority:
     def _verify(self, token: str, audience: str, max_lifetime: int, kind: str) -> dict[str, Any]:
         # 1-6: everything before the signature. Nothing from an unverified token is logged.
         try:
-            self._check_header(self._check_compact(token))
-            self._check_signature(token)
+            key = self._check_header(self._check_compact(token))
+            self._check_signature(token, key)
             claims = _json_object(_b64decode(token.split(".")[1]))
         except AuthError as exc:
             raise self._refuse(exc.reason, kind) from None
@@ -379,19 +393,26 @@ class TokenAuthority:
             raise AuthError("malformed")
         return _json_object(_b64decode(parts[0]))
 
-    def _check_header(self, header: dict[str, Any]) -> None:
+    def _check_header(self, header: dict[str, Any]) -> OKPKey:
+        """Rules 2-5; returns the key whose kid the header names."""
         alg = header.get("alg")
         if alg != ALGORITHM:  # exact, case-sensitive: "none", "NONE", "HS256", "EdDSA" ... all refused
             raise AuthError("bad_algorithm")
         if not header.keys() <= _ALLOWED_HEADER:
             raise AuthError("forbidden_header")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not secrets.compare_digest(kid.encode(), self._kid.encode()):
+        key = None
+        if isinstance(kid, str):
+            for known, candidate in self._keys.items():
+                if secrets.compare_digest(kid.encode(), known.encode()):
+                    key = candidate
+        if key is None:
             raise AuthError("unknown_kid")
         if header.get("typ") != TOKEN_TYPE:
             raise AuthError("bad_type")
+        return key
 
-    def _check_signature(self, token: str) -> None:
+    def _check_signature(self, token: str, key: OKPKey) -> None:
         if token in self._signed_ok:
             self._signed_ok.move_to_end(token)
             return
@@ -399,7 +420,7 @@ class TokenAuthority:
             raise AuthError("bad_signature")
         try:
             # algorithms pinned: joserfc's default list would admit HS256/RS256/ES256.
-            jws.deserialize_compact(token, self._key, algorithms=[ALGORITHM])
+            jws.deserialize_compact(token, key, algorithms=[ALGORITHM])
         except JoseError:
             raise AuthError("bad_signature") from None
         self._signed_ok[token] = None

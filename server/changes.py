@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.store import AuditHead, NodeRecord, ServerStore, SQLiteRevocationFeed, UserRevocation
+from server.store import AuditHead, NodeRecord, ServerStore, SQLiteRevocationFeed, Store, UserRevocation
 from server.user_revocation import SQLiteUserRevocationFeed
 
 __all__ = [
@@ -85,10 +85,12 @@ class SQLiteChangeFeed:
     revocations are delivered from the moment `watch` starts.
     """
 
-    def __init__(self, store: ServerStore, user_after_seq: int, interval: float = 0.5) -> None:
+    def __init__(self, store: Store, user_after_seq: int, interval: float = 0.5) -> None:
         self._nodes = SQLiteRevocationFeed(store, interval=interval)
         self._users = SQLiteUserRevocationFeed(store, user_after_seq, interval)
-        self._enrollments = SQLiteEnrollmentFeed(store, interval)
+        # Enrollments are followed by rowid, which only the SQLite engine has (`SQLiteStore.sync`).
+        sync = getattr(store, "sync", store)
+        self._enrollments = SQLiteEnrollmentFeed(sync, interval) if isinstance(sync, ServerStore) else None
 
     @property
     def ready(self) -> asyncio.Event:
@@ -106,7 +108,8 @@ class SQLiteChangeFeed:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._nodes.watch(node_revoked), name="node-revocations")
             group.create_task(self._users.watch(user_revoked), name="user-revocations")
-            group.create_task(self._enrollments.watch(handler), name="enrollments")
+            if self._enrollments is not None:
+                group.create_task(self._enrollments.watch(handler), name="enrollments")
 
 
 class SQLiteEnrollmentFeed:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server import admin
 from server.store import StoreError
+from server.stores import engine_of
 from spec.version import VERSION
 
 __all__ = ["main"]
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data-dir", type=Path, default=None, help="default $CORTEX_SERVER_HOME or ~/.cortex-server"
         )
+        database_url(p)
+
+    def database_url(p: argparse.ArgumentParser) -> None:
+        # No default shown here: $CORTEX_DATABASE_URL may hold a password (read in `main`).
+        p.add_argument("--database-url", default=None, help="default $CORTEX_DATABASE_URL or SQLite")
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -77,10 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("action", choices=["init", "client"])
     certs.add_argument("name", nargs="?")
     certs.add_argument("--out", type=Path, required=True)
+    database_url(certs)  # every command takes it (CONTRACT §1); certs keeps no state
     return parser
 
 
-def serve(args: argparse.Namespace, data_dir: Path) -> int:
+def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = None) -> int:
     import uvicorn
 
     from server.app import build_app
@@ -99,6 +106,9 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     if args.client_ca and not args.tls_cert:
         print("--client-ca needs --tls-cert and --tls-key", file=sys.stderr)
         return 2
+    # Open (and migrate) the store once before serving: an unreachable or too-new database is one clear
+    # line and exit code 1 (StoreError, in `main`), not a startup traceback.
+    admin.with_store(data_dir, database_url, _opened)
     config = ServerConfig(
         data_dir=data_dir,
         host=args.host,
@@ -115,6 +125,7 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
         redis_url=args.redis_url,
+        database_url=database_url,
     )
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -159,29 +170,35 @@ def serve(args: argparse.Namespace, data_dir: Path) -> int:
     return asyncio.run(run())
 
 
+async def _opened(store: object) -> None:
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from server.cli_help import describe
 
     args = describe(_parser()).parse_args(argv)
     data_dir: Path = (getattr(args, "data_dir", None) or admin.default_data_dir()).expanduser()
+    url: str | None = args.database_url or os.environ.get("CORTEX_DATABASE_URL") or None
     try:
+        engine_of(url)  # a bad URL is a clear error before anything starts (the password redacted)
         if args.command == "serve":
-            return serve(args, data_dir)
+            return serve(args, data_dir, url)
         if args.command == "enroll-node":
-            print(admin.enroll_node(data_dir, args.name, args.workspace))
+            print(admin.enroll_node(data_dir, args.name, args.workspace, url))
             return 0
         if args.command == "issue-token":
-            print(admin.issue_token(data_dir, args.name, args.workspace, args.role, args.ttl))
-            _warn_if_no_nodes(data_dir, args.workspace, args.role)
+            print(admin.issue_token(data_dir, args.name, args.workspace, args.role, args.ttl, url))
+            _warn_if_no_nodes(data_dir, args.workspace, args.role, url)
             return 0
         if args.command == "revoke-node":
-            if not admin.revoke_node(data_dir, args.name):
+            if not admin.revoke_node(data_dir, args.name, url):
                 print(f"no node named {args.name!r}", file=sys.stderr)
                 return 1
             print(f"node {args.name} revoked", file=sys.stderr)
             return 0
         if args.command == "revoke-user":
-            admin.revoke_user(data_dir, args.name, args.workspace)
+            admin.revoke_user(data_dir, args.name, args.workspace, url)
             where = f"in workspace {args.workspace}" if args.workspace else "in every workspace"
             print(f"user {args.name} revoked {where}: tokens issued until now are refused", file=sys.stderr)
             return 0
@@ -202,16 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _warn_if_no_nodes(data_dir: Path, workspace: str, role: str) -> None:
+def _warn_if_no_nodes(data_dir: Path, workspace: str, role: str, database_url: str | None) -> None:
     """A member token for an empty workspace sees nothing: a typo in --workspace is the usual cause."""
-    from server.store import ServerStore
-
-    store = ServerStore(data_dir)
-    try:
-        live = [n for n in store.list_nodes(workspace) if not n.revoked]
-        others = sorted({n.workspace for n in store.list_nodes() if not n.revoked})
-    finally:
-        store.close()
+    nodes = [n for n in admin.list_nodes(data_dir, database_url) if not n.revoked]
+    live = [n for n in nodes if n.workspace == workspace]
+    others = sorted({n.workspace for n in nodes})
     if live:
         return
     known = f" (workspaces with nodes: {', '.join(others)})" if others else ""

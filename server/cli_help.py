@@ -61,8 +61,8 @@ _OPTION_HELP = {
     "--handshake-timeout": "seconds a connection may take to finish its HTTP request or WebSocket handshake "
     "(default 10)",
     "--max-connections": "connections held at once; past it new ones are refused (default 10000)",
-    "--database-url": "postgresql://user@host:port/db for state shared by replicas (default: SQLite in "
-    "the data dir)",
+    "--database-url": "postgresql://user@host:port/db for state shared by replicas (default "
+    "$CORTEX_DATABASE_URL, else SQLite in the data dir)",
     "--redis-url": "redis://host:port to run as one replica of a cluster (default: none)",
 }
 

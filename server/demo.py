@@ -117,9 +117,11 @@ def prepare_demo(config: ServerConfig, base_url: str) -> tuple[Path, str]:
     write_demo_policy(home, config.data_dir)
     creds = load_credentials(home)
     if creds is None:
-        credential = admin.enroll_node(config.data_dir, DEMO_NODE, DEMO_NODE)
+        credential = admin.enroll_node(config.data_dir, DEMO_NODE, DEMO_NODE, config.database_url)
         save_credentials(home, Credentials(server=base_url, name=DEMO_NODE, credential=credential))
-    token = admin.issue_token(config.data_dir, "demo-admin", DEMO_NODE, "admin", 12 * 3600)
+    token = admin.issue_token(
+        config.data_dir, "demo-admin", DEMO_NODE, "admin", 12 * 3600, config.database_url
+    )
     _write_private(config.data_dir / DEMO_TOKEN_FILE, token + "\n")
     return home, token
 

@@ -1,7 +1,7 @@
 """Running a fleet from the dashboard: admin enroll/revoke over REST, and the recent calls of a workspace.
 
 Layering: a surface beside `server.api` (same `authenticate`, same JSON errors), added to the app by
-`server.app.build_app`. Enrolment and revocation go to `ServerStore` exactly as the `cortex-server`
+`server.app.build_app`. Enrolment and revocation go to the `Store` exactly as the `cortex-server`
 commands do (revocation then runs `NodeDirectory.on_revoked` at once instead of waiting for the feed).
 `RecentCalls` is filled by `CallRouter.call_tool`, the one path every surface's calls take.
 
@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import deque
@@ -188,7 +187,7 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
     if not isinstance(name, str) or not isinstance(workspace, str):
         raise ApiError(400, "invalid_request", "name and workspace must be strings")
     try:
-        credential = await asyncio.to_thread(state.store.enroll_node, name, workspace)
+        credential = await state.store.enroll_node(name, workspace)
     except InvalidName as exc:
         raise ApiError(400, "invalid_name", str(exc)) from None
     except NodeExists as exc:
@@ -199,7 +198,7 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
 async def revoke(request: Request, state: ServerState, caller: Caller) -> Response:
     _require_admin(caller)
     name = request.path_params["node"]
-    if not await asyncio.to_thread(state.store.revoke_node, name):
+    if not await state.store.revoke_node(name):
         raise ApiError(404, "node_not_found", f"no live node named {name!r}")
     await state.nodes.on_revoked(name)
     return JSONResponse({"name": name, "revoked": True})

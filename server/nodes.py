@@ -16,13 +16,12 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 
 from server.metrics import Metrics
 from server.registry import NodeRegistry
-from server.store import NodeRecord, ServerStore
+from server.store import NodeRecord, Store
 
 __all__ = ["NodeDirectory"]
 
@@ -33,7 +32,7 @@ class NodeDirectory:
     """Revoked names and live records of one app (rules 1-3)."""
 
     def __init__(
-        self, store: ServerStore, registry: NodeRegistry, metrics: Metrics, enrolled: Iterable[NodeRecord]
+        self, store: Store, registry: NodeRegistry, metrics: Metrics, enrolled: Iterable[NodeRecord]
     ) -> None:
         self._store = store
         self._registry = registry
@@ -61,7 +60,7 @@ class NodeDirectory:
         """
         record = self._records.get(name)
         if record is None:
-            record = await asyncio.to_thread(self._store.get_node, name)
+            record = await self._store.get_node(name)
             if record is not None and record.revoked_at is None and name not in self._revoked:
                 self._records[name] = record
         return record

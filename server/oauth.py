@@ -8,7 +8,6 @@ answered 429 ``too_many_requests`` with ``Retry-After`` before any credential is
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from typing import TYPE_CHECKING
@@ -88,7 +87,7 @@ async def token_endpoint(request: Request) -> Response:
     if not client_id or not secret:
         await backoff.addresses.failed(address)
         return _oauth_error(401, "invalid_client", "client authentication failed")
-    record = await asyncio.to_thread(state.store.verify_credential, client_id, secret)
+    record = await state.store.verify_credential(client_id, secret)
     if record is None:
         if by_address:
             await backoff.addresses.failed(address)

@@ -37,7 +37,7 @@ from server.artifact_store import ArtifactLimits, ArtifactStore
 from server.backoff import OAuthBackoff
 from server.changes import ChangeFeed, SQLiteChangeFeed
 from server.config import ServerConfig
-from server.store import ServerStore
+from server.store import Store
 
 __all__ = ["SharedEngines", "is_postgres_url", "redacted"]
 
@@ -126,7 +126,7 @@ class SharedEngines:
         return RedisArtifactStore(client, limits)
 
     def change_feed(
-        self, config: ServerConfig, store: ServerStore, *, revocation_after: int, user_after: int
+        self, config: ServerConfig, store: Store, *, revocation_after: int, user_after: int
     ) -> ChangeFeed:
         if self.database_url is None:
             return SQLiteChangeFeed(store, user_after, config.revocation_poll_interval)

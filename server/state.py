@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,11 +45,16 @@ from server.nodes import NodeDirectory
 from server.registry import LocalRegistry, NodeRegistry
 from server.router import Caller, CallRouter
 from server.shared_state import SharedEngines
-from server.store import NodeRecord, ServerStore
+from server.store import NodeRecord, Store
 from server.user_revocation import LiveCallers, UserRevocations
 from spec.version import VERSION
 
-__all__ = ["PlannerRuns", "ServerState", "build_state", "change_handler"]
+__all__ = [
+    "PlannerRuns",
+    "ServerState",
+    "build_state",
+    "change_handler",
+]
 
 
 class PlannerRuns(Protocol):
@@ -63,7 +67,7 @@ class PlannerRuns(Protocol):
 @dataclass(eq=False)
 class ServerState:
     config: ServerConfig
-    store: ServerStore
+    store: Store
     authority: TokenAuthority
     registry: NodeRegistry
     router: CallRouter
@@ -84,32 +88,38 @@ class ServerState:
     """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
 
 
-def build_state(config: ServerConfig) -> ServerState:
-    store = ServerStore(config.data_dir)
-    enrolled = store.list_nodes()
+async def build_state(config: ServerConfig, store: Store) -> ServerState:
+    """Compose the services over *store* (opened by the caller, which closes it: `server.app`)."""
+    enrolled = await store.list_nodes()
     metrics = Metrics()
+    # The enrolled nodes as the store had them now; later enrollments come from the change feed
+    # (`registry.learn`), revocations drop names at once (`nodes.is_revoked`).
     registry = LocalRegistry(
-        known=lambda: [(n.name, n.workspace) for n in store.list_nodes() if n.revoked_at is None]
+        known=lambda: [
+            (n.name, n.workspace) for n in enrolled if not n.revoked and not nodes.is_revoked(n.name)
+        ]
     )
     nodes = NodeDirectory(store, registry, metrics, enrolled)  # handshakes look nodes up in memory
     live = LiveCallers()
-    users = UserRevocations.load(store, live)
+    users = await UserRevocations.load(store, live)
+    key = await store.load_or_create_signing_key()
     authority = TokenAuthority(
-        store.load_or_create_signing_key(),
+        key,
         issuer=config.issuer,
         node_ttl=config.node_token_ttl,
         is_revoked=nodes.is_revoked,
         is_user_revoked=users.covers,
+        trusted=[k for k in await store.signing_keys() if k.kid != key.kid],  # the JWKS lists every key
     )
     engines = SharedEngines.open(config)  # embedded or shared twins of each service (server.shared_state)
     router = CallRouter(registry, metrics, config.default_call_timeout)
     router.recent = engines.recent_calls()
 
     async def fetch_node(name: str) -> NodeRecord | None:
-        return await asyncio.to_thread(store.get_node, name)
+        return await store.get_node(name)
 
     router.lookup = NodeLookup(registry, fetch_node)  # a miss asks the store (server.node_lookup)
-    heads = AuditHeads(store, registry)
+    heads = await AuditHeads.load(store, registry)
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     # The artifact store empties its directory now; the lifespan sweeps it.
@@ -138,7 +148,7 @@ def build_state(config: ServerConfig) -> ServerState:
         artifacts=artifacts,
         oauth_backoff=engines.oauth_backoff(config),
         changes=engines.change_feed(
-            config, store, revocation_after=store.last_revocation_seq(), user_after=users.last_seq
+            config, store, revocation_after=await store.last_revocation_seq(), user_after=users.last_seq
         ),
         engines=engines,
     )

@@ -21,13 +21,21 @@ Invariants:
    one transaction; a head that went backwards (lower ``seq``) or changed its hash at the same ``seq``
    sets ``rewound``, which only `acknowledge_audit` clears.
 
-Calls are short and synchronous; the server runs them through `asyncio.to_thread` where they could block.
+Two layers, and why. `Store` is the interface every server caller uses, and it is async: the shared
+engine (PostgreSQL, `server.stores.postgres`) is reached with psycopg 3's async API through a
+psycopg-pool `AsyncConnectionPool`, so a slow database never holds the event loop, and callers await
+one interface whatever the engine. `ServerStore` is the embedded SQLite engine, kept synchronous (the
+`sqlite3` module is); `server.stores.sqlite.SQLiteStore` is its `Store`, running each call in a worker
+thread exactly as the callers used to with `asyncio.to_thread`. The admin commands (one call each) run
+the async interface under `asyncio.run` (`server.admin`). `server.stores.open_store` picks the engine
+from ``--database-url``. Both engines keep rules 1-7 and share the hashing and validation below.
 
 Exception tree::
 
     StoreError          -- any refusal by the store
     ├── InvalidName     -- a node or workspace name outside ^[a-z0-9][a-z0-9-]{0,62}$
-    └── NodeExists      -- the node name is already enrolled (or was, and got revoked)
+    ├── NodeExists      -- the node name is already enrolled (or was, and got revoked)
+    └── StoreUnavailable -- the database could not be reached or was busy (retry later; nothing changed)
 """
 
 from __future__ import annotations
@@ -65,7 +73,9 @@ __all__ = [
     "RevocationFeed",
     "SQLiteRevocationFeed",
     "ServerStore",
+    "Store",
     "StoreError",
+    "StoreUnavailable",
     "UserRevocation",
     "validate_name",
 ]
@@ -92,6 +102,10 @@ class InvalidName(StoreError, ValueError):
 
 class NodeExists(StoreError):
     """The node name is taken: enrolled before (even if since revoked). Enrollment is never replayed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer (down, unreachable, locked too long); the operation did not happen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +440,7 @@ class ServerStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT jwk FROM signing_keys ORDER BY created_at DESC LIMIT 1"
+                    "SELECT jwk FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1"
                 ).fetchone()
                 if row is None:
                     key = OKPKey.generate_key("Ed25519", auto_kid=True)
@@ -443,6 +457,12 @@ class ServerStore:
                 raise
         return key
 
+    def signing_keys(self) -> list[OKPKey]:
+        """Every stored signing key (private), newest first (the first is the one signing)."""
+        with self._lock:
+            rows = self._db.execute("SELECT jwk FROM signing_keys ORDER BY created_at DESC, kid").fetchall()
+        return [OKPKey.import_key(json.loads(row[0])) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -454,6 +474,75 @@ class ServerStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the interface -----------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """What the server keeps durably, whatever the engine (rules 1-7 hold for every implementation).
+
+    Implementations: `server.stores.sqlite.SQLiteStore` (the embedded default, over `ServerStore`) and
+    `server.stores.postgres.PostgresStore` (state shared by replicas). Every method may raise
+    `StoreUnavailable` when the engine does not answer; none leaves a partial change behind.
+    """
+
+    engine: str
+    """``"sqlite"`` or ``"postgresql"`` (for logs and the health view; never holds a password)."""
+
+    async def enroll_node(self, name: str, workspace: str) -> str:
+        """Register *name*; its new credential (stored only hashed). `InvalidName`, `NodeExists`."""
+        ...
+
+    async def verify_credential(self, name: str, credential: str) -> NodeRecord | None:
+        """The node's record if *credential* is its live credential; None if unknown, wrong or revoked."""
+        ...
+
+    async def get_node(self, name: str) -> NodeRecord | None: ...
+
+    async def list_nodes(self, workspace: str | None = None) -> list[NodeRecord]:
+        """All enrolled nodes (revoked ones included), by name; only *workspace*'s if given."""
+        ...
+
+    async def is_revoked(self, name: str) -> bool: ...
+
+    async def revoke_node(self, name: str) -> bool:
+        """True if *name* was live and is now revoked; False if unknown or already revoked."""
+        ...
+
+    async def revocations_after(self, seq: int) -> list[tuple[int, str]]:
+        """``(seq, node)`` of revocations above *seq*, oldest first. A row never appears below a
+        sequence number already returned (rule 3): following the table by ``seq`` misses nothing."""
+        ...
+
+    async def last_revocation_seq(self) -> int: ...
+
+    async def revoke_user(self, sub: str, workspace: str | None = None) -> UserRevocation: ...
+
+    async def user_revocations_after(self, seq: int) -> list[UserRevocation]:
+        """User revocations above *seq*, oldest first (0: all); the same ordering promise as above."""
+        ...
+
+    async def audit_heads(self) -> dict[str, AuditHead]: ...
+
+    async def get_audit_head(self, node: str) -> AuditHead | None: ...
+
+    async def observe_audit_head(self, node: str, seq: int, head_hash: str | None) -> AuditHead:
+        """Compare and record *node*'s reported head in one transaction (rule 7)."""
+        ...
+
+    async def acknowledge_audit(self, node: str) -> AuditHead | None: ...
+
+    async def load_or_create_signing_key(self) -> OKPKey:
+        """The key this server signs with (private), created once: every process (every replica)
+        opening the same database at once gets the same key."""
+        ...
+
+    async def signing_keys(self) -> list[OKPKey]:
+        """Every active signing key (private), newest first: the JWKS publishes them all."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 # -- revocation feed ---------------------------------------------------------------------------------
@@ -472,10 +561,12 @@ class RevocationFeed(Protocol):
 class SQLiteRevocationFeed:
     """`RevocationFeed` that polls the store's ``revocations`` table every *interval* seconds.
 
+    It follows any `Store` (SQLite or PostgreSQL) by sequence number; the name is historical.
+
     *after_seq* is where to start; None means "revocations from now on" (read when `watch` starts).
     """
 
-    def __init__(self, store: ServerStore, interval: float = 0.5, after_seq: int | None = None) -> None:
+    def __init__(self, store: Store, interval: float = 0.5, after_seq: int | None = None) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._store = store
@@ -491,13 +582,13 @@ class SQLiteRevocationFeed:
 
     async def watch(self, on_revoked: Callable[[str], Awaitable[None] | None]) -> None:
         if self._after_seq is None:
-            self._after_seq = await asyncio.to_thread(self._store.last_revocation_seq)
+            self._after_seq = await self._store.last_revocation_seq()
         self.ready.set()
         while True:
             await asyncio.sleep(self._interval)
             try:
-                rows = await asyncio.to_thread(self._store.revocations_after, self._after_seq)
-            except sqlite3.Error:
+                rows = await self._store.revocations_after(self._after_seq)
+            except StoreUnavailable:
                 # A busy or briefly locked database: try again on the next tick rather than die.
                 logger.warning("revocation poll failed; retrying", exc_info=True)
                 continue

@@ -23,12 +23,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.store import ServerStore, UserRevocation
+from server.store import Store, StoreUnavailable, UserRevocation
 
 __all__ = ["LiveCallers", "SQLiteUserRevocationFeed", "UserRevocations", "end_event_queue"]
 
@@ -47,9 +46,9 @@ class UserRevocations:
         self._live = live
 
     @classmethod
-    def load(cls, store: ServerStore, live: LiveCallers | None = None) -> UserRevocations:
+    async def load(cls, store: Store, live: LiveCallers | None = None) -> UserRevocations:
         view = cls(live)
-        for revocation in store.user_revocations_after(0):
+        for revocation in await store.user_revocations_after(0):
             view.apply(revocation)
         return view
 
@@ -133,7 +132,7 @@ class LiveCallers:
 class SQLiteUserRevocationFeed:
     """Polls ``user_revocations`` every *interval* seconds, from *after_seq* on."""
 
-    def __init__(self, store: ServerStore, after_seq: int, interval: float = 0.5) -> None:
+    def __init__(self, store: Store, after_seq: int, interval: float = 0.5) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._store = store
@@ -144,8 +143,8 @@ class SQLiteUserRevocationFeed:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                rows = await asyncio.to_thread(self._store.user_revocations_after, self._after_seq)
-            except sqlite3.Error:
+                rows = await self._store.user_revocations_after(self._after_seq)
+            except StoreUnavailable:
                 logger.warning("user revocation poll failed; retrying", exc_info=True)
                 continue
             for revocation in rows:

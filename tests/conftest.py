@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.engines import pg_url, postgres, redis_server, redis_url  # noqa: F401  (fixtures)
+from tests.support.engines import database, pg_url, postgres, redis_server, redis_url  # noqa: F401  (fixtures)
 from tests.support.procs import AgentProc, ServerProc
 
 

@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -21,7 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from server.audit_heads import parse_head
-from server.store import ServerStore, StoreError
+from server.store import StoreError
+from tests.support.engines import Database
 from tests.support.procs import AgentProc, ServerProc, raw_node_socket
 
 
@@ -108,28 +108,35 @@ def test_cut_log_is_flagged_rewound_until_an_admin_acknowledges(
     assert server_proc.node("laptop")["audit"]["status"] == "ok"
 
 
-def test_store_rules(tmp_path: Path) -> None:
-    store = ServerStore(tmp_path / "srv")
+async def test_store_rules(database: Database) -> None:
+    store = await database.open()
     try:
-        assert store.observe_audit_head("n1", 5, "a" * 64).status == "ok"
-        assert store.observe_audit_head("n1", 9, "b" * 64).status == "ok"
-        changed = store.observe_audit_head("n1", 9, "c" * 64)  # same seq, another hash: rewritten
+        assert (await store.observe_audit_head("n1", 5, "a" * 64)).status == "ok"
+        assert (await store.observe_audit_head("n1", 9, "b" * 64)).status == "ok"
+        changed = await store.observe_audit_head("n1", 9, "c" * 64)  # same seq, another hash: rewritten
         assert changed.status == "rewound" and changed.reason
-        assert store.observe_audit_head("n1", 12, "d" * 64).status == "rewound"  # sticky
-        assert store.observe_audit_head("n2", 3, None).status == "ok"
-        assert store.acknowledge_audit("n1") is not None
-        assert store.get_audit_head("n1") is not None and store.get_audit_head("n1").status == "ok"  # type: ignore[union-attr]
-        assert store.observe_audit_head("n1", 2, "e" * 64).status == "rewound"  # went back
+        assert (await store.observe_audit_head("n1", 12, "d" * 64)).status == "rewound"  # sticky
+        assert (await store.observe_audit_head("n2", 3, None)).status == "ok"
+        assert await store.acknowledge_audit("n1") is not None
+        head = await store.get_audit_head("n1")
+        assert head is not None and head.status == "ok"
+        assert (await store.observe_audit_head("n1", 2, "e" * 64)).status == "rewound"  # went back
         for bad in (-1, True, 1.5):
             with pytest.raises(StoreError):
-                store.observe_audit_head("n3", bad, None)  # type: ignore[arg-type]
+                await store.observe_audit_head("n3", bad, None)  # type: ignore[arg-type]
         with pytest.raises(StoreError):
-            store.observe_audit_head("n3", 1, "x" * 10_000)
+            await store.observe_audit_head("n3", 1, "x" * 10_000)
+        assert await store.acknowledge_audit("never-seen") is None
+        assert set(await store.audit_heads()) == {"n1", "n2"}
     finally:
-        store.close()
+        await store.close()
     # Kept across a reopen (what a server restart does).
-    with ServerStore(tmp_path / "srv") as again:
-        assert again.get_audit_head("n1") is not None and again.get_audit_head("n1").status == "rewound"  # type: ignore[union-attr]
+    again = await database.open()
+    try:
+        head = await again.get_audit_head("n1")
+        assert head is not None and head.status == "rewound"
+    finally:
+        await again.close()
 
 
 @pytest.mark.parametrize(

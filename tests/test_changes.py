@@ -9,6 +9,7 @@ import pytest
 
 from server.changes import Change, NodeRevoked, SQLiteChangeFeed, UserRevoked
 from server.store import ServerStore
+from server.stores.sqlite import SQLiteStore
 
 
 async def test_changes_from_another_store_arrive_typed_and_a_failing_handler_does_not_end_the_feed(
@@ -25,7 +26,7 @@ async def test_changes_from_another_store_arrive_typed_and_a_failing_handler_doe
             if change == NodeRevoked("a"):
                 raise RuntimeError("handler bug")  # logged; the next change still arrives
 
-        feed = SQLiteChangeFeed(server, user_after_seq=0, interval=0.02)
+        feed = SQLiteChangeFeed(SQLiteStore(server), user_after_seq=0, interval=0.02)
         task = asyncio.create_task(feed.watch(handler))
         async with asyncio.timeout(5):
             await feed.ready.wait()

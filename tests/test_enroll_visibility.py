@@ -23,6 +23,7 @@ from server.changes import Change, NodeEnrolled, NodeRevoked, SQLiteChangeFeed
 from server.node_lookup import NodeLookup
 from server.registry import LocalRegistry
 from server.store import ServerStore
+from server.stores.sqlite import SQLiteStore
 from tests.support.procs import REPO, ServerProc
 
 
@@ -153,7 +154,7 @@ async def test_the_sqlite_feed_delivers_enrollments_made_by_another_process(tmp_
         async def handler(change: Change) -> None:
             await seen.put(change)
 
-        feed = SQLiteChangeFeed(server, user_after_seq=0, interval=0.02)  # starts after "before"
+        feed = SQLiteChangeFeed(SQLiteStore(server), user_after_seq=0, interval=0.02)  # starts after "before"
         task = asyncio.create_task(feed.watch(handler))
         try:
             async with asyncio.timeout(5):

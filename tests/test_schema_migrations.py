@@ -41,3 +41,86 @@ def test_a_newer_database_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="schema version"):
         ServerStore(data_dir)
     assert _version(data_dir / "cortex.db") == SCHEMA_VERSION + 1
+
+
+# -- PostgreSQL: the same numbered steps, in a schema_version table --------------------------------------
+
+
+def _pg_version(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_both_engines_have_the_same_steps() -> None:
+    from server.stores.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
+
+
+async def test_both_engines_make_the_same_tables_and_columns(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    from server.stores.postgres import PostgresStore
+
+    ServerStore(tmp_path / "srv").close()
+    with sqlite3.connect(tmp_path / "srv" / "cortex.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        sqlite_cols = {
+            t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
+            for t in tables
+            if not t.startswith("sqlite_")
+        }
+    await (await PostgresStore.open(pg_url)).close()
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        cur = await conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " AND table_name <> 'schema_version' ORDER BY table_name, ordinal_position"
+        )
+        pg_cols: dict[str, list[str]] = {}
+        for table, column in await cur.fetchall():
+            pg_cols.setdefault(table, []).append(column)
+    assert pg_cols == sqlite_cols
+
+
+async def test_postgres_from_version_1_is_migrated_and_keeps_its_data(pg_url: str) -> None:
+    import psycopg
+
+    from server.stores.postgres import PostgresStore
+    from server.stores.postgres_schema import MIGRATIONS as PG_MIGRATIONS
+
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:  # a version-1 database
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO schema_version VALUES (1)")
+        await conn.execute(PG_MIGRATIONS[0])
+        await conn.execute("INSERT INTO nodes VALUES ('old', 'ws1', 'sha256$00$00', 1.0, NULL)")
+    store = await PostgresStore.open(pg_url)
+    try:
+        assert await store.get_node("old") is not None
+        assert await store.user_revocations_after(0) == []
+        assert (await store.observe_audit_head("old", 3, "h")).status == "ok"
+    finally:
+        await store.close()
+    assert _pg_version(pg_url) == SCHEMA_VERSION
+    again = await PostgresStore.open(pg_url)  # opening a current database changes nothing
+    try:
+        assert await again.get_audit_head("old") is not None
+    finally:
+        await again.close()
+    assert _pg_version(pg_url) == SCHEMA_VERSION
+
+
+async def test_a_newer_postgres_database_is_refused_untouched(pg_url: str) -> None:
+    import psycopg
+
+    from server.stores.postgres import PostgresStore
+
+    await (await PostgresStore.open(pg_url)).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="schema version"):
+        await PostgresStore.open(pg_url)
+    assert _pg_version(pg_url) == SCHEMA_VERSION + 1

@@ -17,12 +17,15 @@ Rules:
    (CI installs both: ``.ci/run``).
 
 Fixtures: ``postgres`` (session: one server) and ``pg_url`` (a fresh, empty database per test, dropped
-after it); ``redis_server`` (session) and ``redis_url`` (the same server, emptied before each test).
+after it); ``redis_server`` (session) and ``redis_url`` (the same server, emptied before each test);
+``database``, parametrized over both store engines (``sqlite`` and ``postgresql``): a `Database` whose
+`Database.open` gives a new `server.store.Store` on the same state (a second open is "another process").
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import shutil
@@ -31,14 +34,17 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.procs import _Child, free_port
 
 __all__ = [
+    "Database",
     "PostgresServer",
     "RedisServer",
+    "database",
     "pg_url",
     "postgres",
     "postgres_bindir",
@@ -242,3 +248,30 @@ def redis_url(redis_server: RedisServer) -> str:
     finally:
         client.close()
     return redis_server.url
+
+
+@dataclasses.dataclass(frozen=True)
+class Database:
+    """One test's store state: *url* None means the SQLite file in *data_dir*."""
+
+    engine: str
+    data_dir: Path
+    url: str | None
+
+    async def open(self) -> Any:
+        """A new `server.store.Store` on this state (the caller closes it)."""
+        from server.stores import open_store
+
+        return await open_store(self.url, self.data_dir)
+
+    @property
+    def cli_args(self) -> list[str]:
+        """What to add to a ``cortex-server`` command line for this state."""
+        return ["--database-url", self.url] if self.url else []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The same test once on SQLite and once on a real PostgreSQL (skipped only without its binaries)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Database(request.param, tmp_path / "server-home", url)

@@ -127,8 +127,11 @@ class ServerProc(_Child):
         port: int | None = None,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url
+        """``--database-url`` of the server and of its admin commands (None: SQLite in data_dir)."""
         self.port = port or 0
         self.args = args or []
         self.env = env or {}
@@ -155,6 +158,7 @@ class ServerProc(_Child):
             str(self.data_dir),
             "--log-level",
             "info",
+            *(["--database-url", self.database_url] if self.database_url else []),
             *self.args,
         ]
         ready = self._spawn(cmd, _env(self.env), "cortex-server listening on")
@@ -167,10 +171,10 @@ class ServerProc(_Child):
         return self
 
     def enroll(self, name: str, workspace: str = "ws1") -> str:
-        return admin.enroll_node(self.data_dir, name, workspace)
+        return admin.enroll_node(self.data_dir, name, workspace, self.database_url)
 
     def token(self, sub: str = "alice", workspace: str = "ws1", role: str = "member", ttl: int = 3600) -> str:
-        return admin.issue_token(self.data_dir, sub, workspace, role, ttl)
+        return admin.issue_token(self.data_dir, sub, workspace, role, ttl, self.database_url)
 
     @property
     def admin_token(self) -> str:
