@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.store import AuditHead, NodeRecord, ServerStore, SQLiteRevocationFeed, Store, UserRevocation
+from server.store import AuditHead, NodeRecord, SQLiteRevocationFeed, Store, StoreUnavailable, UserRevocation
+from server.stores.sqlite import SQLiteStore
 from server.user_revocation import SQLiteUserRevocationFeed
 
 __all__ = [
@@ -88,9 +88,8 @@ class SQLiteChangeFeed:
     def __init__(self, store: Store, user_after_seq: int, interval: float = 0.5) -> None:
         self._nodes = SQLiteRevocationFeed(store, interval=interval)
         self._users = SQLiteUserRevocationFeed(store, user_after_seq, interval)
-        # Enrollments are followed by rowid, which only the SQLite engine has (`SQLiteStore.sync`).
-        sync = getattr(store, "sync", store)
-        self._enrollments = SQLiteEnrollmentFeed(sync, interval) if isinstance(sync, ServerStore) else None
+        # Enrollments are followed by rowid, which only the SQLite engine has.
+        self._enrollments = SQLiteEnrollmentFeed(store, interval) if isinstance(store, SQLiteStore) else None
 
     @property
     def ready(self) -> asyncio.Event:
@@ -113,27 +112,27 @@ class SQLiteChangeFeed:
 
 
 class SQLiteEnrollmentFeed:
-    """Polls ``nodes`` by enrollment number (`ServerStore.enrollments_after`), from its construction on.
+    """Polls ``nodes`` by enrollment number (`SQLiteStore.enrollments_after`), from its construction on.
 
     An enrollment made in another process (``cortex-server enroll-node``) reaches the registry's
     listing within *interval*; a call in the meantime already finds the node (server.node_lookup).
     """
 
-    def __init__(self, store: ServerStore, interval: float = 0.5) -> None:
+    def __init__(self, store: SQLiteStore, interval: float = 0.5) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._store = store
         self._interval = interval
         # Read now, with the rest of the app's starting view (build_state): nothing enrolled after it
-        # is missed, however late `watch` starts.
-        self._after = store.last_enrollment_seq()
+        # is missed, however late `watch` starts. (One quick indexed read, once, at startup.)
+        self._after = store.sync.last_enrollment_seq()
 
     async def watch(self, handler: ChangeHandler) -> None:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                rows = await asyncio.to_thread(self._store.enrollments_after, self._after)
-            except sqlite3.Error:
+                rows = await self._store.enrollments_after(self._after)
+            except StoreUnavailable:
                 logger.warning("enrollment poll failed; retrying", exc_info=True)
                 continue
             for seq, record in rows:

@@ -5,7 +5,7 @@ twins. The embedded default (no ``--redis-url``, the SQLite store) is exactly th
 always was; each shared twin (embedded | shared) is picked by the setting that names its engine:
 
 - enroll / revoke-node / revoke-user: `SQLiteChangeFeed` (polls) | `PostgresChangeFeed`
-  (``--database-url postgresql://…``; LISTEN/NOTIFY, see `server.pg_changes`).
+  (``--database-url postgresql://…``; LISTEN/NOTIFY, see `server.stores.postgres_changes`).
 - user revocations: the store + the feed, in both cases (every replica applies each one).
 - audit heads: `AuditHeads` cache | + `AuditHeadChanged` from the PostgreSQL feed (an acknowledge on one
   replica shows on every replica).
@@ -130,7 +130,7 @@ class SharedEngines:
     ) -> ChangeFeed:
         if self.database_url is None:
             return SQLiteChangeFeed(store, user_after, config.revocation_poll_interval)
-        from server.pg_changes import PostgresChangeFeed
+        from server.stores.postgres_changes import PostgresChangeFeed
 
         return PostgresChangeFeed(self.database_url, revocation_after=revocation_after, user_after=user_after)
 

@@ -1,4 +1,5 @@
-"""The shared change feed (server.pg_changes) against a real PostgreSQL 15: LISTEN/NOTIFY plus catch-up.
+"""The shared change feed (server.stores.postgres_changes) against a real PostgreSQL 15: LISTEN/NOTIFY
+plus catch-up.
 
 Writers are plain SQL on other connections (as another replica's store, or an admin command in another
 process, would write): every enrollment, node revocation, user revocation and audit head reaches each of
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from server.changes import AuditHeadChanged, NodeEnrolled, NodeRevoked, UserRevoked
-from server.pg_changes import CHANNEL, TRIGGERS_VERSION, PostgresChangeFeed, install_triggers
+from server.stores.postgres_changes import CHANNEL, TRIGGERS_VERSION, PostgresChangeFeed, install_triggers
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, workspace TEXT NOT NULL,

@@ -89,6 +89,14 @@ class SQLiteStore:
     async def signing_keys(self) -> list[OKPKey]:
         return await _call(self.sync.signing_keys)
 
+    # Beyond the `Store` interface: only SQLite numbers its rows (the embedded change feed follows
+    # enrollments by rowid, server.changes.SQLiteEnrollmentFeed; PostgreSQL notifies instead).
+    async def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
+        return await _call(self.sync.enrollments_after, seq)
+
+    async def last_enrollment_seq(self) -> int:
+        return await _call(self.sync.last_enrollment_seq)
+
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)
 
