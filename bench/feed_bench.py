@@ -1,12 +1,12 @@
 """Change-feed delivery: a revocation committed by one writer, seen by every replica's feed.
 
-Where it sits: a `bench` module (``main(quick) -> list[dict]``, run by ``python3 -m bench``). It starts a
-real PostgreSQL 15 (the Debian binaries, as the tests do: `tests.support.engines.PostgresServer`), runs
-three `server.stores.postgres_changes.PostgresChangeFeed` listeners (three replicas' worth), revokes N
-nodes one at a time from a separate connection, as ``cortex-server revoke-node`` would, and measures
-from the start of the writing transaction to the moment the last of the three feeds delivered it. The reference, in the
-same run: the embedded `SQLiteChangeFeed` (one process polling the SQLite file at its default 0.5 s).
-Target (issue 15): ≤ 1 s to every replica.
+Where it sits: a `bench` module (``main(quick) -> list[dict]``, run by ``python3 -m bench``). It starts
+a real PostgreSQL 15 (the Debian binaries, as the tests do: `tests.support.engines.PostgresServer`),
+runs three `server.stores.postgres_changes.PostgresChangeFeed` listeners (three replicas' worth),
+revokes N nodes one at a time from a separate connection, as ``cortex-server revoke-node`` would, and
+measures from the start of the writing transaction to the moment the last of the three feeds delivered
+it. The reference, in the same run: the embedded `SQLiteChangeFeed` (one process polling the SQLite
+file at its default 0.5 s). Target (issue 15): ≤ 1 s to every replica.
 """
 
 from __future__ import annotations
