@@ -7,7 +7,8 @@ commands run as separate processes with ``--database-url`` only, as an operator 
 - enroll-node → every replica lists the node within 1 s, and a call to it is 409 at once, never 404;
 - revoke-node → the node's live link is closed (4403) and every replica answers 404 within 1 s;
 - revoke-user → the user's token is refused and the user's live RPC links are closed on every replica;
-- an audit rewind acknowledged on one replica shows as ``ok`` on every other.
+- an audit rewind acknowledged on one replica shows as ``ok`` on every other;
+- a result uploaded as an artifact through one replica is read through the others.
 
 Waits are bounded: each check polls the replica's answer until its deadline (1 s: the contract's bound,
 plus the poll itself), and prints the measured delay.
@@ -16,6 +17,7 @@ plus the poll itself), and prints the measured delay.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.support.procs import REPO, AgentProc, ServerProc
 
 BOUND_S = 1.0
+FRAME = 256 * 1024
 
 
 def _cli(*args: str, url: str) -> str:
@@ -63,6 +66,7 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[Cluster]:
     args = ["--database-url", pg_url, "--redis-url", redis_url, "--heartbeat-interval", "1"]
+    args += ["--max-frame-bytes", str(FRAME)]  # small: a result of a few frames is uploaded as an artifact
     replicas = [ServerProc(tmp_path / f"replica{i}", args=args) for i in range(3)]
     try:
         replicas[0].start()  # the first one migrates the shared database
@@ -188,3 +192,82 @@ def test_an_acknowledge_on_one_replica_is_seen_on_another(cluster: Cluster) -> N
     for replica in cluster.replicas[1:]:
         _within(lambda r=replica: status(r) == "ok")
     print(f"\nacknowledge seen on the other replicas after {time.monotonic() - acknowledged:.3f} s")
+
+
+def test_an_artifact_uploaded_through_one_replica_is_read_through_the_others(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    text = "0123456789abcdef" * (FRAME // 8)  # two frames: the node uploads the result in chunks
+    (root / "big.txt").write_text(text)
+    holder = cluster.replicas[0]
+    credential = _cli("enroll-node", "n3", "--workspace", "ws1", url=cluster.url)
+    agent = AgentProc(
+        tmp_path / "home", holder.url, "n3", credential, ["--no-browser", "--allow-root", str(root)]
+    ).start()
+    try:
+        with cluster.http(holder) as http:
+            _within(lambda: http.get("/api/v1/nodes/n3").json()["status"] == "connected", 60)
+        token = cluster.token("alice")
+        with httpx2.Client(timeout=60) as http:
+            session = _mcp_session(http, holder.url + "/mcp", token)
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "n3__fs_read", "arguments": {"path": "big.txt", "limit": 4 * FRAME}},
+            }
+            answer = _mcp_answer(http.post(holder.url + "/mcp", json=call, headers=session))
+            result = answer.get("result")
+            assert isinstance(result, dict), answer
+            links = [c["uri"] for c in result["content"] if c.get("type") == "resource_link"]
+            path = "/api/v1/artifacts/" + links[-1].rsplit("/api/v1/artifacts/", 1)[1]
+            for replica in cluster.replicas[1:]:
+                whole = http.get(replica.url + path, headers={"Authorization": f"Bearer {token}"})
+                assert whole.status_code == 200, whole.text
+                assert whole.json()["content"][0]["text"] == text
+    finally:
+        agent.stop()
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def _mcp_session(http: httpx2.Client, url: str, token: str) -> dict[str, str]:
+    auth = {"Authorization": f"Bearer {token}", **MCP_HEADERS}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    started = http.post(url, json=init, headers=auth)
+    assert started.status_code == 200, started.text
+    headers = {
+        **auth,
+        "mcp-session-id": started.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
+    assert (
+        http.post(
+            url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        ).status_code
+        == 202
+    )
+    return headers
+
+
+def _mcp_answer(response: httpx2.Response) -> dict[str, Any]:
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in response.text.splitlines():
+            if line.startswith("data:") and '"id"' in line:
+                data: dict[str, Any] = json.loads(line[5:])
+                return data
+        raise AssertionError(response.text[:500])
+    answer: dict[str, Any] = response.json()
+    return answer
