@@ -206,3 +206,22 @@ async def test_triggers_are_installed_once_and_upgraded(pg_url: str) -> None:
             "SELECT obj_description(p.oid, 'pg_proc') FROM pg_proc p WHERE p.proname = 'cortex_notify_change'"
         )
         assert (await cur.fetchone())[0] == TRIGGERS_VERSION
+
+
+async def test_a_long_field_never_fails_the_writers_transaction(pg_url: str) -> None:
+    """The trigger runs in the writer's transaction: a payload over PostgreSQL's 8000-byte limit would
+    fail the write itself. Fields are cut to their bounds in the payload (the row keeps them whole)."""
+    _prepare(pg_url)
+    async with feeds(pg_url, 1) as [(_feed, seen)]:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO audit_heads (node, seq, hash, status, reason, updated_at)"
+                " VALUES ('n9', 1, %s, 'rewound', %s, 1)",
+                ("h" * 9000, "r" * 20000),
+            )
+            conn.execute(
+                "INSERT INTO user_revocations (sub, workspace, revoked_at) VALUES (%s, NULL, 1)",
+                ("u" * 9000,),
+            )
+        await seen.wait_for(lambda c: isinstance(c, AuditHeadChanged) and c.head.node == "n9")
+        await seen.wait_for(lambda c: isinstance(c, UserRevoked))

@@ -16,8 +16,9 @@ Rules:
 
 1. Every row inserted into ``nodes``, ``revocations``, ``user_revocations`` and every row written to
    ``audit_heads`` sends one notification on channel `CHANNEL` in the writing transaction. The payload
-   carries the row's fields (a few hundred bytes, far under PostgreSQL's 8000-byte limit), so a replica
-   applies it without a query.
+   carries the row's fields, each cut to a bound (the store bounds them already; the trigger runs in
+   the writer's transaction, and a payload over PostgreSQL's 8000-byte limit would fail the write), so
+   a replica applies it without a query.
 2. `watch` listens first, then catches up from the database, then applies notifications as they come:
    nothing committed while the feed was not listening (before the first connection, or during a lost
    connection) is missed. Catching up re-reads every live node (idempotent enrollments), every node
@@ -74,10 +75,11 @@ BEGIN
             'name', NEW.node)::text);
     ELSIF TG_TABLE_NAME = 'user_revocations' THEN
         PERFORM pg_notify('{CHANNEL}', json_build_object('kind', 'user_revoked', 'seq', NEW.seq,
-            'sub', NEW.sub, 'workspace', NEW.workspace, 'revoked_at', NEW.revoked_at)::text);
+            'sub', left(NEW.sub, 256), 'workspace', NEW.workspace, 'revoked_at', NEW.revoked_at)::text);
     ELSIF TG_TABLE_NAME = 'audit_heads' THEN
         PERFORM pg_notify('{CHANNEL}', json_build_object('kind', 'audit', 'node', NEW.node,
-            'seq', NEW.seq, 'hash', NEW.hash, 'status', NEW.status, 'reason', NEW.reason)::text);
+            'seq', NEW.seq, 'hash', left(NEW.hash, 128), 'status', left(NEW.status, 32),
+            'reason', left(NEW.reason, 1000))::text);
     END IF;
     RETURN NULL;
 END
