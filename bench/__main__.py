@@ -40,6 +40,7 @@ EXTRA_MODULES = (
     "redos_bench",
     "results_bench",
     "process_bench",
+    "store_bench",
     "feed_bench",
 )
 

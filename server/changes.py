@@ -14,7 +14,7 @@ Rules:
    the next tick. Neither ends `watch`.
 3. Every feed delivers `NodeEnrolled` too: the registry learns enrollments from the feed, never by
    re-reading the store on a timer (a lookup in between asks the store: `server.node_lookup`).
-   `SQLiteChangeFeed` follows ``nodes`` by rowid beside the two revocation tables.
+   `SQLiteChangeFeed` follows ``nodes`` by enrollment number beside the two revocation tables.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.store import AuditHead, NodeRecord, SQLiteRevocationFeed, Store, StoreUnavailable, UserRevocation
-from server.stores.sqlite import SQLiteStore
 from server.user_revocation import SQLiteUserRevocationFeed
 
 __all__ = [
@@ -85,11 +84,12 @@ class SQLiteChangeFeed:
     revocations are delivered from the moment `watch` starts.
     """
 
-    def __init__(self, store: Store, user_after_seq: int, interval: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, user_after_seq: int, interval: float = 0.5, enrollment_after: int | None = None
+    ) -> None:
         self._nodes = SQLiteRevocationFeed(store, interval=interval)
         self._users = SQLiteUserRevocationFeed(store, user_after_seq, interval)
-        # Enrollments are followed by rowid, which only the SQLite engine has.
-        self._enrollments = SQLiteEnrollmentFeed(store, interval) if isinstance(store, SQLiteStore) else None
+        self._enrollments = SQLiteEnrollmentFeed(store, interval, enrollment_after)
 
     @property
     def ready(self) -> asyncio.Event:
@@ -107,27 +107,27 @@ class SQLiteChangeFeed:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._nodes.watch(node_revoked), name="node-revocations")
             group.create_task(self._users.watch(user_revoked), name="user-revocations")
-            if self._enrollments is not None:
-                group.create_task(self._enrollments.watch(handler), name="enrollments")
+            group.create_task(self._enrollments.watch(handler), name="enrollments")
 
 
 class SQLiteEnrollmentFeed:
-    """Polls ``nodes`` by enrollment number (`SQLiteStore.enrollments_after`), from its construction on.
+    """Polls ``nodes`` by enrollment number (`Store.enrollments_after`) after *after* (None: from when
+    `watch` starts; the app passes the number it read with the rest of its starting view).
 
     An enrollment made in another process (``cortex-server enroll-node``) reaches the registry's
     listing within *interval*; a call in the meantime already finds the node (server.node_lookup).
     """
 
-    def __init__(self, store: SQLiteStore, interval: float = 0.5) -> None:
+    def __init__(self, store: Store, interval: float = 0.5, after: int | None = None) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._store = store
         self._interval = interval
-        # Read now, with the rest of the app's starting view (build_state): nothing enrolled after it
-        # is missed, however late `watch` starts. (One quick indexed read, once, at startup.)
-        self._after = store.sync.last_enrollment_seq()
+        self._after = after
 
     async def watch(self, handler: ChangeHandler) -> None:
+        if self._after is None:
+            self._after = await self._store.last_enrollment_seq()
         while True:
             await asyncio.sleep(self._interval)
             try:

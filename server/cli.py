@@ -108,7 +108,7 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
         return 2
     # Open (and migrate) the store once before serving: an unreachable or too-new database is one clear
     # line and exit code 1 (StoreError, in `main`), not a startup traceback.
-    admin.with_store(data_dir, database_url, _opened)
+    admin.with_store(data_dir, database_url, _reachable)
     config = ServerConfig(
         data_dir=data_dir,
         host=args.host,
@@ -170,7 +170,8 @@ def serve(args: argparse.Namespace, data_dir: Path, database_url: str | None = N
     return asyncio.run(run())
 
 
-async def _opened(store: object) -> None:
+async def _reachable(store: object) -> None:
+    """Nothing to do: opening the store (and migrating it) was the check."""
     return None
 
 

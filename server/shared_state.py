@@ -126,10 +126,16 @@ class SharedEngines:
         return RedisArtifactStore(client, limits)
 
     def change_feed(
-        self, config: ServerConfig, store: Store, *, revocation_after: int, user_after: int
+        self,
+        config: ServerConfig,
+        store: Store,
+        *,
+        revocation_after: int,
+        user_after: int,
+        enrollment_after: int,
     ) -> ChangeFeed:
         if self.database_url is None:
-            return SQLiteChangeFeed(store, user_after, config.revocation_poll_interval)
+            return SQLiteChangeFeed(store, user_after, config.revocation_poll_interval, enrollment_after)
         from server.stores.postgres_changes import PostgresChangeFeed
 
         return PostgresChangeFeed(self.database_url, revocation_after=revocation_after, user_after=user_after)

@@ -90,6 +90,7 @@ class ServerState:
 
 async def build_state(config: ServerConfig, store: Store) -> ServerState:
     """Compose the services over *store* (opened by the caller, which closes it: `server.app`)."""
+    enrollment_after = await store.last_enrollment_seq()  # before the list: a later one is fed, not lost
     enrolled = await store.list_nodes()
     metrics = Metrics()
     # The enrolled nodes as the store had them now; later enrollments come from the change feed
@@ -148,7 +149,11 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
         artifacts=artifacts,
         oauth_backoff=engines.oauth_backoff(config),
         changes=engines.change_feed(
-            config, store, revocation_after=await store.last_revocation_seq(), user_after=users.last_seq
+            config,
+            store,
+            revocation_after=await store.last_revocation_seq(),
+            user_after=users.last_seq,
+            enrollment_after=enrollment_after,
         ),
         engines=engines,
     )

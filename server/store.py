@@ -517,6 +517,13 @@ class Store(Protocol):
 
     async def last_revocation_seq(self) -> int: ...
 
+    async def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
+        """``(seq, record)`` of nodes enrolled after enrollment number *seq*, oldest first; the same
+        ordering promise as `revocations_after` (a follower by number misses no enrollment)."""
+        ...
+
+    async def last_enrollment_seq(self) -> int: ...
+
     async def revoke_user(self, sub: str, workspace: str | None = None) -> UserRevocation: ...
 
     async def user_revocations_after(self, seq: int) -> list[UserRevocation]:

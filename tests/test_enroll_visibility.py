@@ -154,7 +154,8 @@ async def test_the_sqlite_feed_delivers_enrollments_made_by_another_process(tmp_
         async def handler(change: Change) -> None:
             await seen.put(change)
 
-        feed = SQLiteChangeFeed(SQLiteStore(server), user_after_seq=0, interval=0.02)  # starts after "before"
+        start = server.last_enrollment_seq()  # after "before", as the app reads it when it starts
+        feed = SQLiteChangeFeed(SQLiteStore(server), user_after_seq=0, interval=0.02, enrollment_after=start)
         task = asyncio.create_task(feed.watch(handler))
         try:
             async with asyncio.timeout(5):

@@ -247,6 +247,20 @@ async def test_revocation_sequence(store: Store) -> None:
     assert await store.revocations_after(await store.last_revocation_seq()) == []
 
 
+async def test_enrollment_sequence(store: Store) -> None:
+    assert await store.last_enrollment_seq() == 0
+    for name in ("b", "a", "c"):
+        await store.enroll_node(name, "team")
+    await store.revoke_node("a")
+    entries = await store.enrollments_after(0)
+    assert [r.name for _, r in entries] == ["b", "a", "c"]  # in enrollment order, revoked ones too
+    assert entries[1][1].revoked
+    seqs = [seq for seq, _ in entries]
+    assert seqs == sorted(seqs) and await store.last_enrollment_seq() == seqs[-1]
+    assert await store.enrollments_after(seqs[0]) == entries[1:]
+    assert await store.enrollments_after(seqs[-1]) == []
+
+
 async def test_user_revocation_sequence(store: Store) -> None:
     first = await store.revoke_user("alice", "team")
     second = await store.revoke_user("bob")

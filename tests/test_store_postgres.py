@@ -12,10 +12,11 @@ import asyncio
 import psycopg
 import pytest
 
+from server.schema import SCHEMA_VERSION
 from server.store import Store, StoreError, StoreUnavailable
 from server.stores import open_store
 from server.stores.postgres import PostgresStore
-from server.stores.postgres_schema import REVOCATIONS_LOCK
+from server.stores.postgres_schema import ENROLLMENTS_LOCK, REVOCATIONS_LOCK
 
 _HOLD = 4242  # an advisory lock the test holds to stall one revocation between its INSERT and COMMIT
 
@@ -28,21 +29,22 @@ async def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-de
     raise TimeoutError(what)
 
 
-async def test_a_revocation_that_commits_late_is_not_skipped_by_a_follower(pg_url: str) -> None:
+async def _late_commit_is_not_skipped(
+    pg_url: str, table: str, column: str, lock: int, action, follow
+) -> None:  # type: ignore[no-untyped-def]
+    """*action(store, name)* for "slow" stalls after its row (and number) exist, before COMMIT; then
+    *action* for "fast"; a follower reading by number during the stall must still see both in the end."""
     store = await PostgresStore.open(pg_url)
     admin = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
     try:
-        for name in ("slow", "fast"):
-            await store.enroll_node(name, "team")
-        # A trigger stalls the revocation of "slow" after its row (and its seq) exist, before COMMIT.
         await admin.execute(
             "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            f" IF NEW.node = 'slow' THEN PERFORM pg_advisory_lock({_HOLD});"
+            f" IF NEW.{column} = 'slow' THEN PERFORM pg_advisory_lock({_HOLD});"
             f" PERFORM pg_advisory_unlock({_HOLD});"
             " END IF; RETURN NEW; END $$"
         )
         await admin.execute(
-            "CREATE TRIGGER stall AFTER INSERT ON revocations FOR EACH ROW EXECUTE FUNCTION stall()"
+            f"CREATE TRIGGER stall AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION stall()"
         )
         await admin.execute("SELECT pg_advisory_lock(%s)", (_HOLD,))
 
@@ -55,24 +57,50 @@ async def test_a_revocation_that_commits_late_is_not_skipped_by_a_follower(pg_ur
             row = await cur.fetchone()
             return bool(row and row[0])
 
-        slow = asyncio.create_task(store.revoke_node("slow"))
-        await _wait_for(lambda: waiting_on(_HOLD), "the slow revocation did not reach its stall")
-        fast = asyncio.create_task(store.revoke_node("fast"))
+        slow = asyncio.create_task(action(store, "slow"))
+        await _wait_for(lambda: waiting_on(_HOLD), "the slow write did not reach its stall")
+        fast = asyncio.create_task(action(store, "fast"))
 
         async def fast_done_or_queued() -> bool:
-            return fast.done() or await waiting_on(REVOCATIONS_LOCK)
+            return fast.done() or await waiting_on(lock)
 
-        await _wait_for(fast_done_or_queued, "the fast revocation neither finished nor queued")
-        seen = await store.revocations_after(0)  # a follower's read while "slow" is still open
+        await _wait_for(fast_done_or_queued, "the fast write neither finished nor queued")
+        seen = await follow(store, 0)  # a follower's read while "slow" is still open
         last = max((seq for seq, _ in seen), default=0)
         await admin.execute("SELECT pg_advisory_unlock(%s)", (_HOLD,))
         async with asyncio.timeout(30):
-            assert await slow and await fast
-        later = await store.revocations_after(last)
-        assert sorted(n for _, n in seen + later) == ["fast", "slow"]
+            await slow
+            await fast
+        later = await follow(store, last)
+        assert sorted(name for _, name in seen + later) == ["fast", "slow"]
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_a_revocation_that_commits_late_is_not_skipped_by_a_follower(pg_url: str) -> None:
+    setup = await PostgresStore.open(pg_url)
+    for name in ("slow", "fast"):
+        await setup.enroll_node(name, "team")
+    await setup.close()
+
+    async def revoke(store: PostgresStore, name: str) -> None:
+        assert await store.revoke_node(name)
+
+    await _late_commit_is_not_skipped(
+        pg_url, "revocations", "node", REVOCATIONS_LOCK, revoke, PostgresStore.revocations_after
+    )
+
+
+async def test_an_enrollment_that_commits_late_is_not_skipped_by_a_follower(pg_url: str) -> None:
+    async def enroll(store: PostgresStore, name: str) -> None:
+        await store.enroll_node(name, "team")
+
+    async def follow(store: PostgresStore, seq: int) -> list[tuple[int, str]]:
+        return [(n, record.name) for n, record in await store.enrollments_after(seq)]
+
+    await (await PostgresStore.open(pg_url)).close()  # the schema first: the trigger needs the table
+    await _late_commit_is_not_skipped(pg_url, "nodes", "name", ENROLLMENTS_LOCK, enroll, follow)
 
 
 async def test_replicas_starting_together_migrate_once_and_share_one_key(pg_url: str) -> None:
@@ -172,3 +200,43 @@ async def test_other_urls_are_a_clear_error_without_the_password(url: str, tmp_p
         await open_store(url, tmp_path)
     assert "postgresql://" in str(caught.value)
     assert "pw@" not in str(caught.value)
+
+
+async def test_replica_processes_starting_at_once_on_a_fresh_database_agree(pg_url: str) -> None:
+    """Separate processes (as replicas are), all opening an empty database at the same moment."""
+    import os
+    import sys
+
+    from tests.support.procs import REPO
+
+    code = (
+        "import asyncio, sys\n"
+        "from server.stores.postgres import PostgresStore\n"
+        "async def main():\n"
+        "    s = await PostgresStore.open(sys.argv[1])\n"
+        "    print((await s.load_or_create_signing_key()).kid, flush=True)\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CORTEX_")}, "PYTHONPATH": str(REPO)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            pg_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    async with asyncio.timeout(120):
+        outputs = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        assert await (await conn.execute("SELECT version FROM schema_version")).fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        assert await (await conn.execute("SELECT count(*) FROM signing_keys")).fetchone() == (1,)

@@ -11,8 +11,9 @@ Rules:
 2. Cross-replica races are settled by the database, never by timing: enrollment by the primary key
    (`NodeExists`), the signing key by `SIGNING_KEY_LOCK` (the first replica creates it, every other one
    reads that same key), a node's audit head by a per-node advisory lock.
-3. Revocation sequences commit in order: appends take `REVOCATIONS_LOCK` / `USER_REVOCATIONS_LOCK`
-   for their transaction, so a sequence number becomes visible only after every smaller one did.
+3. Sequences commit in order: revocations, user revocations and enrollments take `REVOCATIONS_LOCK` /
+   `USER_REVOCATIONS_LOCK` / `ENROLLMENTS_LOCK` for their transaction, so a number becomes visible only
+   after every smaller one did.
    (A bare identity column would let seq 6 commit before seq 5, and a follower at 6 would miss 5.)
 4. An engine failure (server down, connection lost, no connection free within `pool_timeout`) is
    `StoreUnavailable`; the database URL appears in messages only through `redact_url`.
@@ -55,6 +56,7 @@ from server.store import (
 from server.stores import redact_url
 from server.stores.postgres_schema import (
     AUDIT_LOCK,
+    ENROLLMENTS_LOCK,
     REVOCATIONS_LOCK,
     SIGNING_KEY_LOCK,
     USER_REVOCATIONS_LOCK,
@@ -169,7 +171,8 @@ class PostgresStore:
         credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
         stored = _hash_credential(credential, secrets.token_bytes(16))
         try:
-            async with self._conn() as conn:
+            async with self._conn() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ENROLLMENTS_LOCK,))  # rule 3
                 await conn.execute(
                     "INSERT INTO nodes (name, workspace, credential_hash, created_at)"
                     " VALUES (%s, %s, %s, %s)",
@@ -237,6 +240,18 @@ class PostgresStore:
 
     async def last_revocation_seq(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM revocations")
+        return int(row[0]) if row else 0
+
+    async def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
+        rows = await self._all(
+            "SELECT rowid, name, workspace, created_at, revoked_at FROM nodes WHERE rowid > %s"
+            " ORDER BY rowid",
+            (int(seq),),
+        )
+        return [(int(r[0]), NodeRecord(r[1], r[2], r[3], r[4])) for r in rows]
+
+    async def last_enrollment_seq(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(rowid), 0) FROM nodes")
         return int(row[0]) if row else 0
 
     # -- users ---------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ Rules (those of `server.schema`, plus):
    replicas starting together queue on the lock, the first migrates, the others then find the
    current version and change nothing. A crash mid-step rolls the whole step back.
 3. A database newer than this code is refused untouched (`server.schema.SchemaTooNew`).
-4. Sequence columns (``revocations.seq``, ``user_revocations.seq``) are identities; the store appends
-   to them only under `REVOCATIONS_LOCK` / `USER_REVOCATIONS_LOCK`, so rows commit in ``seq`` order and
-   a reader following ``seq > last`` never skips a row that commits late (`server.stores.postgres`).
+4. Sequence columns (``revocations.seq``, ``user_revocations.seq``, ``nodes.rowid``) are identities; the
+   store appends to them only under `REVOCATIONS_LOCK` / `USER_REVOCATIONS_LOCK` / `ENROLLMENTS_LOCK`,
+   so rows commit in number order and a reader following ``seq > last`` never skips a row that commits
+   late (`server.stores.postgres`). ``nodes.rowid`` is SQLite's implicit rowid made explicit: the
+   enrollment number both engines follow (`Store.enrollments_after`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from server.schema import SCHEMA_VERSION, SchemaTooNew
 
 __all__ = [
     "AUDIT_LOCK",
+    "ENROLLMENTS_LOCK",
     "MIGRATIONS",
     "MIGRATION_LOCK",
     "REVOCATIONS_LOCK",
@@ -38,6 +41,7 @@ MIGRATION_LOCK = 0x435458_0001
 SIGNING_KEY_LOCK = 0x435458_0002
 REVOCATIONS_LOCK = 0x435458_0003
 USER_REVOCATIONS_LOCK = 0x435458_0004
+ENROLLMENTS_LOCK = 0x435458_0006
 AUDIT_LOCK = 0x4354_5805
 """The first half of a two-key lock ``(AUDIT_LOCK, hashtext(node))``: fits a 32-bit int."""
 
@@ -49,7 +53,8 @@ MIGRATIONS: tuple[str, ...] = (
         workspace       TEXT NOT NULL,
         credential_hash TEXT NOT NULL,
         created_at      DOUBLE PRECISION NOT NULL,
-        revoked_at      DOUBLE PRECISION NULL
+        revoked_at      DOUBLE PRECISION NULL,
+        rowid           BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
     );
     CREATE TABLE revocations (
         seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

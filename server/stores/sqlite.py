@@ -65,6 +65,12 @@ class SQLiteStore:
     async def last_revocation_seq(self) -> int:
         return await _call(self.sync.last_revocation_seq)
 
+    async def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
+        return await _call(self.sync.enrollments_after, seq)
+
+    async def last_enrollment_seq(self) -> int:
+        return await _call(self.sync.last_enrollment_seq)
+
     async def revoke_user(self, sub: str, workspace: str | None = None) -> UserRevocation:
         return await _call(self.sync.revoke_user, sub, workspace)
 
@@ -88,14 +94,6 @@ class SQLiteStore:
 
     async def signing_keys(self) -> list[OKPKey]:
         return await _call(self.sync.signing_keys)
-
-    # Beyond the `Store` interface: only SQLite numbers its rows (the embedded change feed follows
-    # enrollments by rowid, server.changes.SQLiteEnrollmentFeed; PostgreSQL notifies instead).
-    async def enrollments_after(self, seq: int) -> list[tuple[int, NodeRecord]]:
-        return await _call(self.sync.enrollments_after, seq)
-
-    async def last_enrollment_seq(self) -> int:
-        return await _call(self.sync.last_enrollment_seq)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)

@@ -34,11 +34,14 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.procs import _Child, free_port
+
+if TYPE_CHECKING:
+    from server.store import Store
 
 __all__ = [
     "Database",
@@ -258,7 +261,7 @@ class Database:
     data_dir: Path
     url: str | None
 
-    async def open(self) -> Any:
+    async def open(self) -> Store:
         """A new `server.store.Store` on this state (the caller closes it)."""
         from server.stores import open_store
 
