@@ -192,6 +192,8 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
         raise ApiError(400, "invalid_name", str(exc)) from None
     except NodeExists as exc:
         raise ApiError(409, "node_exists", str(exc)) from None
+    # Listed here at once (the change feed tells the other replicas, and this one again: idempotent).
+    state.registry.learn(name, workspace)
     return JSONResponse({"name": name, "workspace": workspace, "credential": credential}, status_code=201)
 
 

@@ -70,6 +70,13 @@ def test_a_node_enrolled_while_serving_is_409_at_once(server: ServerProc) -> Non
         assert http.get("/api/v1/nodes/never-enrolled").status_code == 404
 
 
+def test_a_node_enrolled_over_rest_is_listed_at_once(server: ServerProc) -> None:
+    with server.http() as http:
+        assert http.post("/api/v1/nodes", json={"name": "desk", "workspace": "ws1"}).status_code == 201
+        listed = {n["name"]: n["status"] for n in http.get("/api/v1/nodes").json()["nodes"]}
+    assert listed.get("desk") == "disconnected"
+
+
 async def test_member_of_another_workspace_still_gets_404(server: ServerProc) -> None:
     other = server.token("bob", "ws2")
     _enroll_by_command(server.data_dir, "hidden")
