@@ -253,8 +253,9 @@ class PostgresChangeFeed:
                         logger.warning("change feed: a notification that is not a change; skipped")
                         continue
                     await self._deliver(handler, *parsed)
-                if not got_one:
-                    await conn.execute("SELECT 1")  # rule 4: a dead server raises here
+                if not got_one:  # rule 4: a dead server raises here, a silent network times out
+                    async with asyncio.timeout(self._probe_s):
+                        await conn.execute("SELECT 1")
 
     async def _catch_up(self, conn: Any) -> list[_Seq]:
         changes: list[_Seq] = []
