@@ -87,6 +87,7 @@ async def _postgres_latencies(url: str, count: int, replicas: int) -> list[float
 async def _sqlite_latencies(count: int) -> list[float]:
     from server.changes import NodeRevoked, SQLiteChangeFeed
     from server.store import ServerStore
+    from server.stores.sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory() as tmp:
         server, cli = ServerStore(Path(tmp)), ServerStore(Path(tmp))
@@ -98,7 +99,7 @@ async def _sqlite_latencies(count: int) -> list[float]:
                 seen[change.name] = time.monotonic()
                 arrived.set()
 
-        feed = SQLiteChangeFeed(server, 0)  # the default interval, 0.5 s
+        feed = SQLiteChangeFeed(SQLiteStore(server), 0)  # the default interval, 0.5 s
         task = asyncio.create_task(feed.watch(handler))
         latencies: list[float] = []
         try:
