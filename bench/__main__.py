@@ -43,6 +43,7 @@ EXTRA_MODULES = (
     "cluster_bench",
     "cluster_scale_bench",
     "store_bench",
+    "feed_bench",
 )
 
 

@@ -37,11 +37,11 @@ async def list_nodes(request: Request, state: ServerState, caller: Caller) -> Re
 
 
 async def get_node(request: Request, state: ServerState, caller: Caller) -> Response:
-    return JSONResponse(state.router.node(caller, request.path_params["node"]).to_json())
+    return JSONResponse((await state.router.find(caller, request.path_params["node"])).to_json())
 
 
 async def node_tools(request: Request, state: ServerState, caller: Caller) -> Response:
-    return JSONResponse({"tools": state.router.node(caller, request.path_params["node"]).tools})
+    return JSONResponse({"tools": (await state.router.find(caller, request.path_params["node"])).tools})
 
 
 async def call_tool(request: Request, state: ServerState, caller: Caller) -> Response:
@@ -89,7 +89,7 @@ async def node_audit(request: Request, state: ServerState, caller: Caller) -> Re
 
 async def acknowledge_audit(request: Request, state: ServerState, caller: Caller) -> Response:
     """An admin clears a node's ``rewound`` audit status (it stays until then, across restarts)."""
-    entry = state.router.node(caller, request.path_params["node"])  # another workspace: 404
+    entry = await state.router.find(caller, request.path_params["node"])  # another workspace: 404
     if not caller.is_admin:
         raise ApiError(403, "forbidden", "only an admin can acknowledge an audit rewind")
     audit = await state.audit_heads.acknowledge(entry)

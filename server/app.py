@@ -24,7 +24,7 @@ from server.limits import BodyLimits, Limits
 from server.replica_endpoint import link_endpoint
 from server.replica_link import LINK_PATH
 from server.rpc import rpc_endpoint
-from server.state import build_state, change_handler, follow_enrollments
+from server.state import build_state, change_handler
 from server.stores import open_store
 from server.tunnel import node_endpoint
 from spec.protocol import RPC_PATH, TUNNEL_PATH
@@ -45,9 +45,6 @@ def build_app(config: ServerConfig) -> Starlette:
             raise
         app.state.cortex = state
         watcher = asyncio.create_task(state.changes.watch(change_handler(state)), name="changes")
-        enrollments = asyncio.create_task(
-            follow_enrollments(state, config.revocation_poll_interval), name="enrollments"
-        )
         sweeper = asyncio.create_task(state.artifacts.sweep_every(60.0), name="artifacts")
         state.planner = planner.PlannerService.from_env()
         if state.cluster is not None:  # one replica of a cluster: join it before serving
@@ -57,7 +54,6 @@ def build_app(config: ServerConfig) -> Starlette:
                 yield
         finally:
             watcher.cancel()
-            enrollments.cancel()
             sweeper.cancel()
             for entry in state.registry.nodes():
                 link = state.registry.link(entry.name)
@@ -65,6 +61,7 @@ def build_app(config: ServerConfig) -> Starlette:
                     await link.close(1001, "server shutting down")
             if state.cluster is not None:
                 await state.cluster.stop()
+            await state.engines.aclose()
             await state.store.close()
 
     routes: list[Any] = [

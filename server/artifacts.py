@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server.artifact_store import DiskArtifactStore
+from server.artifact_store import ArtifactStore
 from server.http_errors import ApiError
 from server.identity import authenticate, state_of
 
@@ -41,7 +41,7 @@ STREAM_ABOVE = 1024 * 1024
 50 MB body makes it copy the whole into its write buffer at once, stalling the event loop."""
 
 
-async def _streamed(store: DiskArtifactStore, artifact_id: str, caller: Caller) -> Response | None:
+async def _streamed(store: ArtifactStore, artifact_id: str, caller: Caller) -> Response | None:
     info = store.info(artifact_id)
     if info is None or info.size <= STREAM_ABOVE or not caller.can_see(info.workspace):
         return None

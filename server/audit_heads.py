@@ -96,6 +96,18 @@ class AuditHeads:
         if publish and entry.audit != before:
             self._registry.publish("node.updated", entry)
 
+    def apply(self, head: AuditHead) -> None:
+        """Another replica persisted *head* (the shared change feed, `server.changes.AuditHeadChanged`):
+        the cached view follows, and a listed node whose ``audit`` changed is published (rule 4)."""
+        self._heads[head.node] = head
+        entry = self._registry.get(head.node)
+        if entry is None:
+            return
+        before = entry.audit
+        self.decorate(entry)
+        if entry.audit != before:
+            self._registry.publish("node.updated", entry)
+
     async def acknowledge(self, entry: NodeEntry) -> dict[str, Any]:
         """An admin has seen the rewind: back to ``ok`` at the current head."""
         acknowledged = await self._store.acknowledge_audit(entry.name)

@@ -27,8 +27,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["ADDRESS_BACKOFF", "CLIENT_BACKOFF", "BackoffPolicy", "FailureBackoff", "OAuthBackoff"]
+__all__ = [
+    "ADDRESS_BACKOFF",
+    "CLIENT_BACKOFF",
+    "BackoffPolicy",
+    "BackoffTable",
+    "FailureBackoff",
+    "InProcessBackoff",
+    "OAuthBackoff",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +123,40 @@ class FailureBackoff:
         return str(max(1, math.ceil(seconds)))
 
 
+class BackoffTable(Protocol):
+    """One failure table as ``/oauth/token`` uses it: in this process (`InProcessBackoff`) or shared by
+    every replica in Redis (`server.redis_backoff.RedisFailureBackoff`), hence async."""
+
+    async def retry_after(self, key: str) -> float: ...
+
+    async def failed(self, key: str) -> float: ...
+
+    async def succeeded(self, key: str) -> None: ...
+
+
+class InProcessBackoff:
+    """`BackoffTable` over a `FailureBackoff` of this process (the embedded default)."""
+
+    def __init__(self, policy: BackoffPolicy) -> None:
+        self.table = FailureBackoff(policy)
+
+    async def retry_after(self, key: str) -> float:
+        return self.table.retry_after(key)
+
+    async def failed(self, key: str) -> float:
+        return self.table.failed(key)
+
+    async def succeeded(self, key: str) -> None:
+        self.table.succeeded(key)
+
+
 class OAuthBackoff:
     """The two failure tables of one app (rule 1): per ``client_id`` and per remote address."""
 
-    def __init__(self, clients: BackoffPolicy, addresses: BackoffPolicy) -> None:
-        self.clients = FailureBackoff(clients)
-        self.addresses = FailureBackoff(addresses)
+    def __init__(self, clients: BackoffTable, addresses: BackoffTable) -> None:
+        self.clients = clients
+        self.addresses = addresses
+
+    @classmethod
+    def in_process(cls, clients: BackoffPolicy, addresses: BackoffPolicy) -> OAuthBackoff:
+        return cls(InProcessBackoff(clients), InProcessBackoff(addresses))

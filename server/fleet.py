@@ -60,6 +60,8 @@ async def enroll(request: Request, state: ServerState, caller: Caller) -> Respon
         raise ApiError(400, "invalid_name", str(exc)) from None
     except NodeExists as exc:
         raise ApiError(409, "node_exists", str(exc)) from None
+    # Listed here at once (the change feed tells the other replicas, and this one again: idempotent).
+    state.registry.learn(name, workspace)
     return JSONResponse({"name": name, "workspace": workspace, "credential": credential}, status_code=201)
 
 
@@ -77,7 +79,7 @@ async def recent_calls(request: Request, state: ServerState, caller: Caller) -> 
         limit = max(1, min(int(request.query_params.get("limit", 100)), 500))
     except ValueError:
         raise ApiError(400, "invalid_request", "limit must be an integer") from None
-    calls = state.router.recent.visible(caller, limit)
+    calls = await state.router.recent.latest(caller, limit)
     return JSONResponse({"calls": [c.to_json() for c in calls], "now": time.time()})
 
 

@@ -39,6 +39,7 @@ class NodeDirectory:
         self._metrics = metrics
         self._revoked: set[str] = set()
         self._records: dict[str, NodeRecord] = {}
+        self._heard: set[str] = set()  # enrolled after start, heard from the feed (`on_enrolled`)
         for record in enrolled:
             if record.revoked_at is None:
                 self._records[record.name] = record
@@ -50,7 +51,7 @@ class NodeDirectory:
 
     def is_enrolled(self, name: str) -> bool:
         """True for a live node already known to this process (cheap: no database read)."""
-        return name in self._records
+        return name in self._records or name in self._heard
 
     async def node_record(self, name: str) -> NodeRecord | None:
         """The enrolled node `name`, from memory when it was seen before (the handshake's hot path).
@@ -66,14 +67,17 @@ class NodeDirectory:
         return record
 
     def on_enrolled(self, record: NodeRecord) -> None:
-        """A node was enrolled (here or in another process): remember it (rule 1)."""
+        """A node was enrolled (here or in another process): `is_enrolled` from now on. Its record is
+        not cached before its first handshake reads it: a revocation right after the enrollment must
+        refuse that handshake at once, not after the feed's delay (tests/test_identity_e2e.py)."""
         if record.revoked_at is None and record.name not in self._revoked:
-            self._records[record.name] = record
+            self._heard.add(record.name)
 
     async def on_revoked(self, name: str) -> None:
         """Node `name` was revoked (here or in another process): rules 2 and 3."""
         self._revoked.add(name)
         self._records.pop(name, None)
+        self._heard.discard(name)
         link = self._registry.link(name)
         if link is not None:
             await link.close(4403, "node revoked")

@@ -78,24 +78,24 @@ async def token_endpoint(request: Request) -> Response:
     # behind one NAT or load balancer share an address, and a hostile one must not lock the others out.
     # An enrolled name is guarded by its own table.
     by_address = not state.nodes.is_enrolled(client_key)
-    wait = backoff.clients.retry_after(client_key)
+    wait = await backoff.clients.retry_after(client_key)
     if by_address:
-        wait = max(wait, backoff.addresses.retry_after(address))
+        wait = max(wait, await backoff.addresses.retry_after(address))
     if wait > 0:
         state.metrics.refused("backoff")
         return _slow_down(wait)
     if not client_id or not secret:
-        backoff.addresses.failed(address)
+        await backoff.addresses.failed(address)
         return _oauth_error(401, "invalid_client", "client authentication failed")
     record = await state.store.verify_credential(client_id, secret)
     if record is None:
         if by_address:
-            backoff.addresses.failed(address)
-        backoff.clients.failed(client_key)
+            await backoff.addresses.failed(address)
+        await backoff.clients.failed(client_key)
         state.metrics.refused("invalid_client")
         logger.info("token request refused for client %r", client_id[:64])
         return _oauth_error(401, "invalid_client", "client authentication failed")
-    backoff.clients.succeeded(client_key)
+    await backoff.clients.succeeded(client_key)
     token, expires_in = state.authority.mint_node_token(record.name, record.workspace)
     return JSONResponse(
         {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}, headers=_NO_STORE

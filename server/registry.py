@@ -13,7 +13,8 @@ Sync or async (the rule a shared implementation relies on):
   and every listing's hot path, so a shared registry answers them from a local mirror that it keeps
   current from the engine's pub/sub. `link` returns a link to the node wherever it is held: this
   process's tunnel link, or in a cluster one through the holding replica (`server.replica_link`), so
-  the router's one call path reaches every node; only the holder's own link closes the node.
+  the router's one call path reaches every node; only the holder's own link closes the node. `learn`
+  (an enrollment this process heard of) is sync and local: every replica hears it from the feed.
 - `publish`, `subscribe` and `on_event` stay sync: publishing never waits for subscribers (rule 3); a
   shared registry fans the event out to other processes in the background.
 
@@ -198,6 +199,12 @@ class NodeRegistry(Protocol):
         """Drop the node entirely (it was revoked)."""
         ...
 
+    def learn(self, name: str, workspace: str) -> NodeEntry:
+        """An enrolled node this process did not know (the change feed, or a miss that asked the store:
+        server.node_lookup); listed as disconnected until it connects. Sync and local: every replica
+        hears the enrollment from the feed itself. Returns the entry (the known one if there is one)."""
+        ...
+
     def publish(self, event: str, entry: NodeEntry) -> None:
         """Tell subscribers and listeners about a change of `entry` (rule 3); never blocks."""
         ...
@@ -217,15 +224,12 @@ class LocalRegistry:
     def __init__(
         self,
         known: Callable[[], list[tuple[str, str]]] | None = None,
-        known_refresh_s: float = 2.0,
         decorate: Callable[[NodeEntry], None] | None = None,
     ) -> None:
         self._entries: dict[str, NodeEntry] = {}
         self._links: dict[str, NodeLink] = {}
         self._subscribers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self._known = known
-        self._known_refresh_s = known_refresh_s
-        self._known_at = -known_refresh_s
         self.decorate = decorate
         """Called on every entry made from `known` (the app gives it the node's persisted audit head)."""
         self._listeners: list[EventListener] = []
@@ -233,21 +237,29 @@ class LocalRegistry:
         self._pending: set[asyncio.Future[None]] = set()
 
     def _load_known(self) -> None:
-        # Enrollments may happen in another process: re-read them, but at most every few seconds, so
-        # listing nodes or looking up an unknown name is not a store scan each time.
-        now = time.monotonic()
-        if self._known is None or now - self._known_at < self._known_refresh_s:
+        # Read once, on first use (after the app has set `decorate`). Later enrollments and
+        # revocations, made in this process or another, arrive through the change feed (`learn`,
+        # `forget`; server.changes), and a miss in between asks the store (server.node_lookup): the
+        # registry never re-reads the store on a timer.
+        if self._known is None:
             return
-        self._known_at = now
-        for name, workspace in self._known():
-            if name not in self._entries:
-                entry = self._entries[name] = NodeEntry(name=name, workspace=workspace)
-                if self.decorate is not None:
-                    self.decorate(entry)
+        known, self._known = self._known, None
+        for name, workspace in known():
+            self.learn(name, workspace)
+
+    def learn(self, name: str, workspace: str) -> NodeEntry:
+        """An enrolled node this registry did not know yet (enrolled elsewhere): listed as disconnected."""
+        self._load_known()
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = NodeEntry(name=name, workspace=workspace)
+            if self.decorate is not None:
+                self.decorate(entry)
+        return entry
 
     def get(self, name: str) -> NodeEntry | None:
         entry = self._entries.get(name)
-        if entry is None:
+        if entry is None and self._known is not None:
             self._load_known()
             entry = self._entries.get(name)
         return entry

@@ -30,7 +30,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from server.artifact_store import ArtifactBudgetExceeded, ArtifactUpload, DiskArtifactStore, artifact_uri
+from server.artifact_store import ArtifactBudgetExceeded, ArtifactStore, ArtifactUpload, artifact_uri
 from spec.errors import INVALID_PARAMS, OverArtifactBudget, RpcError
 from spec.protocol import MetaKey
 
@@ -62,7 +62,7 @@ def artifact_reference(result: Any) -> dict[str, Any] | None:
 class ResultUploads:
     """The `artifacts/write` handler of one node link (see the module's rules)."""
 
-    def __init__(self, store: DiskArtifactStore, node: str, workspace: str, max_chunk: int) -> None:
+    def __init__(self, store: ArtifactStore, node: str, workspace: str, max_chunk: int) -> None:
         self.store = store
         self.node, self.workspace = node, workspace
         self.max_chunk = max_chunk
@@ -165,7 +165,7 @@ class ResultUploads:
             self._drop(id)
 
 
-def checked_result(store: DiskArtifactStore, node: str, result: Any) -> Any:
+def checked_result(store: ArtifactStore, node: str, result: Any) -> Any:
     """A `tools/call` result as the surfaces may see it (rule 4); a reference gets its link and size."""
     ref = artifact_reference(result)
     if ref is None:
@@ -197,7 +197,7 @@ def checked_result(store: DiskArtifactStore, node: str, result: Any) -> Any:
     return {"content": content, "isError": bool(result.get("isError")), "_meta": meta}
 
 
-async def load_full_result(store: DiskArtifactStore, ref: dict[str, Any]) -> dict[str, Any] | None:
+async def load_full_result(store: ArtifactStore, ref: dict[str, Any]) -> dict[str, Any] | None:
     """The whole CallToolResult a reference stands for (read and parsed in a worker thread)."""
 
     def load() -> dict[str, Any] | None:
@@ -210,7 +210,7 @@ async def load_full_result(store: DiskArtifactStore, ref: dict[str, Any]) -> dic
     return await asyncio.to_thread(load)
 
 
-async def rest_response(store: DiskArtifactStore, result: Any) -> Response:
+async def rest_response(store: ArtifactStore, result: Any) -> Response:
     """REST (`POST .../call`): the whole CallToolResult, streamed from the artifact when it is one."""
     ref = artifact_reference(result)
     f = await asyncio.to_thread(store.open_bytes, str(ref["id"])) if ref is not None else None
@@ -242,7 +242,7 @@ def _shrink(value: Any, uri: str, depth: int = 0) -> Any:
 
 
 async def _image_link(
-    store: DiskArtifactStore, item: dict[str, Any], *, node: str, workspace: str, base: str
+    store: ArtifactStore, item: dict[str, Any], *, node: str, workspace: str, base: str
 ) -> dict[str, Any]:
     """A large image as a `resource_link` to an artifact of its own bytes (decoded and stored in a
     worker thread: tens of megabytes of base64 would stall the loop)."""
@@ -273,7 +273,7 @@ def _link(base: str, artifact_id: str, name: str, what: str, mime: str, size: An
 
 
 async def expand_for_mcp(
-    store: DiskArtifactStore, result: Any, *, node: str, workspace: str, base_url: str, inline_limit: int
+    store: ArtifactStore, result: Any, *, node: str, workspace: str, base_url: str, inline_limit: int
 ) -> Any:
     """MCP: a reference becomes the result's own small parts plus `resource_link`s: one per large text
     (``text/plain``), one per large image, and one to the whole CallToolResult (``application/json``).

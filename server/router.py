@@ -26,6 +26,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from server.metrics import Metrics
+from server.node_lookup import NodeLookup
 from server.progress import ProgressPump
 from server.recent_calls import RecentCalls
 from server.registry import NodeEntry, NodeLink, NodeRegistry
@@ -81,6 +82,9 @@ class CallRouter:
         self._quick: dict[int, tuple[Draft202012Validator, QuickCheck | None]] = {}
         self.on_audit_head: Callable[[NodeEntry, Any], Awaitable[None]] | None = None
         """Told every head an ``audit/read`` answer carries (the app persists it: server.audit_heads)."""
+        self.lookup: NodeLookup | None = None
+        """Asks the store about a name the registry does not know (server.node_lookup), so a node
+        enrolled a moment ago is "not connected", never "not found"."""
 
     def _quick_check(self, validator: Draft202012Validator) -> QuickCheck | None:
         known = self._quick.get(id(validator))
@@ -99,6 +103,17 @@ class CallRouter:
             raise NodeNotFound(f"no node named {name!r}")
         return entry
 
+    async def find(self, caller: Caller, name: str) -> NodeEntry:
+        """`node`, after asking the store about a name the registry does not know (rule 1)."""
+        if self.lookup is not None and self.registry.get(name) is None:
+            await self.lookup.entry(name)
+        return self.node(caller, name)
+
+    async def find_link(self, caller: Caller, name: str) -> tuple[NodeEntry, NodeLink]:
+        """`link`, after asking the store about a name the registry does not know."""
+        await self.find(caller, name)
+        return self.link(caller, name)
+
     def link(self, caller: Caller, name: str) -> tuple[NodeEntry, NodeLink]:
         entry = self.node(caller, name)
         link = self.registry.link(name)
@@ -116,7 +131,7 @@ class CallRouter:
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        entry, link = self.link(caller, node)
+        entry, link = await self.find_link(caller, node)
         arguments = {} if arguments is None else arguments
         validator = entry.validators.get(tool)  # one per declared tool (see NodeEntry.set_tools)
         if validator is None:
@@ -173,7 +188,7 @@ class CallRouter:
         """`audit/read` on a node, with the same boundary and a timeout. The head it reports is checked
         against the last one seen (a log whose head went backwards is flagged) and the flag is returned
         as ``warning``."""
-        entry, link = self.link(caller, node)
+        entry, link = await self.find_link(caller, node)
         try:
             async with asyncio.timeout(timeout_s):
                 result: dict[str, Any] = await link.request(

@@ -107,7 +107,7 @@ class ClientSession:
         return {"nodes": [e.to_json() for e in self.state.router.visible_nodes(self.caller)]}
 
     async def tools_list(self, ctx: CallContext, node: str) -> dict[str, Any]:
-        return {"tools": self.state.router.node(self.caller, node).tools}
+        return {"tools": (await self.state.router.find(self.caller, node)).tools}
 
     async def tools_call(
         self,

@@ -21,37 +21,39 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.types import ASGIApp
 
-from server.artifact_store import ArtifactLimits, DiskArtifactStore
+from server.artifact_store import ArtifactLimits, ArtifactStore, DiskArtifactStore
 from server.audit_heads import AuditHeads
 from server.auth import TokenAuthority
 from server.backoff import OAuthBackoff
-from server.changes import Change, ChangeFeed, ChangeHandler, NodeEnrolled, NodeRevoked, SQLiteChangeFeed
+from server.changes import (
+    Change,
+    ChangeFeed,
+    ChangeHandler,
+    NodeEnrolled,
+    NodeRevoked,
+    UserRevoked,
+)
 from server.config import ServerConfig
 from server.metrics import Metrics
+from server.node_lookup import NodeLookup
 from server.nodes import NodeDirectory
 from server.registry import LocalRegistry, NodeLink, NodeRegistry
 from server.router import Caller, CallRouter
-from server.store import NodeRecord, Store, StoreUnavailable
+from server.shared_state import SharedEngines
+from server.store import NodeRecord, Store
 from server.user_revocation import LiveCallers, UserRevocations
 from spec.version import VERSION
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
-    "EnrolledNodes",
     "PlannerRuns",
     "ServerState",
     "build_state",
     "change_handler",
-    "follow_enrollments",
 ]
 
 
@@ -89,9 +91,11 @@ class ServerState:
     users: UserRevocations
     live_callers: LiveCallers
     audit_heads: AuditHeads
-    artifacts: DiskArtifactStore
+    artifacts: ArtifactStore
     oauth_backoff: OAuthBackoff
     changes: ChangeFeed
+    engines: SharedEngines
+    """The shared engines' clients (none in the embedded default); closed by the lifespan."""
     version: str = VERSION
     planner: PlannerRuns | None = None
     """Set in the lifespan (rule 1)."""
@@ -99,20 +103,18 @@ class ServerState:
     """The `/mcp` endpoint (`server.mcp.McpEndpoint`), set in the lifespan (rule 1)."""
     cluster: ClusterMember | None = None
     """Set when this process is one replica of a cluster (``serve --redis-url``); None: embedded."""
-    enrolled: EnrolledNodes | None = None
-    """The enrolled nodes the registry lists before they connect (`follow_enrollments` keeps it)."""
 
 
 async def build_state(config: ServerConfig, store: Store) -> ServerState:
     """Compose the services over *store* (opened by the caller, which closes it: `server.app`)."""
+    enrollment_after = await store.last_enrollment_seq()  # before the list: a later one is fed, not lost
     enrolled = await store.list_nodes()
     metrics = Metrics()
-    # Enrolled nodes as `follow_enrollments` last read them: the registry asks synchronously, and a node
-    # revoked here or through the feed drops out at once, before the next read.
-    known = EnrolledNodes(enrolled)
 
+    # The enrolled nodes as the store had them now; later enrollments come from the change feed
+    # (`registry.learn`), revocations drop names at once (`nodes.is_revoked`).
     def known_live() -> list[tuple[str, str]]:
-        return known.live(nodes.is_revoked)
+        return [(n.name, n.workspace) for n in enrolled if not n.revoked and not nodes.is_revoked(n.name)]
 
     registry: LocalRegistry
     cluster = None
@@ -136,18 +138,28 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
     )
     if cluster is not None:
         cluster.use_authority(authority)  # replica links are signed with the shared key
+    engines = SharedEngines.open(config)  # embedded or shared twins of each service (server.shared_state)
     router = CallRouter(registry, metrics, config.default_call_timeout)
+    router.recent = engines.recent_calls()
+
+    async def fetch_node(name: str) -> NodeRecord | None:
+        return await store.get_node(name)
+
+    router.lookup = NodeLookup(registry, fetch_node)  # a miss asks the store (server.node_lookup)
     heads = await AuditHeads.load(store, registry)
     registry.decorate = heads.decorate
     router.on_audit_head = heads.observe
     # The artifact store empties its directory now; the lifespan sweeps it.
-    artifacts = DiskArtifactStore(
-        config.data_dir / "artifacts",
-        ArtifactLimits(
-            ttl_s=config.artifact_ttl_s,
-            node_bytes=config.artifact_node_bytes,
-            total_bytes=config.artifact_total_bytes,
-        ),
+    limits = ArtifactLimits(
+        ttl_s=config.artifact_ttl_s,
+        node_bytes=config.artifact_node_bytes,
+        total_bytes=config.artifact_total_bytes,
+    )
+    shared_artifacts = engines.artifacts(limits)  # (a store has a length: an empty one is falsy)
+    artifacts = (
+        shared_artifacts
+        if shared_artifacts is not None
+        else DiskArtifactStore(config.data_dir / "artifacts", limits)
     )
     return ServerState(
         config=config,
@@ -161,39 +173,17 @@ async def build_state(config: ServerConfig, store: Store) -> ServerState:
         live_callers=live,
         audit_heads=heads,
         artifacts=artifacts,
-        oauth_backoff=OAuthBackoff(config.oauth_client_backoff, config.oauth_address_backoff),
-        changes=SQLiteChangeFeed(store, users.last_seq, config.revocation_poll_interval),
+        oauth_backoff=engines.oauth_backoff(config),
+        changes=engines.change_feed(
+            config,
+            store,
+            revocation_after=await store.last_revocation_seq(),
+            user_after=users.last_seq,
+            enrollment_after=enrollment_after,
+        ),
+        engines=engines,
         cluster=cluster,
-        enrolled=known,
     )
-
-
-class EnrolledNodes:
-    """The enrolled nodes' ``(name, workspace)``, refreshed from the store by `follow_enrollments`."""
-
-    def __init__(self, records: list[NodeRecord]) -> None:
-        self.set(records)
-
-    def set(self, records: list[NodeRecord]) -> None:
-        self._pairs = [(n.name, n.workspace) for n in records if n.revoked_at is None]
-
-    def live(self, is_revoked: Callable[[str], bool]) -> list[tuple[str, str]]:
-        return [(name, ws) for name, ws in self._pairs if not is_revoked(name)]
-
-
-async def follow_enrollments(state: ServerState, interval: float) -> None:
-    """Re-read the enrolled nodes every *interval* seconds (``enroll-node`` runs in other processes,
-    other replicas enroll too), until cancelled. The store is async, the registry's ``known`` is not:
-    this keeps the answer ready in memory."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            records = await state.store.list_nodes()
-        except StoreUnavailable:
-            logger.warning("reading the enrolled nodes failed; retrying", exc_info=True)
-            continue
-        if state.enrolled is not None:
-            state.enrolled.set(records)
 
 
 def change_handler(state: ServerState) -> ChangeHandler:
@@ -204,7 +194,12 @@ def change_handler(state: ServerState) -> ChangeHandler:
             await state.nodes.on_revoked(change.name)
         elif isinstance(change, NodeEnrolled):
             state.nodes.on_enrolled(change.record)
-        else:
+            state.registry.learn(change.record.name, change.record.workspace)
+            if state.router.lookup is not None:
+                state.router.lookup.forget_miss(change.record.name)
+        elif isinstance(change, UserRevoked):
             await state.users.on_revoked(change.revocation)
+        else:
+            state.audit_heads.apply(change.head)
 
     return apply

@@ -198,6 +198,28 @@ def _touch_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+_WAL_SWITCH_S = 10.0
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting (bounded) while another connection holds the file.
+
+    Switching a new database to WAL needs the file to itself, and SQLite answers "database is locked"
+    at once rather than through the busy timeout when several stores open one new file together
+    (replicas or admin commands starting at the same moment)."""
+    deadline = time.monotonic() + _WAL_SWITCH_S
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # another opener holds the lock for a moment: wait for it, not for an event
+        pause = min(pause * 2, 0.1)
+
+
 class ServerStore:
     """The server's SQLite database in *data_dir* (created 0700; ``cortex.db`` 0600, WAL mode).
 
@@ -216,7 +238,7 @@ class ServerStore:
         # processes never both think they created the signing key or enrolled the same name.
         self._db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._db)
             # FULL: a revocation that the CLI reported done must survive a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")

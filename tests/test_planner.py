@@ -43,9 +43,12 @@ def server_proc(tmp_path: Path, llm: FakeLLM | None) -> Iterator[ServerProc]:
         server.stop()
 
 
-def _audit(agent: AgentProc) -> list[dict[str, Any]]:
-    lines = (agent.home / "audit.log").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+def _audit(server: ServerProc, node: str) -> list[dict[str, Any]]:
+    """The node's audit records, read as users read them (`audit/read` through the server, which
+    the node answers only once every queued record is written: a `tool.finished` may still be queued
+    when the call's answer is out)."""
+    with Client(server.url, token=server.token()) as client:
+        return list(client.audit(node, limit=500)["records"])
 
 
 def _run(server: ServerProc, goal: str, **kwargs: Any) -> list[PlanStep]:
@@ -81,7 +84,7 @@ def test_unconfigured_planner_answers_503(server_proc: ServerProc) -> None:
 def test_two_step_run_lists_then_reads(
     llm: FakeLLM, server_proc: ServerProc, start_node: Callable[..., AgentProc], tmp_path: Path
 ) -> None:
-    agent = start_node("laptop")
+    start_node("laptop")
     root = tmp_path / "laptop-root"
     (root / "notes.txt").write_text("the launch code is 4242\n", encoding="utf-8")
     llm.script[:] = [
@@ -111,7 +114,9 @@ def test_two_step_run_lists_then_reads(
 
     # Both calls are in the node's audit log, made by the planner run acting for the user.
     finished = [
-        r for r in _audit(agent) if r["event"] == "tool.finished" and r["tool"] in ("fs_list", "fs_read")
+        r
+        for r in _audit(server_proc, "laptop")
+        if r["event"] == "tool.finished" and r["tool"] in ("fs_list", "fs_read")
     ]
     assert [r["tool"] for r in finished] == ["fs_list", "fs_read"]
     assert all(r["status"] == "ok" for r in finished)
@@ -177,7 +182,9 @@ def test_dropping_the_stream_cancels_the_running_tool_call(
     finished: list[dict[str, Any]] = []
     while not finished and time.monotonic() < deadline:
         finished = [
-            r for r in _audit(agent) if r.get("tool") == "shell_exec" and r["event"] == "tool.finished"
+            r
+            for r in _audit(server_proc, "laptop")
+            if r.get("tool") == "shell_exec" and r["event"] == "tool.finished"
         ]
         time.sleep(0.05)
     assert finished and finished[0]["status"] == "cancelled"

@@ -13,7 +13,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_MODULES = {
     "sqlite3": {"server/store.py", "server/schema.py", "server/stores/sqlite.py"},
-    "psycopg": {"server/stores/postgres.py", "server/stores/postgres_schema.py", "server/stores/__init__.py"},
+    "psycopg": {
+        "server/stores/postgres.py",
+        "server/stores/postgres_schema.py",
+        "server/stores/__init__.py",
+        "server/stores/postgres_changes.py",  # the PostgreSQL change feed (LISTEN/NOTIFY)
+    },
     "psycopg_pool": {"server/stores/postgres.py"},
 }
 

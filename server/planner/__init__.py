@@ -146,7 +146,7 @@ async def create_run(request: Request) -> Response:
             raise ApiError(503, "planner_unconfigured", UNCONFIGURED_MESSAGE)
         body = await _body(request)
         if body["node"] is not None:
-            state.router.node(caller, body["node"])  # 404 for a node the caller cannot see
+            await state.router.find(caller, body["node"])  # 404 for a node the caller cannot see
     except ApiError as exc:
         return exc.response()
     except RpcError as exc:
