@@ -211,7 +211,10 @@ async def test_events_reach_every_replica(
     async with asyncio.timeout(25):
         await asyncio.gather(*tasks)
     for events in got.values():
-        assert events[0] == "node.connected" and events[-1] == "node.disconnected", events
+        # The node's audit head travels by the database's change feed, its connection by Redis: a
+        # `node.updated` for the head may come first (the replica then lists the node as it knew it).
+        assert set(events[: events.index("node.connected")]) <= {"node.updated"}, events
+        assert events[-1] == "node.disconnected", events
 
 
 async def test_replica_killed_mid_call(replicas: list[ServerProc], node_on: Callable[..., AgentProc]) -> None:
