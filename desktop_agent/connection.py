@@ -397,6 +397,8 @@ class NodeAgent:
             audit_head=self.engine.audit_head(),
             protocol_version=PROTOCOL_VERSION,
             capabilities={"tools": {"listChanged": True}, "logging": {}},
+            # The largest frame we take: the server sends none bigger (it refuses such a call instead).
+            max_frame_bytes=self.settings.max_frame_bytes,
         ).to_json()
 
     async def _ping(self, ctx: CallContext) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
 from server.ws_link import StarletteLink
-from spec.errors import InvalidParams, NodeDisconnected, RpcError, Unauthorized
+from spec.errors import InvalidArguments, InvalidParams, NodeDisconnected, RpcError, Unauthorized
 from spec.link import Link, pump
 from spec.params import AuthRefreshResult, InitializeParams, InitializeResult
 from spec.protocol import Method
@@ -93,8 +93,10 @@ class NodeSession:
         self.uploads = ResultUploads(
             state.artifacts, name, workspace, state.config.max_frame_bytes - UPLOAD_FRAME_OVERHEAD
         )
+        self.send_limit = state.config.max_frame_bytes
+        """The largest frame the node takes: ours until `initialize` tells its own (the smaller wins)."""
         self.rpc = RpcSession(
-            link.send,
+            self._send,
             make_methods(
                 {
                     Method.PING: self._ping,
@@ -106,6 +108,17 @@ class NodeSession:
             name=f"node:{name}",
             max_incoming=MAX_NODE_REQUESTS,
         )
+
+    async def _send(self, text: str) -> None:
+        # A frame over the node's limit would make it close the link (1009) for every caller: the one
+        # request that is too big once wrapped for the tunnel is refused for its own caller instead.
+        if len(text) * 4 > self.send_limit and len(text.encode("utf-8")) > self.send_limit:
+            raise InvalidArguments(
+                f"the request is over the node's frame limit ({self.send_limit} bytes) once wrapped"
+                " for the tunnel",
+                {"problem": "too large"},
+            )
+        await self.link.send(text)
 
     # -- NodeLink ---------------------------------------------------------------------------------
     async def request(
@@ -167,6 +180,8 @@ class NodeSession:
                 ).to_json(),
             )
         )
+        if init.max_frame_bytes is not None:  # a node that takes less than our limit says so
+            self.send_limit = max(64 * 1024, min(self.send_limit, init.max_frame_bytes))
         await self.rpc.notify(Method.INITIALIZED)
         tools = await self.rpc.request(Method.TOOLS_LIST)
         entry = NodeEntry(name=self.name, workspace=self.workspace)

@@ -50,6 +50,11 @@ def _dict(value: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _frame_limit(value: Any) -> int | None:
+    """A declared frame limit: a positive int, else None (the receiver keeps its own)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _json_id(value: Any) -> str | int | None:
     return value if isinstance(value, str | int) and not isinstance(value, bool) else None
 
@@ -100,15 +105,20 @@ class InitializeResult:
     audit_head: dict[str, Any] | None
     protocol_version: str | None = PROTOCOL_VERSION
     capabilities: dict[str, Any] = field(default_factory=lambda: {"tools": {"listChanged": True}})
+    max_frame_bytes: int | None = None
+    """The largest frame the node takes (``limits.maxFrameBytes``); the server sends none bigger."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "protocolVersion": self.protocol_version,
             "capabilities": self.capabilities,
             "serverInfo": {"name": self.server_name, "version": self.server_version},
             "node": self.node,
             "audit_head": self.audit_head,
         }
+        if self.max_frame_bytes is not None:
+            out["limits"] = {"maxFrameBytes": self.max_frame_bytes}
+        return out
 
     @classmethod
     def from_json(cls, result: Any) -> InitializeResult:
@@ -122,6 +132,7 @@ class InitializeResult:
             audit_head=result.get("audit_head"),  # checked where it is used (audit heads)
             protocol_version=_str(result.get("protocolVersion")),
             capabilities=_dict(result.get("capabilities")) or {},
+            max_frame_bytes=_frame_limit((_dict(result.get("limits")) or {}).get("maxFrameBytes")),
         )
 
 

@@ -29,7 +29,7 @@ _E2E = """
     revoke_user_streams tray tray_approval_x11 tray_gtk tray_x11 tunnel_e2e database_url engines postgres_e2e
     store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke cluster_demo cluster_scale_smoke
     mcp_haproxy enroll_visibility feed_bench_smoke pg_change_feed redis_artifacts replicas_feed_e2e
-    shared_backoff shared_calls shared_state_e2e
+    shared_backoff shared_calls shared_state_e2e frame_guard
 """
 
 TIERS: dict[str, str] = {
