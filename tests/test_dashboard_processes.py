@@ -3,13 +3,13 @@ start a process, watch its output arrive live, answer it through stdin, kill it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 
+from sdk import AsyncClient
 from tests.support.procs import AgentProc, ServerProc
 from tests.test_dashboard import CHROMIUM, PageErrors, _sign_in_by_link, browser, page, shots
 
@@ -25,7 +25,7 @@ async def test_processes_tab_lists_follows_answers_and_kills(
     shots: Path,
 ) -> None:
     pg, _ = page
-    agent = start_node("laptop")
+    start_node("laptop")
     await _sign_in_by_link(pg, server_proc, server_proc.token("alice", "ws1"), "#/nodes/laptop/processes")
     await expect(pg.get_by_text("No background processes on this node.")).to_be_visible()
 
@@ -49,7 +49,10 @@ async def test_processes_tab_lists_follows_answers_and_kills(
     await expect(output).to_contain_text("[exited with code -15]")
     await pg.screenshot(path=shots / "21-processes-killed.png", full_page=True)
 
-    records = [json.loads(x) for x in (agent.home / "audit.log").read_text().splitlines()]
+    # Read as users read it: `audit/read` answers once every queued record is written (the last call's
+    # `tool.finished` may still be queued when its answer is out).
+    async with AsyncClient(server_proc.url, token=server_proc.token("alice", "ws1")) as client:
+        records = (await client.audit("laptop", limit=500))["records"]
     tools = {r["tool"] for r in records if r["event"] == "tool.finished"}
     assert {"process_start", "process_list", "process_read", "process_write", "process_kill"} <= tools
     assert any(r["event"] == "process.exited" for r in records)
