@@ -24,11 +24,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPO, Row, ServerProcess, percentile
+from bench.harness import Row, ServerProcess, percentile
 from bench.roundtrip import in_flight, sequential
 from bench.simnode import SimFleetProcess
 from sdk import AsyncClient
@@ -37,32 +36,6 @@ __all__ = ["main", "run"]
 
 WORKSPACE = "bench"
 CHECKED_CALLS = 10_000
-
-
-@dataclass
-class _Replica(ServerProcess):
-    """A `ServerProcess` whose log is its own (replicas share the data dir, not their output)."""
-
-    log_name: str = "server.log"
-
-    def start(self, timeout: float = 30.0) -> _Replica:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.data_dir / self.log_name
-        cmd = [
-            sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-            "--data-dir", str(self.data_dir), "--log-level", self.log_level,
-            "--heartbeat-interval", str(self.heartbeat_interval), *self.extra_args,
-        ]  # fmt: skip
-        from bench.harness import _env, _raise_child_fd_limit, _wait_for_line
-
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                preexec_fn=_raise_child_fd_limit,
-            )  # fmt: skip
-        line = _wait_for_line(log, "cortex-server listening on", self.proc, timeout)
-        self.url = line.rsplit(" ", 1)[-1].strip()
-        return self
 
 
 class _Redis:
@@ -172,8 +145,8 @@ async def run(
     redis = await asyncio.to_thread(_Redis(executable).start)
     data = workdir / "cluster-data"
     args = ["--redis-url", redis.url]
-    a = _Replica(data, extra_args=args, log_name="replica-a.log")
-    b = _Replica(data, extra_args=args, log_name="replica-b.log")
+    a = ServerProcess(data, extra_args=args, log_name="replica-a.log")
+    b = ServerProcess(data, extra_args=args, log_name="replica-b.log")
     fleet: SimFleetProcess | None = None
     rows: list[Row] = []
     try:

@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx2
 
-from bench.cluster_bench import _Redis, _Replica
-from bench.harness import Row, raise_fd_limit
+from bench.cluster_bench import _Redis
+from bench.harness import Row, ServerProcess, raise_fd_limit
 from bench.simnode import SimFleetProcess
 from server.auth import TokenAuthority
 from server.cluster_procs import HaproxyChild
@@ -125,7 +125,7 @@ def _collect_lines(fleet: SimFleetProcess) -> list[str]:
 
 
 def _listing_phase(
-    replicas: list[_Replica], data: Path, per_replica: int, token: str, rows: list[Row]
+    replicas: list[ServerProcess], data: Path, per_replica: int, token: str, rows: list[Row]
 ) -> None:
     # Each fleet reconnects to its own replica: a dropped connection heals, so a short count below is
     # the listing's fault, not a node that stayed away; the drops are counted in the note.
@@ -188,7 +188,7 @@ def _listing_phase(
 
 
 def _failover_phase(
-    replicas: list[_Replica], data: Path, count: int, token: str, workdir: Path, rows: list[Row]
+    replicas: list[ServerProcess], data: Path, count: int, token: str, workdir: Path, rows: list[Row]
 ) -> None:
     a, *survivors = replicas
     names = [f"f-{j}" for j in range(count)]
@@ -283,7 +283,8 @@ async def run(
     redis = await asyncio.to_thread(_Redis(executable).start)
     args = ["--redis-url", redis.url, "--replica-lease", str(LEASE_S), "--max-connections", "20000"]
     replicas = [
-        _Replica(data, heartbeat_interval=15.0, extra_args=args, log_name=f"replica-{c}.log") for c in "abc"
+        ServerProcess(data, heartbeat_interval=15.0, extra_args=args, log_name=f"replica-{c}.log")
+        for c in "abc"
     ]
     rows: list[Row] = []
     try:

@@ -135,6 +135,7 @@ class ServerProcess:
     heartbeat_interval: float = 15.0
     log_level: str = "warning"
     extra_args: list[str] = field(default_factory=list)
+    log_name: str = "server.log"  # in data_dir; replicas sharing a data dir each name their own
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -149,7 +150,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.data_dir / "server.log"
+        log = self.data_dir / self.log_name
         cmd = [
             sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", "0",
             "--data-dir", str(self.data_dir), "--log-level", self.log_level,

@@ -35,6 +35,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -51,6 +52,7 @@ __all__ = [
     "ArtifactUpload",
     "DiskArtifactStore",
     "artifact_uri",
+    "visible_artifact",
 ]
 
 MIB = 1024 * 1024
@@ -310,22 +312,17 @@ class DiskArtifactStore:
             return self._items.get(artifact_id)
 
     def read_bytes(self, artifact_id: str) -> bytes | None:
-        if self.info(artifact_id) is None:
-            return None
-        try:
-            return (self.directory / artifact_id).read_bytes()
-        except FileNotFoundError:  # expired between the two steps
-            return None
+        return self._data(artifact_id) if self.info(artifact_id) is not None else None
 
     def get(self, artifact_id: str, caller: Caller) -> Artifact | None:
         """The artifact with its bytes, or None when unknown, expired or of another workspace."""
-        info = self.info(artifact_id)
-        if info is None or not caller.can_see(info.workspace):
+        return visible_artifact(self.info(artifact_id), caller, self._data)
+
+    def _data(self, artifact_id: str) -> bytes | None:
+        try:
+            return (self.directory / artifact_id).read_bytes()
+        except FileNotFoundError:  # expired since its info was read
             return None
-        data = self.read_bytes(artifact_id)
-        if data is None:
-            return None
-        return Artifact(data, info.mime_type, info.node, info.workspace, info.expires_at)
 
     def open_bytes(self, artifact_id: str) -> BinaryIO | None:
         """The artifact's file opened for reading (it stays readable once open, even if the artifact
@@ -341,6 +338,19 @@ class DiskArtifactStore:
         with self._lock:
             self._expire()
             return len(self._items)
+
+
+def visible_artifact(
+    info: ArtifactInfo | None, caller: Caller, data_of: Callable[[str], bytes | None]
+) -> Artifact | None:
+    """`ArtifactStore.get` for every engine: the artifact `info` names with its bytes (`data_of`, read
+    once), or None when unknown, expired or of a workspace the caller cannot see."""
+    if info is None or not caller.can_see(info.workspace):
+        return None
+    data = data_of(info.id)
+    if data is None:
+        return None
+    return Artifact(data, info.mime_type, info.node, info.workspace, info.expires_at)
 
 
 def artifact_uri(artifact_id: str) -> str:

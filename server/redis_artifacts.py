@@ -45,7 +45,13 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from server.artifact_store import Artifact, ArtifactBudgetExceeded, ArtifactInfo, ArtifactLimits
+from server.artifact_store import (
+    Artifact,
+    ArtifactBudgetExceeded,
+    ArtifactInfo,
+    ArtifactLimits,
+    visible_artifact,
+)
 
 if TYPE_CHECKING:
     from server.router import Caller
@@ -378,19 +384,14 @@ class RedisArtifactStore:
             return None
 
     def read_bytes(self, artifact_id: str) -> bytes | None:
-        if self.info(artifact_id) is None:
-            return None
-        data: bytes | None = self.redis.get(f"{_P}:{artifact_id}:data")
-        return data
+        return self._data(artifact_id) if self.info(artifact_id) is not None else None
 
     def get(self, artifact_id: str, caller: Caller) -> Artifact | None:
-        info = self.info(artifact_id)
-        if info is None or not caller.can_see(info.workspace):
-            return None
-        data = self.read_bytes(artifact_id)
-        if data is None:
-            return None
-        return Artifact(data, info.mime_type, info.node, info.workspace, info.expires_at)
+        return visible_artifact(self.info(artifact_id), caller, self._data)  # one metadata read
+
+    def _data(self, artifact_id: str) -> bytes | None:
+        data: bytes | None = self.redis.get(f"{_P}:{artifact_id}:data")
+        return data
 
     def open_bytes(self, artifact_id: str) -> BinaryIO | None:
         info = self.info(artifact_id)
