@@ -17,7 +17,6 @@ plus the poll itself), and prints the measured delay.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.mcp_http import mcp_answer
 from tests.support.procs import REPO, AgentProc, ServerProc
 
 BOUND_S = 1.0
@@ -218,7 +218,7 @@ def test_an_artifact_uploaded_through_one_replica_is_read_through_the_others(
                 "method": "tools/call",
                 "params": {"name": "n3__fs_read", "arguments": {"path": "big.txt", "limit": 4 * FRAME}},
             }
-            answer = _mcp_answer(http.post(holder.url + "/mcp", json=call, headers=session))
+            answer = mcp_answer(http.post(holder.url + "/mcp", json=call, headers=session))
             result = answer.get("result")
             assert isinstance(result, dict), answer
             links = [c["uri"] for c in result["content"] if c.get("type") == "resource_link"]
@@ -260,14 +260,3 @@ def _mcp_session(http: httpx2.Client, url: str, token: str) -> dict[str, str]:
         == 202
     )
     return headers
-
-
-def _mcp_answer(response: httpx2.Response) -> dict[str, Any]:
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        for line in response.text.splitlines():
-            if line.startswith("data:") and '"id"' in line:
-                data: dict[str, Any] = json.loads(line[5:])
-                return data
-        raise AssertionError(response.text[:500])
-    answer: dict[str, Any] = response.json()
-    return answer

@@ -7,7 +7,6 @@ replica), and a call made through one replica is in `GET /api/v1/calls` of the o
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.support.mcp_http import mcp_answer
 from tests.support.procs import AgentProc, ServerProc
 
 FRAME = 256 * 1024
@@ -88,17 +88,6 @@ def _mcp(
     return http.post(url, json=body, headers=headers)
 
 
-def _answer(response: httpx2.Response) -> dict[str, object]:
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        for line in response.text.splitlines():
-            if line.startswith("data:") and '"id"' in line:
-                data: dict[str, object] = json.loads(line[5:])
-                return data
-        raise AssertionError(response.text[:500])
-    answer: dict[str, object] = response.json()
-    return answer
-
-
 def test_an_artifact_written_through_one_replica_is_read_through_the_other(
     replicas: tuple[ServerProc, ServerProc], tmp_path: Path
 ) -> None:
@@ -139,7 +128,7 @@ def test_an_artifact_written_through_one_replica_is_read_through_the_other(
                 "method": "tools/call",
                 "params": {"name": "n1__fs_read", "arguments": {"path": "big.txt", "limit": 4 * FRAME}},
             }
-            answer = _answer(_mcp(http, one.url + "/mcp", token, call, session))
+            answer = mcp_answer(_mcp(http, one.url + "/mcp", token, call, session))
             result = answer.get("result")
             assert isinstance(result, dict), answer
             links = [c["uri"] for c in result["content"] if c.get("type") == "resource_link"]
