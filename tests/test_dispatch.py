@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from spec import errors
-from spec.dispatch import dispatch, make_methods
+from spec.dispatch import MAX_VERDICTS, dispatch, make_methods
 from tests.support.literals import PACKAGES, ROOT
 
 
@@ -112,3 +112,41 @@ def test_each_wrapper_declares_its_handlers_signature_once() -> None:
 
     wrapped = make_methods({"h": handler})["h"]
     assert wrapped.__signature__ == inspect.signature(handler)  # type: ignore[attr-defined]
+
+
+def test_an_accepted_shape_is_remembered_and_answers_the_same() -> None:
+    table = make_methods({"echo": _echo})
+    message = {"jsonrpc": "2.0", "method": "echo", "id": 1, "params": {"text": "a"}}
+    first = asyncio.run(dispatch(table, "ctx", message))
+    assert table.accepted == {("echo", ("text",))}
+    again = asyncio.run(dispatch(table, "ctx", message))  # straight to the handler (rule 4)
+    assert first == again == {"result": {"text": "a", "ctx": "ctx"}}
+    positional = {"jsonrpc": "2.0", "method": "echo", "id": 2, "params": ["b", True]}
+    assert asyncio.run(dispatch(table, "ctx", positional))["result"]["text"] == "B"
+    assert asyncio.run(dispatch(table, "ctx", positional))["result"]["text"] == "B"
+
+
+def test_refusals_are_never_remembered_and_stay_the_librarys() -> None:
+    table = make_methods({"echo": _echo})
+    ok = {"jsonrpc": "2.0", "method": "echo", "id": 1, "params": {"text": "a"}}
+    asyncio.run(dispatch(table, None, ok))
+    for params in ({"text": "a", "extra": 1}, {}, ["a", True, "x"]):
+        for _ in range(2):
+            message = {"jsonrpc": "2.0", "method": "echo", "id": 3, "params": params}
+            assert asyncio.run(dispatch(table, None, message))["error"]["code"] == errors.INVALID_PARAMS
+    assert table.accepted == {("echo", ("text",))}
+
+
+def test_a_caller_cycling_through_shapes_cannot_grow_the_memo() -> None:
+    async def anything(ctx: Any, **params: Any) -> int:
+        return len(params)
+
+    table = make_methods({"any": anything})
+
+    async def main() -> None:
+        for i in range(MAX_VERDICTS * 3):
+            message = {"jsonrpc": "2.0", "method": "any", "id": i, "params": {f"k{i}": 1}}
+            assert await dispatch(table, None, message) == {"result": 1}
+
+    asyncio.run(main())
+    assert len(table.accepted) == MAX_VERDICTS
