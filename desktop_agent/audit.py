@@ -27,8 +27,10 @@ Rules:
    writer thread does not wake for it alone: it rides the next batch someone waits for (the next
    call's ``tool.requested``), or goes on its own once it has waited ``linger_s`` (0.05 s). So calls
    one after another cost one fsync each, not two (the previous call's ``tool.finished`` would
-   otherwise hold the disk when the next ``tool.requested`` comes). `read` and `aclose` first wait
-   for everything queued.
+   otherwise hold the disk when the next ``tool.requested`` comes). A log committed on the loop
+   (rule 1's memory file systems) follows the same rule with a timer: a queued record rides the next
+   batch someone waits for, or is written after ``linger_s``. `read` and `aclose` first wait for
+   everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
 4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
@@ -38,8 +40,8 @@ Rules:
    very next line is such an ``audit.recovered`` record naming its hash, and only then skips it.
    An unparseable *last* line (crash not yet recovered) is reported ok with a note.
 5. The log cannot be silenced (CONTRACT §8): before and after each batch's write the writer checks, with
-   one ``stat`` of the path and one ``fstat`` of its descriptor, that `<home>/audit.log` is still the file
-   it holds (same device and inode, not shorter than what it wrote). If it was deleted, moved, replaced or
+   one ``stat`` of the path, that `<home>/audit.log` is still the file it holds (the device and inode
+   its descriptor had on open, not shorter than what it wrote). If it was deleted, moved, replaced or
    cut, the log fails for good: that batch and every later append raise `AuditSilenced` (the engine then
    refuses every tool with an isError result naming the problem) until the agent is restarted.
 6. Saved head: after each batch the durable head ``{seq, hash}`` is rewritten in place in
@@ -181,6 +183,7 @@ class AuditLog:
         self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
         self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
+        self._linger: asyncio.TimerHandle | None = None  # rule 2 on the loop: a queued record's deadline
         self._keys = KeyMemo()  # rule 3's redaction of argument keys, remembered (used under _commit_lock)
 
     # -- the caller's side (event loop) ---------------------------------------------------------
@@ -263,9 +266,12 @@ class AuditLog:
         with self._cond:
             self._queue.append(_Pending(event, fields, future))
             if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
-                if not self._inline_scheduled:
-                    self._inline_scheduled = True
-                    loop.call_soon(self._commit_inline)
+                if future is not None:
+                    if not self._inline_scheduled:
+                        self._inline_scheduled = True
+                        loop.call_soon(self._commit_inline)
+                elif self._linger is None and not self._inline_scheduled:  # rule 2, on the loop
+                    self._linger = loop.call_later(self.linger_s, self._commit_inline)
             elif future is not None:
                 self._urgent += 1
                 if self._urgent == 1:  # the writer waits until someone waits (or the linger ends)
@@ -279,6 +285,9 @@ class AuditLog:
         with self._commit_lock:
             with self._cond:
                 self._inline_scheduled = False
+                if self._linger is not None:
+                    self._linger.cancel()
+                    self._linger = None
                 batch, self._queue, self._urgent = self._queue, [], 0
             if batch:
                 _settle(self._commit(batch))
@@ -395,7 +404,7 @@ class AuditLog:
         self._head = (record["seq"], record["hash"])
 
     def _check_identity(self) -> None:
-        """Rule 5: one stat of the path and one fstat of our fd."""
+        """Rule 5: one stat of the path, compared with the identity of the file we hold."""
         if self._fd is None:
             return
         try:
@@ -404,12 +413,11 @@ class AuditLog:
             problem = "deleted or moved away"
         except OSError as exc:
             problem = f"not checkable ({exc.strerror})"
-        else:
-            own = os.fstat(self._fd)
-            if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+        else:  # our descriptor's (st_dev, st_ino) is `_identity`, taken from it on open
+            if (st.st_dev, st.st_ino) != self._identity:
                 problem = "replaced by another file"
-            elif own.st_size < self._size:
-                problem = f"cut ({own.st_size} bytes left of {self._size} written)"
+            elif st.st_size < self._size:
+                problem = f"cut ({st.st_size} bytes left of {self._size} written)"
             else:
                 return
         self._failure = (
