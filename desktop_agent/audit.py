@@ -63,7 +63,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +77,9 @@ from desktop_agent.audit_file import (
     STATE_BYTES,
     STATE_FILE,
     VerifyReport,
+    cli_show,
+    cli_verify,
+    filesystem_type,
     read_records,
     read_saved_head,
     read_state,
@@ -97,6 +99,7 @@ __all__ = [
     "VerifyReport",
     "cli_show",
     "cli_verify",
+    "filesystem_type",
     "read_saved_head",
     "record_hash",
     "redact",
@@ -528,82 +531,3 @@ def _build(
     digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The type of the file system holding *path* (the longest matching mount point), or None."""
-    try:
-        real = os.path.realpath(path)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    best, fstype = -1, None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or not tail:
-            continue
-        mount = fields[4].replace("\\040", " ")
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > best:
-            best, fstype = len(mount), tail[0]
-    return fstype
-
-
-def cli_verify(home: Path) -> int:
-    """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
-    # No log and no saved head: nothing was ever written here (a wrong --home). A saved head without its
-    # log is a deleted or moved log: that is a broken chain (exit 1), reported by `verify` below.
-    if not (home / AUDIT_FILE).is_file() and read_saved_head(home / STATE_FILE) is None:
-        print(f"no audit log at {home / AUDIT_FILE} (is --home right?)", file=sys.stderr)
-        return 2
-    report = verify(home / AUDIT_FILE, home / STATE_FILE)
-    if report.ok:
-        print(f"ok {report.count} records" + (f" ({report.reason})" if report.reason else ""))
-        return 0
-    print(f"bad seq {report.bad_seq}: {report.reason}")
-    return 1
-
-
-def _describe(record: dict[str, Any]) -> str:
-    parts = [f"#{record['seq']}", str(record.get("ts", "")), str(record.get("event", ""))]
-    if record.get("tool"):
-        parts.append(str(record["tool"]))
-    caller = record.get("caller")
-    if isinstance(caller, dict) and caller.get("sub"):
-        parts.append(f"by {caller.get('sub')}@{caller.get('ws')}")
-    if record.get("request_id") is not None:
-        parts.append(f"req={record['request_id']}")
-    for key in (
-        "status",
-        "exit_code",
-        "duration_ms",
-        "reason",
-        "approval_id",
-        "approver",
-        "via",
-        "scope",
-        "until",
-    ):
-        if key in record and record[key] is not None:
-            parts.append(f"{key}={record[key]}")
-    if record.get("arguments"):
-        args = json.dumps(record["arguments"], ensure_ascii=False)
-        parts.append(args if len(args) <= 200 else args[:197] + "...")
-    return "  ".join(parts)
-
-
-def cli_show(home: Path, n: int = 20) -> int:
-    """`cortex-agent audit show -n N`: the last N records, one human-readable line each."""
-    path = home / AUDIT_FILE
-    try:
-        with open(path, "rb") as f:
-            last, _torn, _nl = scan_tail(f.fileno())
-    except FileNotFoundError:
-        print(f"no audit log at {path} (is --home right?)", file=sys.stderr)
-        return 2
-    head = last["seq"] if last else 0
-    for record in read_records(path, max(0, head - n), n):
-        print(_describe(record))
-    return 0
