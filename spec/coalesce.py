@@ -41,6 +41,7 @@ class CoalescingTransport(asyncio.Transport):
     def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
         self._transport = transport
+        self._loop = asyncio.get_running_loop()  # made in `connection_made`, on the transport's loop
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._busy = False  # rule 1: something was written in this loop pass; a flush is scheduled
@@ -52,7 +53,7 @@ class CoalescingTransport(asyncio.Transport):
         size = len(data)
         if not self._busy:  # rule 1: the first write of a pass goes out at once
             self._busy = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
             self._transport.write(data)
             return
         if size >= DIRECT_BYTES or self._held_bytes + size >= HELD_MAX_BYTES:  # rule 2
