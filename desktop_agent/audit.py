@@ -18,9 +18,10 @@ Rules:
    caller (one ``call_soon_threadsafe`` per batch) only once *its* record is durable. The event loop never
    blocks on the disk. Where a write + fsync costs less than the hop (the log on tmpfs or ramfs, read
    from /proc/self/mountinfo on open), the batch gathered during one event-loop iteration is committed
-   on the loop instead, under the same lock and in the same order. An append, once called, completes
-   even if its caller is cancelled (the record is on disk when `append` returns *or* raises
-   CancelledError). A write that fails fails every record of
+   on the loop instead, under the same lock and in the same order; a caller that knows nothing else is
+   being appended (one call in flight: `append(alone=True)`) has its record committed at once. An
+   append, once called, completes even if its caller is cancelled (the record is on disk when `append`
+   returns *or* raises CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
 2. `enqueue` queues a record without waiting (the engine's ``tool.finished``: the contract asks only
    that ``tool.requested`` is durable before a tool runs, so a call costs one fsync on its path). The
@@ -206,9 +207,12 @@ class AuditLog:
         with self._commit_lock:  # no batch runs while the file is (re)opened
             self._open_sync()
 
-    async def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Write one record (fsync'd with whatever else is waiting) and return it; see rule 1."""
-        future = self._submit(event, fields, asyncio.get_running_loop().create_future())
+    async def append(self, event: str, *, alone: bool = False, **fields: Any) -> dict[str, Any]:
+        """Write one record (fsync'd with whatever else is waiting) and return it; see rule 1.
+
+        `alone`: the caller knows no other append is coming in this loop pass (one call in flight), so
+        a log committed on the loop writes it at once instead of waiting for the end of the pass."""
+        future = self._submit(event, fields, asyncio.get_running_loop().create_future(), alone)
         record: dict[str, Any] = await self._wait(future)
         return record
 
@@ -252,7 +256,7 @@ class AuditLog:
                 await asyncio.wait([self._submit(None, {}, asyncio.get_running_loop().create_future())])
             raise
 
-    def _submit(self, event: str | None, fields: dict[str, Any], future: _F) -> _F:
+    def _submit(self, event: str | None, fields: dict[str, Any], future: _F, alone: bool = False) -> _F:
         """Queue one record; `future` (None for `enqueue`) resolves once it is durable. Returns `future`."""
         refusal: AuditError | None = None
         if self._failure is not None and event is not None:
@@ -266,10 +270,13 @@ class AuditLog:
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer, name="cortex-audit-writer", daemon=True)
             self._thread.start()
+        commit_now = False
         with self._cond:
             self._queue.append(_Pending(event, fields, future))
             if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
-                if future is not None:
+                if future is not None and alone and not self._inline_scheduled:
+                    commit_now = True
+                elif future is not None:
                     if not self._inline_scheduled:
                         self._inline_scheduled = True
                         loop.call_soon(self._commit_inline)
@@ -281,6 +288,8 @@ class AuditLog:
                     self._cond.notify()
             elif len(self._queue) == 1:  # rule 2: starts the writer's linger clock
                 self._cond.notify()
+        if commit_now:  # a batch of this record (and any queued record) with no loop pass to wait for
+            self._commit_inline()
         return future
 
     def _commit_inline(self) -> None:

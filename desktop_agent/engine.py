@@ -109,6 +109,10 @@ class _Admission:
                 self.release()
             raise
 
+    @property
+    def running(self) -> int:
+        return self._running
+
     def release(self) -> None:
         self._running -= 1
         self.wake()
@@ -416,7 +420,12 @@ class ToolEngine:
 
         try:
             requested = await self._audit.append(
-                "tool.requested", request_id=request_id, tool=name, caller=caller, arguments=arguments
+                "tool.requested",
+                alone=self._admission.running <= 1,  # the only call in flight: no batch to wait for
+                request_id=request_id,
+                tool=name,
+                caller=caller,
+                arguments=arguments,
             )
         except asyncio.CancelledError:
             await asyncio.shield(finish("cancelled", None))  # the record is on disk (audit rule 1)
@@ -485,7 +494,7 @@ class ToolEngine:
                 result.content = EncodedList(result.content, pieces)
             else:
                 digest, size = _content_digest(result)
-        fields = {
+        fields: dict[str, Any] = {
             "request_id": request_id,
             "tool": name,
             "caller": caller,

@@ -79,3 +79,22 @@ async def test_a_queued_record_alone_lands_within_the_linger(disk_dir: Path) -> 
         assert written - queued_at >= 0.04  # it waited for company first
     finally:
         await log.aclose()
+
+
+async def test_a_lone_append_on_tmpfs_is_durable_without_a_loop_pass() -> None:
+    """Rule 1: `append(alone=True)` (one call in flight) commits at once on a log committed on the loop."""
+    if not os.access("/dev/shm", os.W_OK) or filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        log = AuditLog(Path(tmp) / "audit.log")
+        await log.open()
+        try:
+            assert log._inline
+            log.enqueue("tool.finished", request_id=0, status="ok")  # rides along
+            step = log.append("tool.requested", alone=True, request_id=1, tool="echo", caller=CALLER)
+            with pytest.raises(StopIteration) as done:
+                step.send(None)  # one step: it never waits for the loop
+            assert done.value.value["seq"] == 2
+            assert [r["request_id"] for r in await log.read(0, 10)] == [0, 1]
+        finally:
+            await log.aclose()
