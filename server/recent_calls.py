@@ -37,7 +37,7 @@ class Caller(Protocol):
     def wire(self) -> dict[str, str]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ sets each field through object.__setattr__
 class CallRecord:
     id: int
     started_at: float
@@ -145,12 +145,14 @@ def _audit_seqs(result: dict[str, Any] | None) -> dict[str, int] | None:
 def _bounded_arguments(arguments: dict[str, Any], limit: int) -> dict[str, Any]:
     # The common case (a few short scalars) is kept without serialising: this runs on every call.
     short = limit // 20
-    if len(arguments) <= 16 and all(
-        len(k) <= short
-        and (v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= short))
-        for k, v in arguments.items()
-    ):
-        return arguments
+    if len(arguments) <= 16:
+        for k, v in arguments.items():  # a loop, not a generator: this runs on every call
+            if len(k) > short or not (
+                v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= short)
+            ):
+                break
+        else:
+            return arguments
     text = json.dumps(arguments, ensure_ascii=False, default=str)
     if len(text) <= limit:
         return arguments
