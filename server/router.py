@@ -25,6 +25,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from server.deadlines import Deadlines
 from server.metrics import Metrics
 from server.node_lookup import NodeLookup
 from server.progress import ProgressPump
@@ -73,6 +74,7 @@ class Caller:
 class CallRouter:
     def __init__(self, registry: NodeRegistry, metrics: Metrics, default_timeout: float = 120.0) -> None:
         self.registry = registry
+        self.deadlines = Deadlines()  # every call's timeout, on one shared timer (server.deadlines)
         self.metrics = metrics
         self.recent = RecentCalls()  # the dashboard's recent-calls view (bounded, server.recent_calls)
         self.default_timeout = default_timeout
@@ -148,7 +150,7 @@ class CallRouter:
         pump = ProgressPump(on_progress) if on_progress is not None else None
         self.metrics.call_started()
         try:
-            async with asyncio.timeout(limit):
+            async with self.deadlines.after(limit):
                 answer: dict[str, Any] = await link.request(
                     Method.TOOLS_CALL, params, on_progress=pump.push if pump is not None else None
                 )
