@@ -89,6 +89,7 @@ from desktop_agent.audit_file import (
     verify,
 )
 from desktop_agent.redaction import KeyMemo, redact
+from spec.json_text import canonical
 
 __all__ = [
     "AUDIT_FILE",
@@ -113,8 +114,6 @@ _MAX_FAILURE_CHARS = 800
 # A thread hop (wake the writer, hand the GIL over, wake the loop) costs tens of µs, far more when the
 # cores are busy; on a file system in memory a write + fsync costs a few µs, so it is done on the loop.
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
-# CONTRACT §8's serialisation, built once (json.dumps with options builds an encoder per call).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # Rule 2: a queued record (`enqueue`) waits at most this long for a batch someone waits for.
@@ -553,7 +552,7 @@ def _build(
             raise ValueError(f"audit field {key!r} is set by the log itself")
         record[key] = redact(value, keys) if key == "arguments" else value
     record["prev"] = prev
-    body = _CANONICAL.encode(record).encode("utf-8")
+    body = canonical(record).encode("utf-8")  # CONTRACT §8's serialisation
     digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))

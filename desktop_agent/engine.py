@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -60,6 +59,7 @@ from desktop_agent.tools.process import ProcessTable, ProcessTools
 from desktop_agent.tools.shell import shell_exec
 from desktop_agent.uploads import BIG_RESULT_BYTES, EncodedList, json_digest_kept, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
+from spec.json_text import canonical
 from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
 from spec.protocol import MetaKey
 
@@ -125,11 +125,8 @@ class _Admission:
                 waiter.set_result(None)
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # built once
-
-
 def _content_digest(result: ToolResult) -> tuple[str, int]:
-    data = _CANONICAL.encode(result.content).encode("utf-8")
+    data = canonical(result.content).encode("utf-8")
     return hashlib.sha256(data).hexdigest(), len(data)
 
 

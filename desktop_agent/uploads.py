@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from spec.errors import INTERNAL_ERROR, RpcError
+from spec.json_text import compact
 from spec.protocol import MetaKey, Method
 from spec.session import RpcSession
 
@@ -69,7 +70,7 @@ def size_bound(value: Any, depth: int = 0) -> int:
 
 
 PIECE_CHARS = 64 * 1024
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ENCODE = compact
 
 
 class EncodedList(list[Any]):

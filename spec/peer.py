@@ -36,13 +36,13 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jsonrpcclient import Error, Ok, notification, parse, request
 
 from spec import json_limits
 from spec.errors import CANCELLED, INVALID_REQUEST, OVERLOADED, PARSE_ERROR, RpcError
+from spec.json_text import compact
 from spec.messages import (
     Event,
     IncomingCancel,
@@ -58,15 +58,9 @@ from spec.messages import (
 __all__ = ["Peer", "dumps"]
 
 
-# One encoder for every frame, built once: `json.dumps` with non-default options builds a new encoder
-# per call. Same output as `json.dumps(m, separators=(",", ":"), ensure_ascii=False)`; frames are decoded
-# JSON, never cyclic, so the cycle check is left out.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
-
-
 def dumps(message: dict[str, Any]) -> str:
-    """The one serialisation every frame uses: compact, UTF-8 kept as is."""
-    return _ENCODER.encode(message)
+    """The one serialisation every frame uses: compact, UTF-8 kept as is (`spec.json_text.compact`)."""
+    return compact(message)
 
 
 def _error_text(id_: JsonId | None, code: int, message: str) -> str:

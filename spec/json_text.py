@@ -1,0 +1,50 @@
+"""The two JSON serialisations of the protocol, each made by one encoder built once.
+
+Where it sits: under `spec.peer` (every frame), the agent's audit log (CONTRACT §8's canonical record
+text) and its result digests. stdlib only.
+
+- `compact(value)`: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
+- `canonical(value)`: the same with ``sort_keys=True`` (what the audit chain hashes).
+
+Both give exactly `json.dumps`'s text (tests/test_json_text.py checks that over generated values).
+`json.JSONEncoder.encode` builds its C encoder anew on every call; here the C encoder
+(`json.encoder.c_make_encoder`, what `JSONEncoder.iterencode` itself uses) is built once per
+serialisation, which saves about a microsecond per frame or record. Values are decoded JSON or built by
+our own code, never cyclic, so no cycle check is kept (a value nested too deep ends in RecursionError,
+as with `json.dumps`). Where the C encoder is missing (another Python implementation), the stdlib
+encoder is used as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from json import encoder as _stdlib_encoder
+from typing import Any
+
+__all__ = ["canonical", "compact"]
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make(sort_keys: bool) -> Callable[[Any], str]:
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode
+    make_c = getattr(_stdlib_encoder, "c_make_encoder", None)
+    quote = getattr(_stdlib_encoder, "c_encode_basestring", None)
+    if make_c is None or quote is None:
+        return plain
+    chunks = make_c(None, _refuse, quote, None, ":", ",", sort_keys, False, True)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return str(quote(value))
+        return join(chunks(value, 0))
+
+    return encode
+
+
+compact = _make(sort_keys=False)
+canonical = _make(sort_keys=True)
