@@ -3,7 +3,9 @@
 Where it sits: a surface beside the tunnel and the client RPC, added to the app by `server.app`. Another
 replica of the cluster connects here with a replica token and asks for `tools/call`, `tools/list` or
 `audit/read` on a node this replica holds; the answer, its progress and its cancellation travel back
-over the same link. Without ``--redis-url`` every connection is refused (404).
+over the same link. Without ``--redis-url`` every connection is refused (404). A caller offering
+``cortex.cluster.v2`` gets frames of several messages both ways (`server.replica_frames`); one offering
+only ``cortex.cluster.v1`` one message a frame.
 """
 
 from __future__ import annotations

@@ -46,9 +46,12 @@ DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 
 def split(frame: str | bytes) -> list[str | bytes]:
     """The messages of one frame of a batched link (rule 5)."""
+    parts: list[str | bytes] = []
     if isinstance(frame, bytes):
-        return frame.split(b"\n") if b"\n" in frame else [frame]
-    return frame.split(SEPARATOR) if SEPARATOR in frame else [frame]
+        parts.extend(frame.split(b"\n") if b"\n" in frame else (frame,))
+    else:
+        parts.extend(frame.split(SEPARATOR) if SEPARATOR in frame else (frame,))
+    return parts
 
 
 def _compact(text: str) -> str:
