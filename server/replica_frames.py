@@ -12,12 +12,14 @@ Rules:
    link (a replica of an older release at either end) stays one message per frame.
 2. A message is compact JSON, which never holds a raw newline; a message that does (whitespace between
    tokens) is re-encoded compactly before it is joined, so a split always gives back whole messages.
-3. The first message of a loop iteration is written at once (a lone call waits for nothing); the
-   others of that iteration are queued and the writer task sends them in the next one, as few frames
-   as the frame limit allows. Messages go out in the order they were sent: nothing is written at once
-   while something is queued or being written. A queued `send` returns at once, or waits while more
-   than `high_water` characters are queued (a peer that stopped reading holds back its senders, never
-   this replica's memory).
+3. A message on a quiet link (nothing written in the last `QUIET_ITERATIONS` loop iterations) is
+   written at once: a lone call waits for nothing. Others are queued and the writer task sends them
+   in the next iteration, as few frames as the frame limit allows: under load one write per iteration,
+   however many calls it carries (each write to a replica waiting in epoll is a wake-up, the dearest
+   part of a send on a shared machine). Messages go out in the order they were
+   sent: nothing is written at once while something is queued or being written. A queued `send`
+   returns at once, or waits while more than `high_water` characters are queued (a peer that stopped
+   reading holds back its senders, never this replica's memory).
 4. After a failed write the writer is done: every later `send` raises the error, and `on_error` is told
    (the link then fails the calls in flight, `server.replica_link` rule 4).
 5. `split` is the receiving half: a frame of a batched link gives its messages in order; an empty part
@@ -42,6 +44,8 @@ BATCHED_SUBPROTOCOL = "cortex.cluster.v2"
 """A replica link whose frames may carry several messages (rule 1)."""
 SEPARATOR = "\n"
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+QUIET_ITERATIONS = 2
+"""Loop iterations without a write after which a link is quiet again (rule 3)."""
 
 
 def split(frame: str | bytes) -> list[str | bytes]:
@@ -87,7 +91,7 @@ class FrameWriter:
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._busy = False  # a write is under way
-        self._wrote_this_tick = False  # a message went out at once in this loop iteration
+        self._recent = 0  # loop iterations to go before a message may be written at once again
         self._error: BaseException | None = None
         self.frames = 0
         """Frames written so far (for tests and the bench)."""
@@ -99,7 +103,7 @@ class FrameWriter:
             raise self._error
         if SEPARATOR in text:
             text = _compact(text)
-        if not self._queue and not self._busy and not self._wrote_this_tick:
+        if not self._queue and not self._busy and not self._recent:
             await self._write_now(text)
             return
         self._queue.append(text)
@@ -114,9 +118,8 @@ class FrameWriter:
             raise self._error
 
     async def _write_now(self, text: str) -> None:
-        """The first message of an iteration goes out at once (rule 3): a lone call waits for no one."""
-        self._wrote_this_tick = True
-        asyncio.get_running_loop().call_soon(self._next_tick)
+        """A message on a quiet link goes out at once (rule 3): a lone call waits for no one."""
+        self._wrote()
         self._busy = True
         try:
             await self._write(text)
@@ -130,8 +133,15 @@ class FrameWriter:
             if self._queue:
                 self._wake.set()
 
-    def _next_tick(self) -> None:
-        self._wrote_this_tick = False
+    def _wrote(self) -> None:
+        if not self._recent:
+            asyncio.get_running_loop().call_soon(self._tick)
+        self._recent = QUIET_ITERATIONS
+
+    def _tick(self) -> None:
+        self._recent -= 1
+        if self._recent > 0:
+            asyncio.get_running_loop().call_soon(self._tick)
 
     def _failed(self, exc: BaseException) -> None:
         logger.debug("%s: write failed: %r", self._name, exc)
@@ -165,6 +175,7 @@ class FrameWriter:
                 batch, self._queue, self._queued = self._queue, [], 0
                 self._room.set()
                 self._busy = True
+                self._wrote()
                 try:
                     for frame in self._frames(batch):
                         await self._write(frame)

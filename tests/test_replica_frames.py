@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from server.replica_frames import FrameWriter, split
+from server.replica_frames import QUIET_ITERATIONS, FrameWriter, split
 from spec.peer import dumps
 
 
@@ -68,9 +68,30 @@ async def test_a_lone_message_is_written_before_send_returns() -> None:
     try:
         await writer.send(_message(1))
         assert sink.frames == [_message(1)]  # no wait for a later iteration: a lone call pays nothing
-        await asyncio.sleep(0)  # the next iteration: again the first message of its own
+        for _ in range(QUIET_ITERATIONS):
+            await asyncio.sleep(0)  # the link is quiet again
         await writer.send(_message(2))
         assert sink.frames == [_message(1), _message(2)]
+    finally:
+        await writer.close()
+
+
+async def test_a_busy_link_writes_about_every_other_iteration() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        sent = []
+        sends = []
+        for i in range(20):  # 20 iterations one after another, 3 messages each (calls in flight)
+            batch = [_message(3 * i + k) for k in range(3)]
+            sent += batch
+            sends += [asyncio.ensure_future(writer.send(text)) for text in batch]
+            await asyncio.sleep(0)
+        async with asyncio.timeout(5):
+            await asyncio.gather(*sends)
+        await _settle(writer, sink, 60)
+        assert sink.messages() == sent
+        assert len(sink.frames) <= 23  # one write per iteration; one at once and one batched: 40
     finally:
         await writer.close()
 
