@@ -9,8 +9,10 @@ Rows: sequential echo p50 (target ≤ 1.5x same replica), measured in one block 
 (the two calls in turn, so load from other work on a shared machine falls on both alike), 64 in flight
 calls/s (target ≥ 0.7x same replica), the server CPU per call of those loads (caller's replica and
 holder, from /proc), and 10,000 cross-replica calls each carrying its own text, counted lost or
-crossed (must be 0). On 2 cores the cross-replica path adds two process wake-ups and
-four socket writes per call; with 64 in flight it spreads the work over two server processes.
+crossed (must be 0). A sequential cross-replica call adds two process hops (B -> A, A -> B), each a
+socket write that wakes a sleeping process, which on a shared VM costs more than the Python work of the
+hop; with 64 in flight the replica link's writes are shared by the calls of one loop iteration
+(`server.replica_frames`) and the work spreads over two server processes.
 
     python3 -m bench.cluster_bench [--quick]
 """
