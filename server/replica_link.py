@@ -43,6 +43,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from server.auth import TokenAuthority
 from server.replica_frames import BATCHED_SUBPROTOCOL, FrameWriter, split
+from spec.coalesce import CoalescingClientConnection
 from spec.errors import NODE_DISCONNECTED, InvalidArguments, RpcError
 from spec.protocol import Method
 from spec.session import RpcSession, make_methods
@@ -163,6 +164,7 @@ class ReplicaLinks:
                     compression=None,
                     max_size=self._max_size,
                     ping_interval=None,  # liveness is the lease (rule 4)
+                    create_connection=CoalescingClientConnection,  # the frames of one loop pass, one send
                     open_timeout=CONNECT_TIMEOUT,
                 )
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
