@@ -27,8 +27,9 @@ Rules:
    (INVALID_PARAMS ``invalid_arguments``, REST 422): it never closes the link other calls share.
 8. Both ends join the messages of one loop iteration into shared frames when the holder speaks
    ``cortex.cluster.v2`` (`server.replica_frames`): one send per iteration instead of one per message,
-   which was most of a relayed call's cost at 64 in flight. A frame that cannot be written fails the
-   calls on the link (rule 4) and the next call opens a new one.
+   which was most of a relayed call's cost at 64 in flight; the frames of one loop pass then leave in
+   one send (`spec.coalesce`, as on every link). A frame that cannot be written fails the calls on the
+   link (rule 4) and the next call opens a new one.
 """
 
 from __future__ import annotations
