@@ -198,7 +198,7 @@ class ReplicaLinks:
         link = _Outgoing(ws, session, writer)
         link.reader = asyncio.create_task(self._read(rid, link), name=f"replica-link:{rid}")
         self._links[rid] = link
-        logger.info("cluster: link to replica %s open (%s)", rid, url)
+        logger.info("cluster: link to replica %s open (%s, %s)", rid, url, ws.subprotocol)
         return link
 
     async def _read(self, rid: str, link: _Outgoing) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from sdk import AsyncClient
 from tests.support.procs import AgentProc, ServerProc
 
 V1 = "cortex.cluster.v1"
@@ -32,6 +33,17 @@ def holder(tmp_path: Path, redis_url: str) -> Iterator[ServerProc]:
         yield server
     finally:
         agent.stop()
+        server.stop()
+
+
+@pytest.fixture
+def caller(holder: ServerProc, redis_url: str) -> Iterator[ServerProc]:
+    """A second replica (same store, same Redis) that reaches the holder's node over a replica link."""
+    server = ServerProc(holder.data_dir, args=["--redis-url", redis_url]).start()
+    try:
+        server.wait_status("laptop", "connected", timeout=30)
+        yield server
+    finally:
         server.stop()
 
 
@@ -98,3 +110,15 @@ async def test_a_v1_link_stays_one_message_a_frame(holder: ServerProc) -> None:
         await ws.send(_echo(3, "c"))
         answer = await _answers(ws, 1, batched=False)
         assert answer[3]["result"]["content"][0]["text"] == "c"
+
+
+async def test_calls_in_flight_across_replicas_share_a_batched_link(
+    holder: ServerProc, caller: ServerProc
+) -> None:
+    async with AsyncClient(caller.url, token=caller.token()) as client:
+        texts = [f"call-{i}" for i in range(64)]
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(*(client.call("laptop", "echo", {"text": t}) for t in texts))
+    assert [r.text for r in results] == texts  # each call got its own answer back
+    opened = [line for line in caller.output if "cluster: link to replica" in line]
+    assert opened and all(V2 in line for line in opened), opened
