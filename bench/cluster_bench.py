@@ -7,9 +7,12 @@ reference) and through B (the call crosses the replica link to A, `server.replic
 
 Rows: sequential echo p50 (target ≤ 1.5x same replica), measured in one block each and interleaved
 (the two calls in turn, so load from other work on a shared machine falls on both alike), 64 in flight
-calls/s (target ≥ 0.7x same replica), and 10,000 cross-replica calls each carrying its own text,
-counted lost or crossed (must be 0). On 2 cores the cross-replica path adds two process wake-ups and
-four socket writes per call; with 64 in flight it spreads the work over two server processes.
+calls/s (target ≥ 0.7x same replica), the server CPU per call of those loads (caller's replica and
+holder, from /proc), and 10,000 cross-replica calls each carrying its own text, counted lost or
+crossed (must be 0). A sequential cross-replica call adds two process hops (B -> A, A -> B), each a
+socket write that wakes a sleeping process, which on a shared VM costs more than the Python work of the
+hop; with 64 in flight the replica link's writes are shared by the calls of one loop iteration
+(`server.replica_frames`) and the work spreads over two server processes.
 
     python3 -m bench.cluster_bench [--quick]
 """
@@ -27,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Row, ServerProcess, percentile
+from bench.harness import Row, ServerProcess, cpu_seconds, percentile
 from bench.roundtrip import in_flight, sequential
 from bench.simnode import SimFleetProcess
 from sdk import AsyncClient
@@ -185,8 +188,15 @@ async def run(
                     target="≤ 1.5x same replica",
                 )
             )
+            calls = load_n + 64  # in_flight's warm-up calls are counted in the CPU too
+            before = cpu_seconds(a.pid), cpu_seconds(b.pid)
             local_rate, _ = await in_flight(lambda i: same.call("sim-0", "echo", args_), load_n)
+            middle = cpu_seconds(a.pid), cpu_seconds(b.pid)
             remote_rate, _ = await in_flight(lambda i: cross.call("sim-0", "echo", args_), load_n)
+            after = cpu_seconds(a.pid), cpu_seconds(b.pid)
+            local_cpu = _us((middle[0] - before[0] + middle[1] - before[1]) / calls)
+            holder_cpu = _us((after[0] - middle[0]) / calls)
+            relay_cpu = _us((after[1] - middle[1]) / calls)
             rows.append(
                 Row(
                     "cluster: 64 in flight calls/s, node on another replica",
@@ -195,6 +205,19 @@ async def run(
                     "calls/s",
                     note="ref: the same load through the replica holding the node",
                     target="≥ 0.7x same replica",
+                )
+            )
+            rows.append(
+                Row(
+                    "cluster: server CPU per call at 64 in flight, node on another replica",
+                    holder_cpu + relay_cpu,
+                    local_cpu,
+                    "µs",
+                    higher_is_better=False,
+                    note=(
+                        f"caller's replica {relay_cpu:.0f} + holder {holder_cpu:.0f}; ref: both replicas "
+                        "for the same calls through the holder (/proc CPU; a shared machine's is noisy)"
+                    ),
                 )
             )
             wrong = await _checked(cross, checked_calls)

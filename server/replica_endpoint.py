@@ -3,7 +3,9 @@
 Where it sits: a surface beside the tunnel and the client RPC, added to the app by `server.app`. Another
 replica of the cluster connects here with a replica token and asks for `tools/call`, `tools/list` or
 `audit/read` on a node this replica holds; the answer, its progress and its cancellation travel back
-over the same link. Without ``--redis-url`` every connection is refused (404).
+over the same link. Without ``--redis-url`` every connection is refused (404). A caller offering
+``cortex.cluster.v2`` gets frames of several messages both ways (`server.replica_frames`); one offering
+only ``cortex.cluster.v1`` one message a frame.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server.auth import AuthError
 from server.identity import denial
 from server.progress import ProgressPump
+from server.replica_frames import BATCHED_SUBPROTOCOL, FrameWriter, split
 from server.replica_link import (
     LINK_SUBPROTOCOL,
     MAX_RELAYED,
@@ -39,7 +42,8 @@ async def link_endpoint(websocket: WebSocket) -> None:
     registry = state.cluster
     authorization = str(websocket.headers.get("authorization", ""))
     scheme, _, token = authorization.partition(" ")
-    if registry is None or LINK_SUBPROTOCOL not in websocket.scope.get("subprotocols", []):
+    offered = websocket.scope.get("subprotocols", [])
+    if registry is None or not (LINK_SUBPROTOCOL in offered or BATCHED_SUBPROTOCOL in offered):
         await websocket.send_denial_response(denial(404, "not_clustered", "no replica links here"))
         return
     try:
@@ -53,10 +57,19 @@ async def link_endpoint(websocket: WebSocket) -> None:
     if websocket.headers.get(REPLICA_HEADER, registry.rid) != registry.rid:
         await websocket.send_denial_response(denial(421, "wrong_replica", "this is another replica"))
         return
-    await websocket.accept(subprotocol=LINK_SUBPROTOCOL)
+    # Several messages a frame when the caller speaks it (server.replica_frames rule 1).
+    batched = BATCHED_SUBPROTOCOL in offered
+    await websocket.accept(subprotocol=BATCHED_SUBPROTOCOL if batched else LINK_SUBPROTOCOL)
 
-    async def send(text: str) -> None:
+    async def send_text(text: str) -> None:
         await websocket.send_text(text)
+
+    writer = (
+        FrameWriter(send_text, state.config.max_frame_bytes, name=f"replica-frames:from:{peer}")
+        if batched
+        else None
+    )
+    send = send_text if writer is None else writer.send
 
     async def node_request(ctx: CallContext, node: str, method: str, params: dict[str, Any]) -> Any:
         if method not in RELAYED_METHODS or not isinstance(params, dict) or not isinstance(node, str):
@@ -94,9 +107,16 @@ async def link_endpoint(websocket: WebSocket) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text")
-            await session.feed(data if data is not None else (message.get("bytes") or b""))
+            frame = data if data is not None else (message.get("bytes") or b"")
+            if writer is None:
+                await session.feed(frame)
+            else:
+                for text in split(frame):
+                    await session.feed(text)
     except (WebSocketDisconnect, RuntimeError):
         return
     finally:
         # Cancels its calls on the nodes (rule 5).
         session.close(replica_gone_error(peer, "the calling replica left"))
+        if writer is not None:
+            await writer.close()

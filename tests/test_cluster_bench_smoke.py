@@ -16,7 +16,7 @@ from bench.cluster_bench import run
 async def test_cluster_rows_have_figures_beside_references(tmp_path: Path) -> None:
     rows = await run(True, tmp_path, seq_calls=30, load_calls=200, checked_calls=500)
     by_name = {row.scenario: row for row in rows}
-    assert len(rows) == 4
+    assert len(rows) == 5
     for row in rows:
         assert row.ours is not None and row.reference is not None, row
     checked = by_name["cluster: 500 cross-replica calls lost or crossed"]

@@ -1,0 +1,201 @@
+"""Frames of a replica link: the messages sent in one event-loop iteration go out as one frame.
+
+Where it sits: below both ends of a replica link (`server.replica_link` dials, `server.replica_endpoint`
+answers), between their `spec.session.RpcSession` and the socket. With 64 calls in flight a replica
+link carries a request and an answer per call; one WebSocket frame each is a send syscall each, and on
+loopback a send is most of a call's cost (profiled, `bench/cluster_bench.py`). With subprotocol
+`BATCHED_SUBPROTOCOL` (spec/protocol.md §15) a frame carries one or more JSON-RPC messages separated by
+``"\\n"``; each is handled as if it had come in a frame of its own.
+
+Rules:
+1. Only a link whose handshake picked `BATCHED_SUBPROTOCOL` joins messages; a ``cortex.cluster.v1``
+   link (a replica of an older release at either end) stays one message per frame.
+2. A message is compact JSON, which never holds a raw newline; a message that does (whitespace between
+   tokens) is re-encoded compactly before it is joined, so a split always gives back whole messages.
+3. A message on a quiet link (nothing written in the last `QUIET_ITERATIONS` loop iterations) is
+   written at once: a lone call waits for nothing. Others are queued and the writer task sends them
+   in the next iteration, as few frames as the frame limit allows: under load one write per iteration,
+   however many calls it carries (each write to a replica waiting in epoll is a wake-up, the dearest
+   part of a send on a shared machine). Messages go out in the order they were
+   sent: nothing is written at once while something is queued or being written. A queued `send`
+   returns at once, or waits while more than `high_water` characters are queued (a peer that stopped
+   reading holds back its senders, never this replica's memory).
+4. After a failed write the writer is done: every later `send` raises the error, and `on_error` is told
+   (the link then fails the calls in flight, `server.replica_link` rule 4).
+5. `split` is the receiving half: a frame of a batched link gives its messages in order; an empty part
+   is handed on as it is (the peer core answers it as it answers an empty frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from spec.peer import dumps
+
+__all__ = ["BATCHED_SUBPROTOCOL", "FrameWriter", "split"]
+
+logger = logging.getLogger(__name__)
+
+BATCHED_SUBPROTOCOL = "cortex.cluster.v2"
+"""A replica link whose frames may carry several messages (rule 1)."""
+SEPARATOR = "\n"
+DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+QUIET_ITERATIONS = 2
+"""Loop iterations without a write after which a link is quiet again (rule 3)."""
+
+
+def split(frame: str | bytes) -> list[str | bytes]:
+    """The messages of one frame of a batched link (rule 5)."""
+    parts: list[str | bytes] = []
+    if isinstance(frame, bytes):
+        parts.extend(frame.split(b"\n") if b"\n" in frame else (frame,))
+    else:
+        parts.extend(frame.split(SEPARATOR) if SEPARATOR in frame else (frame,))
+    return parts
+
+
+def _compact(text: str) -> str:
+    """`text` without raw newlines (rule 2); a text that is no JSON goes as one JSON string."""
+    try:
+        return dumps(json.loads(text))
+    except ValueError:
+        return json.dumps(text)
+
+
+class FrameWriter:
+    """Joins the messages of one link into frames and writes them from one task (the module's rules)."""
+
+    def __init__(
+        self,
+        write: Callable[[str], Awaitable[None]],
+        max_frame_bytes: int,
+        *,
+        name: str = "replica-frames",
+        high_water: int = DEFAULT_HIGH_WATER,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._on_error = on_error
+        # Characters per frame: a character is at most 4 bytes in UTF-8, so a frame stays under the limit
+        # without encoding anything to measure it.
+        self._frame_chars = max(1, max_frame_bytes // 4)
+        self._high_water = high_water
+        self._name = name
+        self._queue: list[str] = []
+        self._queued = 0  # characters in _queue
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a write is under way
+        self._recent = 0  # loop iterations to go before a message may be written at once again
+        self._error: BaseException | None = None
+        self.frames = 0
+        """Frames written so far (for tests and the bench)."""
+        self.messages = 0
+        """Messages written so far."""
+
+    async def send(self, text: str) -> None:
+        if self._error is not None:
+            raise self._error
+        if SEPARATOR in text:
+            text = _compact(text)
+        if not self._queue and not self._busy and not self._recent:
+            await self._write_now(text)
+            return
+        self._queue.append(text)
+        self._queued += len(text)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
+        self._wake.set()
+        while self._queued > self._high_water and self._error is None:
+            self._room.clear()
+            await self._room.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _write_now(self, text: str) -> None:
+        """A message on a quiet link goes out at once (rule 3): a lone call waits for no one."""
+        self._wrote()
+        self._busy = True
+        try:
+            await self._write(text)
+            self.frames += 1
+            self.messages += 1
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        finally:
+            self._busy = False
+            if self._queue:
+                self._wake.set()
+
+    def _wrote(self) -> None:
+        if not self._recent:
+            asyncio.get_running_loop().call_soon(self._tick)
+        self._recent = QUIET_ITERATIONS
+
+    def _tick(self) -> None:
+        self._recent -= 1
+        if self._recent > 0:
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def _failed(self, exc: BaseException) -> None:
+        logger.debug("%s: write failed: %r", self._name, exc)
+        if self._error is None:
+            self._error = exc
+            self._queue.clear()
+            self._queued = 0
+            self._room.set()
+            if self._on_error is not None:
+                self._on_error(exc)
+
+    def _frames(self, batch: list[str]) -> list[str]:
+        frames: list[str] = []
+        start = 0
+        size = 0
+        for i, text in enumerate(batch):
+            if i > start and size + len(text) + 1 > self._frame_chars:
+                frames.append(SEPARATOR.join(batch[start:i]))
+                start, size = i, 0
+            size += len(text) + 1
+        frames.append(batch[start] if start == len(batch) - 1 else SEPARATOR.join(batch[start:]))
+        return frames
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if not self._queue or self._busy:
+                    continue  # a write at once is under way: it wakes us when it is done
+                batch, self._queue, self._queued = self._queue, [], 0
+                self._room.set()
+                self._busy = True
+                self._wrote()
+                try:
+                    for frame in self._frames(batch):
+                        await self._write(frame)
+                        self.frames += 1
+                finally:
+                    self._busy = False
+                self.messages += len(batch)
+        except asyncio.CancelledError:
+            self._error = self._error or ConnectionError("the replica link is closed")
+            self._room.set()
+            raise
+        except Exception as exc:
+            self._failed(exc)
+
+    async def close(self) -> None:
+        """Stop writing (what is still queued is dropped: the link is going away)."""
+        if self._error is None:
+            self._error = ConnectionError("the replica link is closed")
+        self._room.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

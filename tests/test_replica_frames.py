@@ -1,0 +1,197 @@
+"""`server.replica_frames`: the messages of one loop iteration share a frame, in order, within the limit.
+
+Tier (a): the writer writes into a sink that records each frame (the place of the socket); the frames it
+produces are split back as the other end splits them. The links over real sockets are in
+tests/test_replica_link_frames.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from server.replica_frames import QUIET_ITERATIONS, FrameWriter, split
+from spec.peer import dumps
+
+
+class Sink:
+    """Records written frames; `hold` makes the next writes wait until `release` (a slow socket)."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: BaseException | None = None
+        self.written = asyncio.Event()
+
+    async def write(self, frame: str) -> None:
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.frames.append(frame)
+        self.written.set()
+
+    def messages(self) -> list[str]:
+        return [str(m) for frame in self.frames for m in split(frame)]
+
+
+def _message(i: int, text: str = "x") -> str:
+    return dumps({"jsonrpc": "2.0", "id": i, "method": "node/request", "params": {"text": text}})
+
+
+async def _settle(writer: FrameWriter, sink: Sink, count: int) -> None:
+    async with asyncio.timeout(5):
+        while len(sink.messages()) < count:
+            sink.written.clear()
+            await sink.written.wait()
+
+
+async def test_messages_of_one_iteration_share_a_frame() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        sent = [_message(i) for i in range(50)]
+        await asyncio.gather(*(writer.send(text) for text in sent))
+        await _settle(writer, sink, 50)
+        assert sink.messages() == sent  # all of them, in order
+        assert len(sink.frames) <= 2  # the first at once, the others together (one message each: 50)
+        assert writer.messages == 50 and writer.frames == len(sink.frames)
+    finally:
+        await writer.close()
+
+
+async def test_a_lone_message_is_written_before_send_returns() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        await writer.send(_message(1))
+        assert sink.frames == [_message(1)]  # no wait for a later iteration: a lone call pays nothing
+        for _ in range(QUIET_ITERATIONS):
+            await asyncio.sleep(0)  # the link is quiet again
+        await writer.send(_message(2))
+        assert sink.frames == [_message(1), _message(2)]
+    finally:
+        await writer.close()
+
+
+async def test_a_busy_link_writes_about_every_other_iteration() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        sent = []
+        sends = []
+        for i in range(20):  # 20 iterations one after another, 3 messages each (calls in flight)
+            batch = [_message(3 * i + k) for k in range(3)]
+            sent += batch
+            sends += [asyncio.ensure_future(writer.send(text)) for text in batch]
+            await asyncio.sleep(0)
+        async with asyncio.timeout(5):
+            await asyncio.gather(*sends)
+        await _settle(writer, sink, 60)
+        assert sink.messages() == sent
+        assert len(sink.frames) <= 23  # one write per iteration; one at once and one batched: 40
+    finally:
+        await writer.close()
+
+
+async def test_order_is_kept_behind_a_slow_write() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        sink.gate.clear()  # the socket is full: the first write waits
+        first = asyncio.ensure_future(writer.send(_message(0)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # that write is under way and its loop iteration is over
+        later = [_message(i) for i in range(1, 20)]
+        async with asyncio.timeout(5):
+            for i, text in enumerate(later):
+                await writer.send(text)  # queued behind it (never written past it): returns at once
+                if i % 5 == 0:
+                    await asyncio.sleep(0)  # new iterations while the first write still waits
+        assert sink.frames == []
+        sink.gate.set()
+        await first
+        await _settle(writer, sink, 20)
+        assert sink.messages() == [_message(0), *later]
+    finally:
+        await writer.close()
+
+
+async def test_frames_stay_under_the_frame_limit() -> None:
+    sink = Sink()
+    limit = 4096
+    writer = FrameWriter(sink.write, limit)
+    try:
+        sent = [_message(i, "y" * 300) for i in range(40)]
+        await asyncio.gather(*(writer.send(text) for text in sent))
+        await _settle(writer, sink, 40)
+        assert sink.messages() == sent
+        assert all(len(frame.encode()) <= limit for frame in sink.frames)
+        assert 2 < len(sink.frames) < 40
+    finally:
+        await writer.close()
+
+
+async def test_a_message_with_a_raw_newline_still_splits_whole() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20)
+    try:
+        pretty = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"text": "a\nb"}}, indent=2)
+        assert "\n" in pretty
+        await asyncio.gather(writer.send(_message(1)), writer.send(pretty), writer.send(_message(2)))
+        await _settle(writer, sink, 3)
+        got = sink.messages()
+        assert len(got) == 3
+        assert json.loads(got[1]) == json.loads(pretty)
+        assert got[0] == _message(1) and got[2] == _message(2)
+    finally:
+        await writer.close()
+
+
+async def test_senders_wait_while_a_stalled_peer_holds_too_much() -> None:
+    sink = Sink()
+    writer = FrameWriter(sink.write, 1 << 20, high_water=2000)
+    try:
+        sink.gate.clear()
+        first = asyncio.ensure_future(writer.send(_message(0)))  # written at once, then stuck
+        await asyncio.sleep(0)
+        blocked = asyncio.ensure_future(writer.send(_message(1, "z" * 3000)))  # over the high water
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # held back: the queue does not grow without bound
+        sink.gate.set()
+        async with asyncio.timeout(5):
+            await first
+            await blocked
+        await _settle(writer, sink, 2)
+    finally:
+        await writer.close()
+
+
+async def test_after_a_failed_write_sends_raise_and_the_owner_hears() -> None:
+    sink = Sink()
+    failures: list[BaseException] = []
+    writer = FrameWriter(sink.write, 1 << 20, on_error=failures.append)
+    try:
+        sink.fail = ConnectionResetError("gone")
+        with pytest.raises(ConnectionResetError):
+            await writer.send(_message(1))
+        assert len(failures) == 1
+        with pytest.raises(ConnectionResetError):
+            await writer.send(_message(2))
+    finally:
+        await writer.close()
+
+
+async def test_a_closed_writer_refuses_to_send() -> None:
+    writer = FrameWriter(Sink().write, 1 << 20)
+    await writer.close()
+    with pytest.raises(ConnectionError):
+        await writer.send(_message(1))
+
+
+def test_split_gives_back_the_messages() -> None:
+    assert split("a") == ["a"]
+    assert split("a\nb\n") == ["a", "b", ""]
+    assert split(b"a\nb") == [b"a", b"b"]
