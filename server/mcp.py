@@ -26,6 +26,8 @@ Rules:
 7. Resources: each visible connected node's audit log, and artifacts (`server/mcp_resources.py`);
    `resources/list_changed` goes out with `tools/list_changed` (the audit resources follow the nodes).
    `prompts/list` answers an empty list: Cortex has no prompts.
+8. A handshake-era `tools/call` with no progress token is answered as one JSON body, not an SSE stream
+   (`server/mcp_json_answer.py`: half the SDK's per-request CPU); one with a token streams its progress.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -61,6 +62,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.artifact_store import artifact_uri
 from server.auth import AuthError
 from server.identity import bearer_token, caller_from_token, unauthorized
+from server.mcp_json_answer import JsonAnswerSessionManager
 from server.mcp_reply import serve_with_json_reply
 from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources
 from server.registry import NodeEntry
@@ -165,7 +167,7 @@ class McpEndpoint:
         self.server.add_notification_handler(
             Method.INITIALIZED, types.NotificationParams, self._on_initialized
         )
-        self.manager = StreamableHTTPSessionManager(
+        self.manager = JsonAnswerSessionManager(
             app=self.server, security_settings=transport_security(state), session_idle_timeout=3600.0
         )
         # Handshake-era sessions: id -> (a ServerSession whose standalone channel reaches it, caller).
@@ -232,6 +234,7 @@ class McpEndpoint:
                 receive,
                 tracked_send,
                 max_body=self.manager.max_request_body_size,
+                json_answer=self.manager.json_answer_for,
             )
         )
         revoked = False
