@@ -14,6 +14,7 @@ _UNIT = """
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
     versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
     protocol_constants store_same_process audit_cancel audit_linger redaction_memo
+    auth_user_cache
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls
