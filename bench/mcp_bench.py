@@ -12,8 +12,10 @@ over `streamable_http_client`, handshake era) drives every side in one run:
   framing costs. Ours answers a call with no progress token in JSON (`server/mcp_json_answer.py`).
 
 Figures: sequential p50 latency (ms), calls/s with 64 calls in flight, and CPU per call of each process
-(from /proc, over the 64-in-flight phase). All processes share this machine's cores, so the client's own
-CPU (the official client costs more per call than either server) bounds every side's throughput.
+(from /proc, over the 64-in-flight phases). The three servers run at once and are measured in
+alternating rounds (medians), so load from elsewhere falls on every side alike. All processes share
+this machine's cores, so the client's own CPU (the official client costs more per call than either
+server) bounds every side's throughput, and ours has a third process (the node) on the same cores.
 Target (issue 16): ours ≥ 0.9x the plain `mcp` server's calls/s.
 """
 
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,35 +102,48 @@ async def _session(url: str, token: str | None) -> AsyncIterator[ClientSession]:
         yield session
 
 
-async def _measure(
-    call: Callable[[], Awaitable[Any]], sequential_n: int, total: int, pids: dict[str, int]
-) -> Figures:
-    for _ in range(20):  # warm-up
-        await call()
-    samples: list[float] = []
-    for _ in range(sequential_n):
+@dataclass
+class Side:
+    """One server under test, running: how to make one call, and the pids whose CPU is read."""
+
+    call: Callable[[], Awaitable[Any]]
+    pids: dict[str, int]
+    samples_ms: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    cpu_us: list[dict[str, float]] = field(default_factory=list)
+
+    async def sequential(self, n: int) -> None:
+        for _ in range(n):
+            started = time.perf_counter()
+            await self.call()
+            self.samples_ms.append((time.perf_counter() - started) * 1000)
+
+    async def in_flight(self, total: int) -> None:
+        remaining = total
+
+        async def lane() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await self.call()
+
+        cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        client_before = time.process_time()
         started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    remaining = total
+        await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / total * 1e6 for name, pid in self.pids.items()}
+        cpu["client"] = (time.process_time() - client_before) / total * 1e6
+        self.rates.append(total / elapsed)
+        self.cpu_us.append(cpu)
 
-    async def lane() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    client_before = time.process_time()
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
-    elapsed = time.perf_counter() - started
-    cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / total * 1e6 for name, pid in pids.items()}
-    cpu["client"] = (time.process_time() - client_before) / total * 1e6
-    return Figures(percentile(samples, 50), total / elapsed, cpu)
+    def figures(self) -> Figures:
+        cpu = {name: statistics.median(c[name] for c in self.cpu_us) for name in self.cpu_us[0]}
+        return Figures(percentile(self.samples_ms, 50), statistics.median(self.rates), cpu)
 
 
-async def _ours(workdir: Path, sequential_n: int, total: int) -> Figures:
+@contextlib.asynccontextmanager
+async def _ours(workdir: Path) -> AsyncIterator[Side]:
     server = await asyncio.to_thread(ServerProcess(workdir / "server-mcp").start)
     agent: AgentProcess | None = None
     try:
@@ -151,8 +167,7 @@ async def _ours(workdir: Path, sequential_n: int, total: int) -> Figures:
             async def call() -> Any:
                 return await session.call_tool("mcp-bench__echo", {"text": "ping"})
 
-            pids = {"server": server.pid, "node": agent.proc.pid}
-            return await _measure(call, sequential_n, total, pids)
+            yield Side(call, {"server": server.pid, "node": agent.proc.pid})
     finally:
         if agent is not None:
             await asyncio.to_thread(agent.stop)
@@ -167,7 +182,8 @@ def _start_reference(port: int, json_response: bool) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-async def _reference(sequential_n: int, total: int, json_response: bool = False) -> Figures:
+@contextlib.asynccontextmanager
+async def _reference(json_response: bool = False) -> AsyncIterator[Side]:
     port = _free_port()
     proc = await asyncio.to_thread(_start_reference, port, json_response)
     try:
@@ -177,7 +193,7 @@ async def _reference(sequential_n: int, total: int, json_response: bool = False)
             async def call() -> Any:
                 return await session.call_tool("echo", {"text": "ping"})
 
-            return await _measure(call, sequential_n, total, {"server": proc.pid})
+            yield Side(call, {"server": proc.pid})
     finally:
         proc.terminate()
         try:
@@ -187,12 +203,35 @@ async def _reference(sequential_n: int, total: int, json_response: bool = False)
             proc.wait(10)
 
 
-async def run(quick: bool = False) -> list[dict[str, Any]]:
-    sequential_n, total = (200, 1000) if quick else (1000, 5000)
+async def measure(
+    quick: bool = False, sizes: tuple[int, int, int] | None = None
+) -> tuple[Figures, Figures, Figures]:
+    """Ours, the plain server, and the plain server with json_response: measured in alternating rounds.
+
+    All three run at once; each round measures each side in turn, so load from elsewhere on a shared
+    machine falls on all of them alike. Sequential samples are pooled; the other figures are medians.
+    """
+    rounds, sequential_n, total = sizes or ((3, 70, 400) if quick else (5, 200, 1500))
     with tempfile.TemporaryDirectory(prefix="cortex-mcp-bench-") as tmp:
-        ours = await _ours(Path(tmp), sequential_n, total)
-    ref = await _reference(sequential_n, total)
-    ref_json = await _reference(sequential_n, total, json_response=True)
+        async with (
+            _ours(Path(tmp)) as ours,
+            _reference() as ref,
+            _reference(json_response=True) as ref_json,
+        ):
+            sides = (ours, ref, ref_json)
+            for side in sides:
+                for _ in range(20):  # warm-up
+                    await side.call()
+            for _ in range(rounds):
+                for side in sides:
+                    await side.sequential(sequential_n)
+                    await side.in_flight(total)
+            return ours.figures(), ref.figures(), ref_json.figures()
+
+
+async def run(quick: bool = False, sizes: tuple[int, int, int] | None = None) -> list[dict[str, Any]]:
+    """The rows; *sizes* (rounds, sequential calls, calls in flight per round) overrides the defaults."""
+    ours, ref, ref_json = await measure(quick, sizes)
     note = "ours relays to a real node (3 processes); reference: SDK defaults, tool in-process (2)"
     json_note = "reference: the same plain server with json_response=True (every answer one JSON body)"
     node_note = f"ours: + node {ours.cpu_us['node']:.0f} µs per call (the reference has no node)"
