@@ -27,8 +27,10 @@ Rules:
    writer thread does not wake for it alone: it rides the next batch someone waits for (the next
    call's ``tool.requested``), or goes on its own once it has waited ``linger_s`` (0.05 s). So calls
    one after another cost one fsync each, not two (the previous call's ``tool.finished`` would
-   otherwise hold the disk when the next ``tool.requested`` comes). `read` and `aclose` first wait
-   for everything queued.
+   otherwise hold the disk when the next ``tool.requested`` comes). A log committed on the loop
+   (rule 1's memory file systems) follows the same rule with a timer: a queued record rides the next
+   batch someone waits for, or is written after ``linger_s``. `read` and `aclose` first wait for
+   everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
 4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open
@@ -38,8 +40,8 @@ Rules:
    very next line is such an ``audit.recovered`` record naming its hash, and only then skips it.
    An unparseable *last* line (crash not yet recovered) is reported ok with a note.
 5. The log cannot be silenced (CONTRACT §8): before and after each batch's write the writer checks, with
-   one ``stat`` of the path and one ``fstat`` of its descriptor, that `<home>/audit.log` is still the file
-   it holds (same device and inode, not shorter than what it wrote). If it was deleted, moved, replaced or
+   one ``stat`` of the path, that `<home>/audit.log` is still the file it holds (the device and inode
+   its descriptor had on open, not shorter than what it wrote). If it was deleted, moved, replaced or
    cut, the log fails for good: that batch and every later append raise `AuditSilenced` (the engine then
    refuses every tool with an isError result naming the problem) until the agent is restarted.
 6. Saved head: after each batch the durable head ``{seq, hash}`` is rewritten in place in
@@ -61,7 +63,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ from desktop_agent.audit_file import (
     STATE_BYTES,
     STATE_FILE,
     VerifyReport,
+    cli_show,
+    cli_verify,
+    filesystem_type,
     read_records,
     read_saved_head,
     read_state,
@@ -95,6 +99,7 @@ __all__ = [
     "VerifyReport",
     "cli_show",
     "cli_verify",
+    "filesystem_type",
     "read_saved_head",
     "record_hash",
     "redact",
@@ -181,6 +186,7 @@ class AuditLog:
         self._inline = False  # rule 1: set on open when the log lives in memory (fsync is free)
         self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
+        self._linger: asyncio.TimerHandle | None = None  # rule 2 on the loop: a queued record's deadline
         self._keys = KeyMemo()  # rule 3's redaction of argument keys, remembered (used under _commit_lock)
 
     # -- the caller's side (event loop) ---------------------------------------------------------
@@ -263,9 +269,12 @@ class AuditLog:
         with self._cond:
             self._queue.append(_Pending(event, fields, future))
             if self._inline and not self._needs_open:  # rule 1: a hop would cost more than the write
-                if not self._inline_scheduled:
-                    self._inline_scheduled = True
-                    loop.call_soon(self._commit_inline)
+                if future is not None:
+                    if not self._inline_scheduled:
+                        self._inline_scheduled = True
+                        loop.call_soon(self._commit_inline)
+                elif self._linger is None and not self._inline_scheduled:  # rule 2, on the loop
+                    self._linger = loop.call_later(self.linger_s, self._commit_inline)
             elif future is not None:
                 self._urgent += 1
                 if self._urgent == 1:  # the writer waits until someone waits (or the linger ends)
@@ -279,6 +288,9 @@ class AuditLog:
         with self._commit_lock:
             with self._cond:
                 self._inline_scheduled = False
+                if self._linger is not None:
+                    self._linger.cancel()
+                    self._linger = None
                 batch, self._queue, self._urgent = self._queue, [], 0
             if batch:
                 _settle(self._commit(batch))
@@ -395,7 +407,7 @@ class AuditLog:
         self._head = (record["seq"], record["hash"])
 
     def _check_identity(self) -> None:
-        """Rule 5: one stat of the path and one fstat of our fd."""
+        """Rule 5: one stat of the path, compared with the identity of the file we hold."""
         if self._fd is None:
             return
         try:
@@ -404,12 +416,11 @@ class AuditLog:
             problem = "deleted or moved away"
         except OSError as exc:
             problem = f"not checkable ({exc.strerror})"
-        else:
-            own = os.fstat(self._fd)
-            if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+        else:  # our descriptor's (st_dev, st_ino) is `_identity`, taken from it on open
+            if (st.st_dev, st.st_ino) != self._identity:
                 problem = "replaced by another file"
-            elif own.st_size < self._size:
-                problem = f"cut ({own.st_size} bytes left of {self._size} written)"
+            elif st.st_size < self._size:
+                problem = f"cut ({st.st_size} bytes left of {self._size} written)"
             else:
                 return
         self._failure = (
@@ -520,82 +531,3 @@ def _build(
     digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The type of the file system holding *path* (the longest matching mount point), or None."""
-    try:
-        real = os.path.realpath(path)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    best, fstype = -1, None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or not tail:
-            continue
-        mount = fields[4].replace("\\040", " ")
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > best:
-            best, fstype = len(mount), tail[0]
-    return fstype
-
-
-def cli_verify(home: Path) -> int:
-    """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
-    # No log and no saved head: nothing was ever written here (a wrong --home). A saved head without its
-    # log is a deleted or moved log: that is a broken chain (exit 1), reported by `verify` below.
-    if not (home / AUDIT_FILE).is_file() and read_saved_head(home / STATE_FILE) is None:
-        print(f"no audit log at {home / AUDIT_FILE} (is --home right?)", file=sys.stderr)
-        return 2
-    report = verify(home / AUDIT_FILE, home / STATE_FILE)
-    if report.ok:
-        print(f"ok {report.count} records" + (f" ({report.reason})" if report.reason else ""))
-        return 0
-    print(f"bad seq {report.bad_seq}: {report.reason}")
-    return 1
-
-
-def _describe(record: dict[str, Any]) -> str:
-    parts = [f"#{record['seq']}", str(record.get("ts", "")), str(record.get("event", ""))]
-    if record.get("tool"):
-        parts.append(str(record["tool"]))
-    caller = record.get("caller")
-    if isinstance(caller, dict) and caller.get("sub"):
-        parts.append(f"by {caller.get('sub')}@{caller.get('ws')}")
-    if record.get("request_id") is not None:
-        parts.append(f"req={record['request_id']}")
-    for key in (
-        "status",
-        "exit_code",
-        "duration_ms",
-        "reason",
-        "approval_id",
-        "approver",
-        "via",
-        "scope",
-        "until",
-    ):
-        if key in record and record[key] is not None:
-            parts.append(f"{key}={record[key]}")
-    if record.get("arguments"):
-        args = json.dumps(record["arguments"], ensure_ascii=False)
-        parts.append(args if len(args) <= 200 else args[:197] + "...")
-    return "  ".join(parts)
-
-
-def cli_show(home: Path, n: int = 20) -> int:
-    """`cortex-agent audit show -n N`: the last N records, one human-readable line each."""
-    path = home / AUDIT_FILE
-    try:
-        with open(path, "rb") as f:
-            last, _torn, _nl = scan_tail(f.fileno())
-    except FileNotFoundError:
-        print(f"no audit log at {path} (is --home right?)", file=sys.stderr)
-        return 2
-    head = last["seq"] if last else 0
-    for record in read_records(path, max(0, head - n), n):
-        print(_describe(record))
-    return 0

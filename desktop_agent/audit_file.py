@@ -1,7 +1,8 @@
 """The audit log's file, read side: record hash, line parsing, the saved head, ranged reads and `verify`.
 
 Layering: under desktop_agent.audit (the writer, `AuditLog`, and the `cortex-agent audit` helpers), which
-re-exports the public names; no writer state here, only functions of the file's bytes. The record format
+re-exports the public names; no writer state here, only functions of the file's bytes (and the
+`cortex-agent audit verify/show` commands built on them). The record format
 and the numbered rules (6: saved head, 7: what `verify` reports) are in desktop_agent.audit's docstring.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +25,9 @@ __all__ = [
     "STATE_FILE",
     "TAIL_BLOCK",
     "VerifyReport",
+    "cli_show",
+    "cli_verify",
+    "filesystem_type",
     "parse_line",
     "read_records",
     "read_saved_head",
@@ -224,3 +229,83 @@ def verify(path: Path, state_path: Path | None = None) -> VerifyReport:
     if pending_torn is not None:
         return VerifyReport(True, count, None, "torn last line awaiting recovery")
     return VerifyReport(True, count)
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding *path* (the longest matching mount point), or None."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    best, fstype = -1, None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or not tail:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:
+            best, fstype = len(mount), tail[0]
+    return fstype
+
+
+# -- `cortex-agent audit verify|show` ----------------------------------------------------------------
+def cli_verify(home: Path) -> int:
+    """`cortex-agent audit verify`: `ok <N> records` and 0, the first bad seq and 1, or 2 with no log."""
+    # No log and no saved head: nothing was ever written here (a wrong --home). A saved head without its
+    # log is a deleted or moved log: that is a broken chain (exit 1), reported by `verify` below.
+    if not (home / AUDIT_FILE).is_file() and read_saved_head(home / STATE_FILE) is None:
+        print(f"no audit log at {home / AUDIT_FILE} (is --home right?)", file=sys.stderr)
+        return 2
+    report = verify(home / AUDIT_FILE, home / STATE_FILE)
+    if report.ok:
+        print(f"ok {report.count} records" + (f" ({report.reason})" if report.reason else ""))
+        return 0
+    print(f"bad seq {report.bad_seq}: {report.reason}")
+    return 1
+
+
+def _describe(record: dict[str, Any]) -> str:
+    parts = [f"#{record['seq']}", str(record.get("ts", "")), str(record.get("event", ""))]
+    if record.get("tool"):
+        parts.append(str(record["tool"]))
+    caller = record.get("caller")
+    if isinstance(caller, dict) and caller.get("sub"):
+        parts.append(f"by {caller.get('sub')}@{caller.get('ws')}")
+    if record.get("request_id") is not None:
+        parts.append(f"req={record['request_id']}")
+    for key in (
+        "status",
+        "exit_code",
+        "duration_ms",
+        "reason",
+        "approval_id",
+        "approver",
+        "via",
+        "scope",
+        "until",
+    ):
+        if key in record and record[key] is not None:
+            parts.append(f"{key}={record[key]}")
+    if record.get("arguments"):
+        args = json.dumps(record["arguments"], ensure_ascii=False)
+        parts.append(args if len(args) <= 200 else args[:197] + "...")
+    return "  ".join(parts)
+
+
+def cli_show(home: Path, n: int = 20) -> int:
+    """`cortex-agent audit show -n N`: the last N records, one human-readable line each."""
+    path = home / AUDIT_FILE
+    try:
+        with open(path, "rb") as f:
+            last, _torn, _nl = scan_tail(f.fileno())
+    except FileNotFoundError:
+        print(f"no audit log at {path} (is --home right?)", file=sys.stderr)
+        return 2
+    head = last["seq"] if last else 0
+    for record in read_records(path, max(0, head - n), n):
+        print(_describe(record))
+    return 0

@@ -42,6 +42,7 @@ from desktop_agent.engine import ToolEngine
 from desktop_agent.tools.basic import system_facts
 from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
+from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
@@ -293,6 +294,7 @@ class NodeAgent:
             additional_headers={"Authorization": f"Bearer {token}"},
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
+            create_connection=CoalescingClientConnection,
             max_size=self.settings.max_frame_bytes,
             ssl=self._ssl(),
             open_timeout=self.settings.open_timeout,

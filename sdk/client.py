@@ -32,6 +32,7 @@ from sdk.exceptions import (
     from_rpc_error,
 )
 from sdk.planner import PlanStep, aplan, plan
+from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
@@ -144,6 +145,7 @@ class AsyncClient:
                 additional_headers=headers,
                 subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
                 compression=None,
+                create_connection=CoalescingClientConnection,
                 max_size=self._max_frame,
                 ssl=self._ssl,
                 open_timeout=self._open_timeout,

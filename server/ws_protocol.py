@@ -12,6 +12,7 @@ a sequential echo. This subclass keeps the same back-pressure, only later:
 2. A larger message pauses reading at once, exactly as uvicorn does (memory stays bounded by one large
    message plus `QUEUE_HIGH` small ones).
 3. Reading resumes when the app has drained the queue (uvicorn's own rule, unchanged).
+4. Small frames written in one event-loop pass leave in one write (`spec.coalesce`).
 
 It relies on uvicorn internals (``read_paused``, ``queue``, ``frames``), which is why pyproject pins
 uvicorn to 0.54.x; if they are missing it behaves exactly like its base class.
@@ -19,7 +20,11 @@ uvicorn to 0.54.x; if they are missing it behaves exactly like its base class.
 
 from __future__ import annotations
 
+from asyncio import BaseTransport, Transport
+
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from spec.coalesce import CoalescingTransport
 
 __all__ = ["QUEUE_HIGH", "SMALL_MESSAGE", "QueuedReadWebSocketProtocol"]
 
@@ -28,7 +33,12 @@ SMALL_MESSAGE = 64 * 1024
 
 
 class QueuedReadWebSocketProtocol(WebSocketsSansIOProtocol):
-    """websockets-sansio that pauses reading only when several messages wait (see the module's rules)."""
+    """websockets-sansio that pauses reading only when several messages wait (see the module's rules),
+    writing through `spec.coalesce.CoalescingTransport` (rule 4)."""
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        assert isinstance(transport, Transport)
+        super().connection_made(CoalescingTransport(transport))
 
     def send_receive_event_to_app(self) -> None:
         queue = getattr(self, "queue", None)

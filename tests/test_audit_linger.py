@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,18 @@ from desktop_agent.audit import MEMORY_FILESYSTEMS, AuditLog, filesystem_type, v
 CALLER = {"sub": "alice", "ws": "w1"}
 
 
-@pytest.fixture
-def disk_dir(tmp_path: Path) -> Path:
-    if filesystem_type(tmp_path) in MEMORY_FILESYSTEMS:
-        pytest.skip("needs a real disk: on tmpfs batches commit on the loop (rule 1)")
-    return tmp_path
+@pytest.fixture(params=["disk", "tmpfs"])
+def disk_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A real disk (the writer thread commits) and tmpfs (commits on the loop): rule 2 holds on both."""
+    if request.param == "disk":
+        if filesystem_type(tmp_path) in MEMORY_FILESYSTEMS:
+            pytest.skip("needs a real disk: on tmpfs batches commit on the loop (rule 1)")
+        yield tmp_path
+        return
+    if not os.access("/dev/shm", os.W_OK) or filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        yield Path(tmp)
 
 
 async def test_calls_one_after_another_cost_one_fsync_each(
@@ -37,6 +46,7 @@ async def test_calls_one_after_another_cost_one_fsync_each(
     monkeypatch.setattr(audit_module.os, "fsync", counting_fsync)
     log = AuditLog(disk_dir / "audit.log", linger_s=30)  # longer than the test: only the next call flushes
     await log.open()
+    assert log._inline == (filesystem_type(disk_dir) in MEMORY_FILESYSTEMS)
     calls = 20
     try:
         for i in range(calls):  # what the engine does per call: wait for requested, queue finished

@@ -13,7 +13,7 @@ _UNIT = """
     agent_layering approvals_server audit auth auth_claims auth_signature_cache certs changes homewatch
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
     versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
-    protocol_constants store_same_process audit_cancel audit_linger redaction_memo
+    protocol_constants store_same_process audit_cancel audit_linger redaction_memo coalesce audit_failed_batch
     auth_user_cache
 """
 _INPROCESS = """
