@@ -32,7 +32,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -40,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -227,8 +227,18 @@ class McpEndpoint:
                 finished = True
             await send(message)
 
-        exchange = asyncio.ensure_future(
-            serve_with_json_reply(
+        revoked = False
+        # The exchange runs in this task; revocation cancels this scope only (an anyio scope: the SDK's
+        # own scopes nest inside it, and a cancel after the exchange ended reaches nothing).
+        revocation = anyio.CancelScope()
+
+        def close() -> None:
+            nonlocal revoked
+            revoked = True
+            revocation.cancel()
+
+        with self.state.live_callers.track(caller.sub, caller.ws, caller.iat, close), revocation:
+            await serve_with_json_reply(
                 self.manager.handle_request,
                 scope,
                 receive,
@@ -236,23 +246,6 @@ class McpEndpoint:
                 max_body=self.manager.max_request_body_size,
                 json_answer=self.manager.json_answer_for,
             )
-        )
-        revoked = False
-
-        def close() -> None:
-            nonlocal revoked
-            revoked = True
-            exchange.cancel()
-
-        with self.state.live_callers.track(caller.sub, caller.ws, caller.iat, close):
-            try:
-                await asyncio.shield(exchange)
-            except asyncio.CancelledError:
-                if not revoked:  # the server is ending this request: end the exchange with it
-                    exchange.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await exchange
-                    raise
         if revoked:
             if not started:
                 await unauthorized("user revoked", 'Bearer realm="cortex", error="invalid_token"')(
