@@ -27,7 +27,8 @@ Rules:
    `resources/list_changed` goes out with `tools/list_changed` (the audit resources follow the nodes).
    `prompts/list` answers an empty list: Cortex has no prompts.
 8. A handshake-era `tools/call` with no progress token is answered as one JSON body, not an SSE stream
-   (`server/mcp_json_answer.py`: half the SDK's per-request CPU); one with a token streams its progress.
+   (`server/mcp_json_answer.py`: SSE costs the SDK ~1.7x the server CPU per call, `bench/mcp_bench.py`);
+   one with a progress token streams its progress.
 """
 
 from __future__ import annotations
