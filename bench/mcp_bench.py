@@ -286,6 +286,14 @@ async def run(quick: bool = False, sizes: tuple[int, int, int] | None = None) ->
             "note": json_note,
         },
         {
+            "scenario": "mcp client CPU vs SDK json_response",
+            "ours": round(ours.cpu_us["client"]),
+            "reference": round(ref_json.cpu_us["client"]),
+            "unit": "µs",
+            "higher_is_better": False,
+            "note": json_note,
+        },
+        {
             "scenario": "mcp server CPU vs SDK json_response",
             "ours": round(ours.cpu_us["server"]),
             "reference": round(ref_json.cpu_us["server"]),

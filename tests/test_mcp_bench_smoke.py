@@ -11,7 +11,7 @@ from bench import mcp_bench
 async def test_mcp_bench_rows_have_figures_beside_references() -> None:
     rows = await mcp_bench.run(sizes=(1, 5, 70))
     by_name = {row["scenario"]: row for row in rows}
-    assert len(by_name) == len(rows) == 7
+    assert len(by_name) == len(rows) == 8
     for row in rows:
         assert row["ours"] > 0 and row["reference"] > 0, row
     throughput = by_name[f"mcp tools/call {mcp_bench.CONCURRENCY} in flight"]
