@@ -2,14 +2,21 @@
 
 Where it sits: outside the product, beside the other benchmarks; ``python3 -m bench.mcp_bench [--quick]``,
 or through ``python3 -m bench`` (which calls `main(quick)`). The same official client (`ClientSession`
-over `streamable_http_client`, handshake era) drives both sides in one run:
+over `streamable_http_client`, handshake era) drives every side in one run:
 
 - ours: `cortex-server serve` + a real `cortex-agent run` node, calling ``<node>__echo`` — the call
-  crosses the MCP endpoint, the router and the node tunnel (three processes);
-- reference: an `MCPServer` (the package's FastMCP successor) with one ``echo`` tool under uvicorn
-  (two processes: the tool runs inside the MCP server).
+  crosses the MCP endpoint, the router and the node tunnel: three processes (client, server, node);
+- reference: an `MCPServer` (the package's FastMCP successor) with one ``echo`` tool under uvicorn, the
+  SDK's defaults (every answer an SSE stream): two processes, the tool runs inside the MCP server;
+- the same reference with ``json_response=True`` (every answer one JSON body), to show what the SDK's
+  framing costs. Ours answers a call with no progress token in JSON (`server/mcp_json_answer.py`).
 
-Figures: sequential p50 latency (ms) and calls/s with 64 calls in flight.
+Figures: sequential p50 latency (ms), calls/s with 64 calls in flight, and CPU per call of each process
+(from /proc, over the 64-in-flight phases). The three servers run at once and are measured in
+alternating rounds (medians), so load from elsewhere falls on every side alike. All processes share
+this machine's cores, so the client's own CPU (the official client costs more per call than either
+server) bounds every side's throughput, and ours has a third process (the node) on the same cores.
+Target (issue 16): ours ≥ 0.9x the plain `mcp` server's calls/s.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import argparse
 import asyncio
 import contextlib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +39,21 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from bench.harness import REPO, AgentProcess, ServerProcess, _env, percentile
+from bench.harness import REPO, AgentProcess, ServerProcess, _env, cpu_seconds, percentile
 
 __all__ = ["main", "run"]
 
 CONCURRENCY = 64
+TARGET = "≥ 0.9x the plain mcp server"
+
+
+@dataclass
+class Figures:
+    """One side's figures: sequential p50 (ms), calls/s at 64 in flight, CPU µs per call by process."""
+
+    p50_ms: float
+    rate: float
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -43,7 +62,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_reference(port: int) -> None:
+def serve_reference(port: int, json_response: bool = False) -> None:
     """The reference: a plain `MCPServer` with an echo tool (run in a child process)."""
     import uvicorn
     from mcp.server.mcpserver import MCPServer
@@ -55,7 +74,8 @@ def serve_reference(port: int) -> None:
         """Return the text."""
         return text
 
-    uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
+    app = server.streamable_http_app(json_response=json_response)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -82,28 +102,48 @@ async def _session(url: str, token: str | None) -> AsyncIterator[ClientSession]:
         yield session
 
 
-async def _measure(call: Callable[[], Awaitable[Any]], sequential_n: int, total: int) -> tuple[float, float]:
-    for _ in range(20):  # warm-up
-        await call()
-    samples: list[float] = []
-    for _ in range(sequential_n):
+@dataclass
+class Side:
+    """One server under test, running: how to make one call, and the pids whose CPU is read."""
+
+    call: Callable[[], Awaitable[Any]]
+    pids: dict[str, int]
+    samples_ms: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    cpu_us: list[dict[str, float]] = field(default_factory=list)
+
+    async def sequential(self, n: int) -> None:
+        for _ in range(n):
+            started = time.perf_counter()
+            await self.call()
+            self.samples_ms.append((time.perf_counter() - started) * 1000)
+
+    async def in_flight(self, total: int) -> None:
+        remaining = total
+
+        async def lane() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await self.call()
+
+        cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        client_before = time.process_time()
         started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    remaining = total
-    started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+        cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / total * 1e6 for name, pid in self.pids.items()}
+        cpu["client"] = (time.process_time() - client_before) / total * 1e6
+        self.rates.append(total / elapsed)
+        self.cpu_us.append(cpu)
 
-    async def lane() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await call()
-
-    await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
-    return percentile(samples, 50), total / (time.perf_counter() - started)
+    def figures(self) -> Figures:
+        cpu = {name: statistics.median(c[name] for c in self.cpu_us) for name in self.cpu_us[0]}
+        return Figures(percentile(self.samples_ms, 50), statistics.median(self.rates), cpu)
 
 
-async def _ours(workdir: Path, sequential_n: int, total: int) -> tuple[float, float]:
+@contextlib.asynccontextmanager
+async def _ours(workdir: Path) -> AsyncIterator[Side]:
     server = await asyncio.to_thread(ServerProcess(workdir / "server-mcp").start)
     agent: AgentProcess | None = None
     try:
@@ -115,6 +155,7 @@ async def _ours(workdir: Path, sequential_n: int, total: int) -> tuple[float, fl
             credential,
             ["--no-browser", "--max-concurrency", "128"],
         ).start()
+        assert agent.proc is not None
         token = server.user_token()
         async with _session(f"{server.url}/mcp", token) as session:
             deadline = time.monotonic() + 30
@@ -126,23 +167,25 @@ async def _ours(workdir: Path, sequential_n: int, total: int) -> tuple[float, fl
             async def call() -> Any:
                 return await session.call_tool("mcp-bench__echo", {"text": "ping"})
 
-            return await _measure(call, sequential_n, total)
+            yield Side(call, {"server": server.pid, "node": agent.proc.pid})
     finally:
         if agent is not None:
             await asyncio.to_thread(agent.stop)
         await asyncio.to_thread(server.stop)
 
 
-def _start_reference(port: int) -> subprocess.Popen[bytes]:
+def _start_reference(port: int, json_response: bool) -> subprocess.Popen[bytes]:
+    flag = ["--json-response"] if json_response else []
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.mcp_bench", "--reference-server", str(port)],
+        [sys.executable, "-m", "bench.mcp_bench", "--reference-server", str(port), *flag],
         env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
-async def _reference(sequential_n: int, total: int) -> tuple[float, float]:
+@contextlib.asynccontextmanager
+async def _reference(json_response: bool = False) -> AsyncIterator[Side]:
     port = _free_port()
-    proc = await asyncio.to_thread(_start_reference, port)
+    proc = await asyncio.to_thread(_start_reference, port, json_response)
     try:
         await asyncio.to_thread(_wait_port, port, proc)
         async with _session(f"http://127.0.0.1:{port}/mcp", None) as session:
@@ -150,7 +193,7 @@ async def _reference(sequential_n: int, total: int) -> tuple[float, float]:
             async def call() -> Any:
                 return await session.call_tool("echo", {"text": "ping"})
 
-            return await _measure(call, sequential_n, total)
+            yield Side(call, {"server": proc.pid})
     finally:
         proc.terminate()
         try:
@@ -160,38 +203,120 @@ async def _reference(sequential_n: int, total: int) -> tuple[float, float]:
             proc.wait(10)
 
 
-async def run(quick: bool = False) -> list[dict[str, Any]]:
-    sequential_n, total = (200, 1000) if quick else (1000, 5000)
+async def measure(
+    quick: bool = False, sizes: tuple[int, int, int] | None = None
+) -> tuple[Figures, Figures, Figures]:
+    """Ours, the plain server, and the plain server with json_response: measured in alternating rounds.
+
+    All three run at once; each round measures each side in turn, so load from elsewhere on a shared
+    machine falls on all of them alike. Sequential samples are pooled; the other figures are medians.
+    """
+    rounds, sequential_n, total = sizes or ((3, 70, 400) if quick else (5, 200, 1500))
     with tempfile.TemporaryDirectory(prefix="cortex-mcp-bench-") as tmp:
-        ours_p50, ours_rate = await _ours(Path(tmp), sequential_n, total)
-    ref_p50, ref_rate = await _reference(sequential_n, total)
-    note = "ours relays to a real node (3 processes); reference runs the tool in-process"
+        async with (
+            _ours(Path(tmp)) as ours,
+            _reference() as ref,
+            _reference(json_response=True) as ref_json,
+        ):
+            sides = (ours, ref, ref_json)
+            for side in sides:
+                for _ in range(20):  # warm-up
+                    await side.call()
+            for _ in range(rounds):
+                for side in sides:
+                    await side.sequential(sequential_n)
+                    await side.in_flight(total)
+            return ours.figures(), ref.figures(), ref_json.figures()
+
+
+async def run(quick: bool = False, sizes: tuple[int, int, int] | None = None) -> list[dict[str, Any]]:
+    """The rows; *sizes* (rounds, sequential calls, calls in flight per round) overrides the defaults."""
+    ours, ref, ref_json = await measure(quick, sizes)
+    note = "ours relays to a real node (3 processes); reference: SDK defaults, tool in-process (2)"
+    json_note = "reference: the same plain server with json_response=True (every answer one JSON body)"
+    node_note = f"ours: + node {ours.cpu_us['node']:.0f} µs per call (the reference has no node)"
     return [
         {
             "scenario": "mcp tools/call sequential p50",
-            "ours": round(ours_p50, 3),
-            "reference": round(ref_p50, 3),
+            "ours": round(ours.p50_ms, 3),
+            "reference": round(ref.p50_ms, 3),
             "unit": "ms",
             "higher_is_better": False,
             "note": note,
         },
         {
             "scenario": f"mcp tools/call {CONCURRENCY} in flight",
-            "ours": round(ours_rate, 1),
-            "reference": round(ref_rate, 1),
+            "ours": round(ours.rate, 1),
+            "reference": round(ref.rate, 1),
             "unit": "calls/s",
             "higher_is_better": True,
             "note": note,
+            "target": TARGET,
+        },
+        {
+            "scenario": "mcp server CPU per call",
+            "ours": round(ours.cpu_us["server"]),
+            "reference": round(ref.cpu_us["server"]),
+            "unit": "µs",
+            "higher_is_better": False,
+            "note": node_note,
+        },
+        {
+            "scenario": "mcp client CPU per call",
+            "ours": round(ours.cpu_us["client"]),
+            "reference": round(ref.cpu_us["client"]),
+            "unit": "µs",
+            "higher_is_better": False,
+            "note": "the official client, in this process",
+        },
+        {
+            "scenario": "mcp sequential p50 vs SDK json_response",
+            "ours": round(ours.p50_ms, 3),
+            "reference": round(ref_json.p50_ms, 3),
+            "unit": "ms",
+            "higher_is_better": False,
+            "note": json_note,
+        },
+        {
+            "scenario": f"mcp {CONCURRENCY} in flight vs SDK json_response",
+            "ours": round(ours.rate, 1),
+            "reference": round(ref_json.rate, 1),
+            "unit": "calls/s",
+            "higher_is_better": True,
+            "note": json_note,
+        },
+        {
+            "scenario": "mcp client CPU vs SDK json_response",
+            "ours": round(ours.cpu_us["client"]),
+            "reference": round(ref_json.cpu_us["client"]),
+            "unit": "µs",
+            "higher_is_better": False,
+            "note": json_note,
+        },
+        {
+            "scenario": "mcp server CPU vs SDK json_response",
+            "ours": round(ours.cpu_us["server"]),
+            "reference": round(ref_json.cpu_us["server"]),
+            "unit": "µs",
+            "higher_is_better": False,
+            "note": node_note,
         },
     ]
 
 
 def main(quick: bool = False) -> list[dict[str, Any]]:
     rows = asyncio.run(run(quick))
+    print("shared cores: every process of a side (client included) competes for the same CPUs")
     for row in rows:
+        ratio = row["ours"] / row["reference"] if row["reference"] else float("nan")
+        target = f"  target {row['target']}" if row.get("target") else ""
         print(
-            f"{row['scenario']:<36} ours {row['ours']:>10} {row['unit']:<8} reference {row['reference']:>10}"
+            f"{row['scenario']:<40} ours {row['ours']:>9} {row['unit']:<8} reference {row['reference']:>9}"
+            f"  {ratio:5.2f}x{target}"
         )
+    for row in rows:
+        if row.get("note") and row["note"] not in {r["note"] for r in rows[: rows.index(row)]}:
+            print(f"  note: {row['note']}")
     return rows
 
 
@@ -199,8 +324,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reference-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--json-response", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.reference_server:
-        serve_reference(options.reference_server)
+        serve_reference(options.reference_server, options.json_response)
     else:
         main(options.quick)

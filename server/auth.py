@@ -30,6 +30,11 @@ refuses everything else. The checks, in order (each failure is an `AuthError` wi
 Tokens are never logged: a refusal logs its reason, and ``sub``/``jti`` only once the signature proved
 they are ours.
 
+A user token that passed every check is remembered, claims and all (LRU, at most `USER_CACHE_SIZE`; an
+MCP client presents the same token on every HTTP request): its next use re-checks only what can change
+— time (9) against its remembered claims, and *is_user_revoked* — and on any doubt it is verified afresh
+from 1, so it is refused with the same reason as without the cache. Only the exact same string hits.
+
 Exception tree::
 
     AuthError           -- a token was refused; ``reason`` (short code above) and ``status`` (401/403)
@@ -93,6 +98,7 @@ automatically from the node credential; a week bounds the damage of a leaked one
 
 MAX_LEEWAY = 5
 SIGNATURE_CACHE_SIZE = 4096  # tokens remembered as correctly signed (LRU); a miss only costs a verify
+USER_CACHE_SIZE = 4096  # user tokens remembered as verified, with their claims (LRU; see the docstring)
 MAX_TOKEN_BYTES = 8 * 1024
 """Anything longer than this is refused before any parsing (ours are ~400 bytes)."""
 
@@ -246,6 +252,8 @@ class TokenAuthority:
         # and key): an MCP client presents the same token on every HTTP request, and the signature is
         # most of the cost of checking it. Every claim check (exp, aud, revocation...) still runs.
         self._signed_ok: OrderedDict[str, None] = OrderedDict()
+        # Verified user tokens -> (claims, the later of iat and nbf): the docstring's last paragraph.
+        self._user_ok: OrderedDict[str, tuple[UserClaims, int]] = OrderedDict()
         self._header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": self._kid}
 
     @property
@@ -339,6 +347,21 @@ class TokenAuthority:
 
     def verify_user_token(self, token: str) -> UserClaims:
         """Check a user token (REST, RPC, MCP, dashboard). Raises `AuthError`."""
+        known = self._user_ok.get(token) if isinstance(token, str) else None
+        if known is not None:
+            remembered, valid_from = known
+            now, leeway = self._clock(), self._leeway
+            if (
+                now < remembered.exp + leeway
+                and valid_from <= now + leeway
+                and not (
+                    self._is_user_revoked is not None
+                    and self._is_user_revoked(remembered.sub, remembered.ws, remembered.iat)
+                )
+            ):
+                self._user_ok.move_to_end(token)
+                return remembered
+            del self._user_ok[token]  # verified afresh below: refused with its reason, and logged
         claims = self._verify(token, USER_AUDIENCE, MAX_USER_TTL, "user")
         role = claims.get("role")
         if role is None:
@@ -349,7 +372,7 @@ class TokenAuthority:
             claims["sub"], claims["ws"], claims["iat"]
         ):
             raise self._refuse("revoked", "user", claims["sub"], claims["jti"])
-        return UserClaims(
+        verified = UserClaims(
             sub=claims["sub"],
             ws=claims["ws"],
             role=role,
@@ -357,6 +380,10 @@ class TokenAuthority:
             jti=claims["jti"],
             iat=claims["iat"],
         )
+        self._user_ok[token] = (verified, max(claims["iat"], claims.get("nbf") or claims["iat"]))
+        if len(self._user_ok) > USER_CACHE_SIZE:
+            self._user_ok.popitem(last=False)
+        return verified
 
     def _refuse(self, reason: str, kind: str, sub: str | None = None, jti: str | None = None) -> AuthError:
         status = 403 if reason == "wrong_audience" else 401

@@ -26,11 +26,13 @@ Rules:
 7. Resources: each visible connected node's audit log, and artifacts (`server/mcp_resources.py`);
    `resources/list_changed` goes out with `tools/list_changed` (the audit resources follow the nodes).
    `prompts/list` answers an empty list: Cortex has no prompts.
+8. A handshake-era `tools/call` with no progress token is answered as one JSON body, not an SSE stream
+   (`server/mcp_json_answer.py`: SSE costs the SDK ~1.7x the server CPU per call, `bench/mcp_bench.py`);
+   one with a progress token streams its progress.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -38,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -45,7 +48,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -61,6 +63,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.artifact_store import artifact_uri
 from server.auth import AuthError
 from server.identity import bearer_token, caller_from_token, unauthorized
+from server.mcp_json_answer import JsonAnswerSessionManager
 from server.mcp_reply import serve_with_json_reply
 from server.mcp_resources import STATIC_LIST_TTL_MS, McpResources
 from server.registry import NodeEntry
@@ -165,7 +168,7 @@ class McpEndpoint:
         self.server.add_notification_handler(
             Method.INITIALIZED, types.NotificationParams, self._on_initialized
         )
-        self.manager = StreamableHTTPSessionManager(
+        self.manager = JsonAnswerSessionManager(
             app=self.server, security_settings=transport_security(state), session_idle_timeout=3600.0
         )
         # Handshake-era sessions: id -> (a ServerSession whose standalone channel reaches it, caller).
@@ -225,31 +228,25 @@ class McpEndpoint:
                 finished = True
             await send(message)
 
-        exchange = asyncio.ensure_future(
-            serve_with_json_reply(
+        revoked = False
+        # The exchange runs in this task; revocation cancels this scope only (an anyio scope: the SDK's
+        # own scopes nest inside it, and a cancel after the exchange ended reaches nothing).
+        revocation = anyio.CancelScope()
+
+        def close() -> None:
+            nonlocal revoked
+            revoked = True
+            revocation.cancel()
+
+        with self.state.live_callers.track(caller.sub, caller.ws, caller.iat, close), revocation:
+            await serve_with_json_reply(
                 self.manager.handle_request,
                 scope,
                 receive,
                 tracked_send,
                 max_body=self.manager.max_request_body_size,
+                json_answer=self.manager.json_answer_for,
             )
-        )
-        revoked = False
-
-        def close() -> None:
-            nonlocal revoked
-            revoked = True
-            exchange.cancel()
-
-        with self.state.live_callers.track(caller.sub, caller.ws, caller.iat, close):
-            try:
-                await asyncio.shield(exchange)
-            except asyncio.CancelledError:
-                if not revoked:  # the server is ending this request: end the exchange with it
-                    exchange.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await exchange
-                    raise
         if revoked:
             if not started:
                 await unauthorized("user revoked", 'Bearer realm="cortex", error="invalid_token"')(

@@ -20,8 +20,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -154,12 +157,20 @@ class _Collector:
 
 
 async def serve_with_json_reply(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, max_body: int
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    max_body: int,
+    json_answer: Callable[[Scope, bytes], AbstractContextManager[Any] | None] | None = None,
 ) -> None:
     """Run `app` for this request, answering JSON-reply methods with one JSON body (see module rules).
 
     At most `max_body` bytes are read ahead (the app's own body limit): a larger body, declared or sent,
-    is handed to the app as it comes, which refuses it (413) without this wrapper holding it."""
+    is handed to the app as it comes, which refuses it (413) without this wrapper holding it.
+    *json_answer*, given the scope and the whole body, may return a context in which the app itself answers
+    in JSON (`server/mcp_json_answer.py`); the app runs inside it."""
     declared = _declared_length(scope)
     if scope["type"] != "http" or scope.get("method") != "POST" or (declared or 0) > max_body:
         await app(scope, receive, send)
@@ -173,4 +184,6 @@ async def serve_with_json_reply(
         return await receive()
 
     wanted, request_id = _json_reply_id(body) if body is not None else (False, None)
-    await app(scope, replayed, _Collector(send, request_id) if wanted else send)
+    chosen = json_answer(scope, body) if json_answer is not None and body is not None and not wanted else None
+    with chosen if chosen is not None else contextlib.nullcontext():
+        await app(scope, replayed, _Collector(send, request_id) if wanted else send)

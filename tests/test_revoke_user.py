@@ -90,10 +90,14 @@ async def _mcp_session(http: httpx2.AsyncClient, url: str, token: str) -> dict[s
     return headers
 
 
-async def _stream_until_end(http: httpx2.AsyncClient, method: str, url: str, **kwargs: Any) -> float:
+async def _stream_until_end(
+    http: httpx2.AsyncClient, method: str, url: str, status: int = 200, **kwargs: Any
+) -> float:
     """Open a streamed response, read it to its end; the moment it ended (monotonic)."""
     async with http.stream(method, url, **kwargs) as response:
-        assert response.status_code == 200
+        assert response.status_code == status
+        if status == 401:
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
         async for _ in response.aiter_bytes():
             pass
     return time.monotonic()
@@ -118,8 +122,18 @@ async def test_revoke_user_closes_live_links_and_refuses_tokens(
             "method": "tools/call",
             "params": {"name": "laptop__shell_exec", "arguments": {"command": "sleep 30"}},
         }
+        # A call with no progress token is answered as one JSON body (server/mcp_json_answer.py): revoked
+        # before its answer, it is answered 401. One with a progress token streams: its stream is ended.
         in_flight = asyncio.create_task(
-            _stream_until_end(http, "POST", url, json=sleep_call, headers=session)
+            _stream_until_end(http, "POST", url, status=401, json=sleep_call, headers=session)
+        )
+        streaming_call = {
+            **sleep_call,
+            "id": 5,
+            "params": {**sleep_call["params"], "_meta": {"progressToken": "p5"}},  # type: ignore[dict-item]
+        }
+        in_flight_sse = asyncio.create_task(
+            _stream_until_end(http, "POST", url, json=streaming_call, headers=session)
         )
         rpc_call = asyncio.create_task(
             _rpc_call(
@@ -130,7 +144,7 @@ async def test_revoke_user_closes_live_links_and_refuses_tokens(
             )
         )
         await asyncio.sleep(0.5)  # let the calls reach the node (nothing below depends on it)
-        assert not standalone.done() and not in_flight.done()
+        assert not standalone.done() and not in_flight.done() and not in_flight_sse.done()
 
         revoked_at = await asyncio.to_thread(_revoke_user, server_proc, "alice")
 
@@ -141,9 +155,12 @@ async def test_revoke_user_closes_live_links_and_refuses_tokens(
             assert alice_rpc.close_code == 4403
             mcp_stream_ended = await standalone
             mcp_call_ended = await in_flight
-        latencies = [t - revoked_at for t in (rpc_closed, mcp_stream_ended, mcp_call_ended)]
+            mcp_sse_call_ended = await in_flight_sse
+        ended = (rpc_closed, mcp_stream_ended, mcp_call_ended, mcp_sse_call_ended)
+        latencies = [t - revoked_at for t in ended]
         print(
-            f"\nrevoke-user to close (rpc, mcp stream, mcp call): {[f'{x * 1000:.0f} ms' for x in latencies]}"
+            "\nrevoke-user to close (rpc, mcp stream, mcp call, mcp streaming call): "
+            f"{[f'{x * 1000:.0f} ms' for x in latencies]}"
         )
         assert max(latencies) < 2.0
 
