@@ -16,7 +16,8 @@ Rules:
 4. Progress from the node is forwarded when the client gave a progressToken; the client's
    `notifications/cancelled` cancels the handler, which cancels the call on the node.
 5. `notifications/tools/list_changed` goes to the sessions that can see a node whenever that node
-   connects, disconnects or re-declares its tools (not on heartbeats): on the standalone stream for
+   connects, disconnects or re-declares its tools (not on heartbeats, nor on news of a node that is not
+   connected, such as an enrollment or an audit-head update): on the standalone stream for
    handshake-era sessions, through `subscriptions/listen` streams for 2026-07-28 clients.
 6. An image whose base64 exceeds `INLINE_IMAGE_LIMIT` is replaced by a `resource_link` to
    `/api/v1/artifacts/{id}` (official clients cap one message near 1 MiB): a URL any client can GET
@@ -175,7 +176,7 @@ class McpEndpoint:
         self._sessions: OrderedDict[str, tuple[ServerSession, Caller]] = OrderedDict()
         # 2026-07-28 listeners, one bus per audience (a workspace, or "*" for admins).
         self._listeners: dict[str, tuple[InMemorySubscriptionBus, ListenHandler]] = {}
-        self._seen: dict[str, tuple[bool, int]] = {}
+        self._seen: dict[str, int] = {}  # node -> id of the tool list it shows (connected nodes only)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -360,10 +361,15 @@ class McpEndpoint:
             self._sessions.popitem(last=False)
 
     async def _on_registry_event(self, event: str, entry: NodeEntry) -> None:
-        fingerprint = (self.state.registry.link(entry.name) is not None, id(entry.tools))
+        # What the node adds to a session's tool list: nothing while it is not connected (an enrollment,
+        # a disconnected entry learnt from another replica), else its declared list.
+        fingerprint = id(entry.tools) if self.state.registry.link(entry.name) is not None else None
         if self._seen.get(entry.name) == fingerprint:
-            return  # a heartbeat or RTT update: the tool list did not change
-        self._seen[entry.name] = fingerprint
+            return  # a heartbeat, an RTT update, an enrollment: the tool list did not change
+        if fingerprint is None:
+            self._seen.pop(entry.name, None)
+        else:
+            self._seen[entry.name] = fingerprint
         for audience, (bus, _handler) in list(self._listeners.items()):
             if audience in ("*", entry.workspace):
                 await bus.publish(ToolsListChanged())

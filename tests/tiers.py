@@ -17,7 +17,7 @@ _UNIT = """
     deadlines json_text replica_frames auth_user_cache
 """
 _INPROCESS = """
-    inprocess_approval inprocess_calls
+    inprocess_approval inprocess_calls inprocess_list_changed
     approval artifact_headers audit_group_commit confine engine fs_tools mcp_reply oauth_backoff schemas
     shell_tool tray_approval inprocess_approval inprocess_calls
 """
