@@ -44,6 +44,8 @@ from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.types import Scope
 
+from spec.protocol import Method
+
 __all__ = ["JsonAnswerSessionManager", "PerRequestJsonFlag", "fits_json_answer"]
 
 _PROGRESS_KEYS = ("progressToken", "progress_token")
@@ -97,7 +99,7 @@ def fits_json_answer(scope: Scope, body: bytes) -> bool:
         message = json.loads(body)
     except (ValueError, RecursionError):
         return False
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
+    if not isinstance(message, dict) or message.get("method") != Method.TOOLS_CALL:  # MCP's name is ours
         return False
     request_id = message.get("id")
     if not isinstance(request_id, str | int) or isinstance(request_id, bool):
