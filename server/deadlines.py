@@ -66,6 +66,7 @@ class Deadlines:
         self.tick_s = tick_s
         self._pending: dict[int, _Deadline] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -76,8 +77,9 @@ class Deadlines:
 
     def _add(self, deadline: _Deadline) -> None:
         self._pending[id(deadline)] = deadline
-        if self._timer is None:  # rule 3
-            self._timer = asyncio.get_running_loop().call_later(self.tick_s, self._check)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer_loop is not loop:  # rule 3 (a timer of a closed loop is gone)
+            self._timer, self._timer_loop = loop.call_later(self.tick_s, self._check), loop
 
     def _check(self) -> None:
         self._timer = None
@@ -89,4 +91,4 @@ class Deadlines:
         for key in expired:
             self._pending.pop(key)._expire()
         if self._pending:
-            self._timer = loop.call_later(self.tick_s, self._check)
+            self._timer, self._timer_loop = loop.call_later(self.tick_s, self._check), loop

@@ -95,3 +95,23 @@ async def test_a_block_that_ends_as_it_expires_takes_its_cancellation_back() -> 
     async with asyncio.timeout(5):
         await asyncio.wait([task])
     assert seen == [("answer", True, 0)]
+
+
+def test_a_router_used_from_a_second_event_loop_still_times_out() -> None:
+    """The shared timer belongs to a loop; a loop closed with it pending must not leave it 'armed'."""
+    deadlines = Deadlines(tick_s=TICK)
+
+    async def pending_when_the_loop_ends() -> None:
+        async with deadlines.after(60):
+            await asyncio.sleep(0)
+
+    async def times_out() -> bool:
+        try:
+            async with deadlines.after(0.02):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            return True
+        return False
+
+    asyncio.run(pending_when_the_loop_ends())  # leaves the first loop's timer behind
+    assert asyncio.run(asyncio.wait_for(times_out(), 5))
