@@ -246,6 +246,9 @@ class AuditLog:
         await asyncio.to_thread(thread.join)
         self._thread = None
         self._closing = False
+        if self._linger is not None:  # the writer wrote what was queued; a later loop arms its own timer
+            self._linger.cancel()
+            self._linger = None
 
     async def _wait(self, future: asyncio.Future[Any]) -> Any:
         # No `asyncio.shield` (an extra future and two callbacks per append): a cancellation cancels

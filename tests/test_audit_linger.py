@@ -98,3 +98,36 @@ async def test_a_lone_append_on_tmpfs_is_durable_without_a_loop_pass() -> None:
             assert [r["request_id"] for r in await log.read(0, 10)] == [0, 1]
         finally:
             await log.aclose()
+
+
+def test_a_log_reopened_on_another_loop_still_lingers() -> None:
+    """`aclose` leaves no linger timer of a finished event loop behind (rule 2 on the loop)."""
+    if not os.access("/dev/shm", os.W_OK) or filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        path = Path(tmp) / "audit.log"
+        log = AuditLog(path, linger_s=0.05)
+
+        async def first() -> None:
+            await log.open()
+            log.enqueue("tool.finished", request_id=1, status="ok")  # arms the linger timer
+            await log.aclose()  # writes it
+
+        async def second() -> int:
+            await log.open()
+            log.enqueue("tool.finished", request_id=2, status="ok")
+            try:
+                lines = 0
+                async with asyncio.timeout(
+                    10
+                ):  # the file is read, not `read` (that flushes); no event to wait on
+                    while lines < 2:
+                        lines = len(path.read_text().splitlines())
+                        if lines < 2:
+                            await asyncio.sleep(0.01)
+                return lines
+            finally:
+                await log.aclose()
+
+        asyncio.run(first())
+        assert asyncio.run(second()) == 2
