@@ -235,73 +235,60 @@ async def run(quick: bool = False, sizes: tuple[int, int, int] | None = None) ->
     note = "ours relays to a real node (3 processes); reference: SDK defaults, tool in-process (2)"
     json_note = "reference: the same plain server with json_response=True (every answer one JSON body)"
     node_note = f"ours: + node {ours.cpu_us['node']:.0f} µs per call (the reference has no node)"
-    return [
-        {
-            "scenario": "mcp tools/call sequential p50",
-            "ours": round(ours.p50_ms, 3),
-            "reference": round(ref.p50_ms, 3),
-            "unit": "ms",
-            "higher_is_better": False,
+    plain = _rows(
+        ours,
+        ref,
+        (
+            "mcp tools/call sequential p50",
+            f"mcp tools/call {CONCURRENCY} in flight",
+            "mcp server CPU per call",
+            "mcp client CPU per call",
+        ),
+        (note, note, node_note, "the official client, in this process"),
+        TARGET,
+    )
+    vs_json = _rows(
+        ours,
+        ref_json,
+        (
+            "mcp sequential p50 vs SDK json_response",
+            f"mcp {CONCURRENCY} in flight vs SDK json_response",
+            "mcp server CPU vs SDK json_response",
+            "mcp client CPU vs SDK json_response",
+        ),
+        (json_note, json_note, node_note, json_note),
+    )
+    return [*plain, *vs_json[:2], vs_json[3], vs_json[2]]
+
+
+def _rows(
+    ours: Figures,
+    ref: Figures,
+    names: tuple[str, str, str, str],
+    notes: tuple[str, str, str, str],
+    target: str | None = None,
+) -> list[dict[str, Any]]:
+    """Sequential p50, calls/s in flight, server CPU and client CPU per call: ours beside `ref`."""
+    figures = (
+        (round(ours.p50_ms, 3), round(ref.p50_ms, 3), "ms", False),
+        (round(ours.rate, 1), round(ref.rate, 1), "calls/s", True),
+        (round(ours.cpu_us["server"]), round(ref.cpu_us["server"]), "µs", False),
+        (round(ours.cpu_us["client"]), round(ref.cpu_us["client"]), "µs", False),
+    )
+    rows = []
+    for name, note, (mine, theirs, unit, higher) in zip(names, notes, figures, strict=True):
+        row: dict[str, Any] = {
+            "scenario": name,
+            "ours": mine,
+            "reference": theirs,
+            "unit": unit,
+            "higher_is_better": higher,
             "note": note,
-        },
-        {
-            "scenario": f"mcp tools/call {CONCURRENCY} in flight",
-            "ours": round(ours.rate, 1),
-            "reference": round(ref.rate, 1),
-            "unit": "calls/s",
-            "higher_is_better": True,
-            "note": note,
-            "target": TARGET,
-        },
-        {
-            "scenario": "mcp server CPU per call",
-            "ours": round(ours.cpu_us["server"]),
-            "reference": round(ref.cpu_us["server"]),
-            "unit": "µs",
-            "higher_is_better": False,
-            "note": node_note,
-        },
-        {
-            "scenario": "mcp client CPU per call",
-            "ours": round(ours.cpu_us["client"]),
-            "reference": round(ref.cpu_us["client"]),
-            "unit": "µs",
-            "higher_is_better": False,
-            "note": "the official client, in this process",
-        },
-        {
-            "scenario": "mcp sequential p50 vs SDK json_response",
-            "ours": round(ours.p50_ms, 3),
-            "reference": round(ref_json.p50_ms, 3),
-            "unit": "ms",
-            "higher_is_better": False,
-            "note": json_note,
-        },
-        {
-            "scenario": f"mcp {CONCURRENCY} in flight vs SDK json_response",
-            "ours": round(ours.rate, 1),
-            "reference": round(ref_json.rate, 1),
-            "unit": "calls/s",
-            "higher_is_better": True,
-            "note": json_note,
-        },
-        {
-            "scenario": "mcp client CPU vs SDK json_response",
-            "ours": round(ours.cpu_us["client"]),
-            "reference": round(ref_json.cpu_us["client"]),
-            "unit": "µs",
-            "higher_is_better": False,
-            "note": json_note,
-        },
-        {
-            "scenario": "mcp server CPU vs SDK json_response",
-            "ours": round(ours.cpu_us["server"]),
-            "reference": round(ref_json.cpu_us["server"]),
-            "unit": "µs",
-            "higher_is_better": False,
-            "note": node_note,
-        },
-    ]
+        }
+        if target is not None and unit == "calls/s":
+            row["target"] = target
+        rows.append(row)
+    return rows
 
 
 def main(quick: bool = False) -> list[dict[str, Any]]:

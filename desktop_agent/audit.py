@@ -126,10 +126,6 @@ class AuditError(OSError):
     """The audit log could not be read or written."""
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class AuditSilenced(AuditError):
     """`<home>/audit.log` is no longer the file this agent holds open (rule 5): every append refuses."""
 
@@ -418,7 +414,7 @@ class AuditLog:
     def _append_now(self, event: str, fields: dict[str, Any]) -> None:
         """One record written at once from the writer thread (recovery records while opening)."""
         seq, prev = self._head
-        record, line = _build(event, fields, seq + 1, prev, _now(), self._keys)
+        record, line = _build(event, fields, seq + 1, prev, self._stamp(), self._keys)
         self._write_all(line)
         self._head = (record["seq"], record["hash"])
 
@@ -509,7 +505,8 @@ class AuditLog:
         )
 
     def _stamp(self) -> str:
-        """`_now()`, formatted once per millisecond (batches come faster than that under load)."""
+        """The time now (UTC, milliseconds, ``Z``), formatted once per millisecond (batches come faster
+        than that under load)."""
         ms = time.time_ns() // 1_000_000
         if ms != self._clock[0]:
             text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
@@ -519,14 +516,10 @@ class AuditLog:
     def _save_state(self) -> None:
         """The durable head, rewritten in place in `audit.head` (0600) after each group commit."""
         seq, digest = self._head
-        if self._failure is None and digest.isascii() and digest.isalnum():  # as json.dumps writes it
-            text = f'{{"seq": {int(seq)}, "hash": "{digest}"}}'
-        else:
-            state: dict[str, Any] = {"seq": seq, "hash": digest}
-            if self._failure is not None:
-                state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
-            text = json.dumps(state)
-        data = text.encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
+        state: dict[str, Any] = {"seq": seq, "hash": digest}
+        if self._failure is not None:
+            state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
+        data = json.dumps(state).encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
         try:
             if self._state_fd is None:
                 self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -70,7 +70,6 @@ def size_bound(value: Any, depth: int = 0) -> int:
 
 
 PIECE_CHARS = 64 * 1024
-_ENCODE = compact
 
 
 class EncodedList(list[Any]):
@@ -101,17 +100,17 @@ def json_pieces(value: Any, *, sort_keys: bool = False, depth: int = 0, reuse: b
         return
     if isinstance(value, str):
         if len(value) <= PIECE_CHARS:
-            yield _ENCODE(value)
+            yield compact(value)
             return
         # JSON escapes each character on its own, so the escaped slices joined are the escaped whole.
         yield '"'
         for start in range(0, len(value), PIECE_CHARS):
-            yield _ENCODE(value[start : start + PIECE_CHARS])[1:-1]
+            yield compact(value[start : start + PIECE_CHARS])[1:-1]
         yield '"'
     elif isinstance(value, dict) and depth < 64 and all(isinstance(k, str) for k in value):
         yield "{"
         for i, key in enumerate(sorted(value) if sort_keys else value):
-            yield ("," if i else "") + _ENCODE(key) + ":"
+            yield ("," if i else "") + compact(key) + ":"
             yield from json_pieces(value[key], sort_keys=sort_keys, depth=depth + 1, reuse=reuse)
         yield "}"
     elif isinstance(value, list | tuple) and depth < 64:

@@ -176,7 +176,7 @@ class McpEndpoint:
         self._sessions: OrderedDict[str, tuple[ServerSession, Caller]] = OrderedDict()
         # 2026-07-28 listeners, one bus per audience (a workspace, or "*" for admins).
         self._listeners: dict[str, tuple[InMemorySubscriptionBus, ListenHandler]] = {}
-        self._seen: dict[str, int] = {}  # node -> id of the tool list it shows (connected nodes only)
+        self._seen: dict[str, int | None] = {}  # node -> id of the tool list it shows (None: no tools)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -366,10 +366,7 @@ class McpEndpoint:
         fingerprint = id(entry.tools) if self.state.registry.link(entry.name) is not None else None
         if self._seen.get(entry.name) == fingerprint:
             return  # a heartbeat, an RTT update, an enrollment: the tool list did not change
-        if fingerprint is None:
-            self._seen.pop(entry.name, None)
-        else:
-            self._seen[entry.name] = fingerprint
+        self._seen[entry.name] = fingerprint
         for audience, (bus, _handler) in list(self._listeners.items()):
             if audience in ("*", entry.workspace):
                 await bus.publish(ToolsListChanged())

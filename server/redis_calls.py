@@ -121,9 +121,7 @@ class RedisRecentCalls(RecentCalls):
             while self._pending:
                 batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
                 try:
-                    await self._push(keys=[CALLS_KEY, _ID_KEY], args=[self._capacity, *batch])
-                    self.flushed += len(batch)
-                    self.pushes += 1
+                    await self._push_batch(batch)
                     self.pushed.set()
                 except asyncio.CancelledError:
                     raise
@@ -146,6 +144,11 @@ class RedisRecentCalls(RecentCalls):
                     break
         return out
 
+    async def _push_batch(self, batch: list[str]) -> None:
+        await self._push(keys=[CALLS_KEY, _ID_KEY], args=[self._capacity, *batch])  # rule 2
+        self.flushed += len(batch)
+        self.pushes += 1
+
     async def aclose(self, timeout: float = 1.0) -> None:
         """Stop the flusher; what it still holds (the last interval's records, rule 4) gets one push."""
         if self._flusher is not None:
@@ -156,8 +159,6 @@ class RedisRecentCalls(RecentCalls):
         if batch:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._push(keys=[CALLS_KEY, _ID_KEY], args=[self._capacity, *batch])
-                self.flushed += len(batch)
-                self.pushes += 1
+                    await self._push_batch(batch)
             except Exception:
                 logger.warning("recent calls: %d record(s) not pushed at close", len(batch))
