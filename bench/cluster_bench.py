@@ -12,7 +12,7 @@ holder, from /proc), and 10,000 cross-replica calls each carrying its own text, 
 crossed (must be 0). A sequential cross-replica call adds two process hops (B -> A, A -> B), each a
 socket write that wakes a sleeping process, which on a shared VM costs more than the Python work of the
 hop; with 64 in flight the replica link's writes are shared by the calls of one loop iteration
-(`server.replica_frames`) and the work spreads over two server processes.
+(`spec.frames`) and the work spreads over two server processes.
 
     python3 -m bench.cluster_bench [--quick]
 """

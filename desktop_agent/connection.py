@@ -44,10 +44,12 @@ from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
+from spec.frames import BatchedLink
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
 from spec.protocol import (
     AUDIT_DEFAULT_LIMIT,
+    BATCHED_SUBPROTOCOL,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
     TUNNEL_PATH,
@@ -292,7 +294,7 @@ class NodeAgent:
         async with connect(
             self.settings.ws_url,
             additional_headers={"Authorization": f"Bearer {token}"},
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[BATCHED_SUBPROTOCOL, SUBPROTOCOL],  # type: ignore[list-item]
             compression=None,
             create_connection=CoalescingClientConnection,
             max_size=self.settings.max_frame_bytes,
@@ -301,7 +303,9 @@ class NodeAgent:
             ping_interval=20,
             ping_timeout=20,
         ) as ws:
-            link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
+            link: Link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
+            if ws.subprotocol == BATCHED_SUBPROTOCOL:  # several messages a frame (spec.frames)
+                link = BatchedLink(link, name=f"frames:agent:{self.settings.name}")
             await self.serve_link(link, expires_in)
         if ws.close_code == REPLACED_CLOSE_CODE:
             self._raise_replaced()

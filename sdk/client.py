@@ -34,9 +34,10 @@ from sdk.exceptions import (
 from sdk.planner import PlanStep, aplan, plan
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
+from spec.frames import BatchedLink
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
-from spec.protocol import RPC_PATH, SUBPROTOCOL, MetaKey, Method
+from spec.protocol import BATCHED_SUBPROTOCOL, RPC_PATH, SUBPROTOCOL, MetaKey, Method
 from spec.session import RpcSession
 from spec.urls import ws_url
 
@@ -143,7 +144,7 @@ class AsyncClient:
             ws = await connect(
                 ws_url(self.url, RPC_PATH),
                 additional_headers=headers,
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                subprotocols=[BATCHED_SUBPROTOCOL, SUBPROTOCOL],  # type: ignore[list-item]
                 compression=None,
                 create_connection=CoalescingClientConnection,
                 max_size=self._max_frame,
@@ -157,7 +158,10 @@ class AsyncClient:
             raise ConnectionLost(f"the server refused the connection ({status})") from None
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             raise ConnectionLost(f"cannot reach {self.url}: {exc}") from None
-        self.attach(WebsocketsLink(ws, websockets.ConnectionClosedOK))
+        link: Link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
+        if ws.subprotocol == BATCHED_SUBPROTOCOL:  # several messages a frame (spec.frames)
+            link = BatchedLink(link, name="frames:sdk")
+        self.attach(link)
 
     def attach(self, link: Link) -> None:
         """Run this client over an already open link to a server's client RPC (what `connect` does

@@ -4,7 +4,7 @@ Where it sits: a surface beside the tunnel and the client RPC, added to the app 
 replica of the cluster connects here with a replica token and asks for `tools/call`, `tools/list` or
 `audit/read` on a node this replica holds; the answer, its progress and its cancellation travel back
 over the same link. Without ``--redis-url`` every connection is refused (404). A caller offering
-``cortex.cluster.v2`` gets frames of several messages both ways (`server.replica_frames`); one offering
+``cortex.cluster.v2`` gets frames of several messages both ways (`spec.frames`); one offering
 only ``cortex.cluster.v1`` one message a frame.
 """
 
@@ -18,8 +18,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server.auth import AuthError
 from server.identity import denial
 from server.progress import ProgressPump
-from server.replica_frames import BATCHED_SUBPROTOCOL, FrameWriter, split
 from server.replica_link import (
+    BATCHED_LINK_SUBPROTOCOL,
     LINK_SUBPROTOCOL,
     MAX_RELAYED,
     RELAYED_METHODS,
@@ -27,6 +27,7 @@ from server.replica_link import (
     replica_gone_error,
 )
 from spec.errors import INVALID_PARAMS, NodeNotConnected, RpcError
+from spec.frames import FrameWriter, split
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ async def link_endpoint(websocket: WebSocket) -> None:
     authorization = str(websocket.headers.get("authorization", ""))
     scheme, _, token = authorization.partition(" ")
     offered = websocket.scope.get("subprotocols", [])
-    if registry is None or not (LINK_SUBPROTOCOL in offered or BATCHED_SUBPROTOCOL in offered):
+    if registry is None or not (LINK_SUBPROTOCOL in offered or BATCHED_LINK_SUBPROTOCOL in offered):
         await websocket.send_denial_response(denial(404, "not_clustered", "no replica links here"))
         return
     try:
@@ -57,9 +58,9 @@ async def link_endpoint(websocket: WebSocket) -> None:
     if websocket.headers.get(REPLICA_HEADER, registry.rid) != registry.rid:
         await websocket.send_denial_response(denial(421, "wrong_replica", "this is another replica"))
         return
-    # Several messages a frame when the caller speaks it (server.replica_frames rule 1).
-    batched = BATCHED_SUBPROTOCOL in offered
-    await websocket.accept(subprotocol=BATCHED_SUBPROTOCOL if batched else LINK_SUBPROTOCOL)
+    # Several messages a frame when the caller speaks it (spec.frames rule 1).
+    batched = BATCHED_LINK_SUBPROTOCOL in offered
+    await websocket.accept(subprotocol=BATCHED_LINK_SUBPROTOCOL if batched else LINK_SUBPROTOCOL)
 
     async def send_text(text: str) -> None:
         await websocket.send_text(text)

@@ -26,7 +26,7 @@ Rules:
 7. A request that would be over the holder's frame limit once wrapped is refused before it is sent
    (INVALID_PARAMS ``invalid_arguments``, REST 422): it never closes the link other calls share.
 8. Both ends join the messages of one loop iteration into shared frames when the holder speaks
-   ``cortex.cluster.v2`` (`server.replica_frames`): one send per iteration instead of one per message,
+   ``cortex.cluster.v2`` (`spec.frames`): one send per iteration instead of one per message,
    which was most of a relayed call's cost at 64 in flight; the frames of one loop pass then leave in
    one send (`spec.coalesce`, as on every link). A frame that cannot be written fails the calls on the
    link (rule 4) and the next call opens a new one.
@@ -43,13 +43,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.auth import TokenAuthority
-from server.replica_frames import BATCHED_SUBPROTOCOL, FrameWriter, split
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import NODE_DISCONNECTED, InvalidArguments, RpcError
+from spec.frames import FrameWriter, split
 from spec.protocol import Method
 from spec.session import RpcSession, make_methods
 
 __all__ = [
+    "BATCHED_LINK_SUBPROTOCOL",
     "LINK_PATH",
     "LINK_SUBPROTOCOL",
     "MAX_RELAYED",
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 LINK_PATH = "/api/v1/cluster/link"
 LINK_SUBPROTOCOL = "cortex.cluster.v1"
+BATCHED_LINK_SUBPROTOCOL = "cortex.cluster.v2"
+"""A replica link whose frames may carry several messages (rule 8, `spec.frames`)."""
 RELAYED_METHODS = frozenset({Method.TOOLS_CALL, Method.TOOLS_LIST, Method.AUDIT_READ})
 MAX_RELAYED = 4096
 """Calls one replica may have running through another at once (beyond: -32012 overloaded)."""
@@ -113,7 +116,7 @@ class _Outgoing:
     def __init__(self, ws: ClientConnection, session: RpcSession, writer: FrameWriter | None) -> None:
         self.ws = ws
         self.session = session
-        self.writer = writer  # on a batched link (server.replica_frames)
+        self.writer = writer  # on a batched link (spec.frames)
         self.reader: asyncio.Task[None] | None = None
 
     def shut(self, exc: RpcError) -> None:
@@ -161,7 +164,7 @@ class ReplicaLinks:
                     # The holder refuses the link if it is not `rid` (a new process on a dead one's port).
                     additional_headers={"Authorization": f"Bearer {token}", REPLICA_HEADER: rid},
                     # Batched frames when the holder speaks them, else one message a frame (frames rule 1).
-                    subprotocols=[BATCHED_SUBPROTOCOL, LINK_SUBPROTOCOL],  # type: ignore[list-item]
+                    subprotocols=[BATCHED_LINK_SUBPROTOCOL, LINK_SUBPROTOCOL],  # type: ignore[list-item]
                     compression=None,
                     max_size=self._max_size,
                     ping_interval=None,  # liveness is the lease (rule 4)
@@ -172,7 +175,7 @@ class ReplicaLinks:
             raise replica_gone_error(rid, f"unreachable: {type(exc).__name__}") from None
         limit = self._frame_bytes
         writer: FrameWriter | None = None
-        if ws.subprotocol == BATCHED_SUBPROTOCOL:
+        if ws.subprotocol == BATCHED_LINK_SUBPROTOCOL:
             writer = FrameWriter(
                 ws.send,
                 limit,

@@ -26,7 +26,7 @@ from server.identity import (
     subprotocol_token,
 )
 from server.router import Caller
-from server.ws_link import StarletteLink
+from server.ws_link import accept_link
 from spec.errors import Cancelled
 from spec.link import Link, pump
 from spec.params import ProgressParams
@@ -58,8 +58,7 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         logger.info("client handshake refused: %s", exc.reason)
         await websocket.send_denial_response(denial(exc.status, "unauthorized", "invalid user token"))
         return
-    link = StarletteLink(websocket)
-    await link.accept(SUBPROTOCOL)
+    link = await accept_link(websocket, f"client:{caller.sub}")
     session = ClientSession(link, state, caller)
     with state.live_callers.track(caller.sub, caller.ws, caller.iat, session.revoked):
         await session.run()

@@ -25,7 +25,7 @@ from server.identity import SUBPROTOCOL, bearer_token, denial, offers_subprotoco
 from server.limits import cap_node_info
 from server.registry import NodeEntry
 from server.results import ResultUploads, checked_result
-from server.ws_link import StarletteLink
+from server.ws_link import accept_link
 from spec.errors import InvalidArguments, InvalidParams, NodeDisconnected, RpcError, Unauthorized
 from spec.link import Link, pump
 from spec.params import AuthRefreshResult, InitializeParams, InitializeResult
@@ -70,8 +70,7 @@ async def node_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(denial(403, "forbidden", "node revoked or unknown"))
         return
     state.metrics.handshake()
-    link = StarletteLink(websocket)
-    await link.accept(SUBPROTOCOL)
+    link = await accept_link(websocket, f"node:{claims.sub}")
     session = NodeSession(link, state, claims.sub, claims.ws, claims.exp)
     await session.run()
 

@@ -4,6 +4,9 @@ Layering: Starlette/uvicorn (transport) → `StarletteLink` (this module) → `s
 `spec.session.RpcSession`. Rules as in `spec.link`; Starlette specifics: a `websocket.disconnect`
 message carries the close code the other side sent, and receiving after the socket is gone raises
 `RuntimeError`, which is the end of the link like a disconnect.
+
+`accept_link` is the one accept of both endpoints: it answers `BATCHED_SUBPROTOCOL` when the client
+offered it (the link then joins messages into frames, `spec.frames`), `SUBPROTOCOL` otherwise.
 """
 
 from __future__ import annotations
@@ -12,9 +15,21 @@ from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from spec.link import Frame
+from spec.frames import BatchedLink
+from spec.link import Frame, Link
+from spec.protocol import BATCHED_SUBPROTOCOL, SUBPROTOCOL
 
-__all__ = ["StarletteLink"]
+__all__ = ["StarletteLink", "accept_link"]
+
+
+async def accept_link(websocket: WebSocket, name: str) -> Link:
+    """Accept the handshake (already authenticated) with the best subprotocol both ends speak."""
+    link = StarletteLink(websocket)
+    if BATCHED_SUBPROTOCOL in websocket.scope.get("subprotocols", ()):
+        await link.accept(BATCHED_SUBPROTOCOL)
+        return BatchedLink(link, name=f"frames:{name}")
+    await link.accept(SUBPROTOCOL)
+    return link
 
 
 class StarletteLink:

@@ -6,7 +6,10 @@ sdk) names these through this module, never as string literals, so a name is wri
 the prose form.
 
 Rules:
-1. `SUBPROTOCOL` is offered by every client and echoed by the server on both WebSocket endpoints.
+1. `SUBPROTOCOL` is offered by every client and echoed by the server on both WebSocket endpoints. A
+   client may offer `BATCHED_SUBPROTOCOL` before it; a server that speaks it echoes it instead, and the
+   link's frames then carry one or more messages each (`spec.frames`). Anything else stays one message
+   per frame.
 2. `PROTOCOL_VERSION` is what `initialize` carries, both ways (MCP revision 2025-11-25).
 3. `Method` holds every JSON-RPC method and notification name of the tunnel and the client RPC; a
    `Method` member *is* its wire string (`StrEnum`), so it goes into a frame or a handler table as is.
@@ -22,6 +25,7 @@ from typing import SupportsInt
 __all__ = [
     "AUDIT_DEFAULT_LIMIT",
     "AUDIT_MAX_LIMIT",
+    "BATCHED_SUBPROTOCOL",
     "PROTOCOL_VERSION",
     "RPC_PATH",
     "SUBPROTOCOL",
@@ -33,6 +37,9 @@ __all__ = [
 
 SUBPROTOCOL = "cortex.v1"
 """The WebSocket subprotocol of both `WS /api/v1/nodes/connect` and `WS /api/v1/rpc`."""
+
+BATCHED_SUBPROTOCOL = "cortex.v1.batched"
+"""`SUBPROTOCOL` with frames of one or more messages (rule 1, spec/protocol.md §1.2)."""
 
 PROTOCOL_VERSION = "2025-11-25"
 """The MCP protocol revision the tunnel's `initialize` handshake follows (the last with `initialize`)."""

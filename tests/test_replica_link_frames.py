@@ -1,5 +1,5 @@
 """The replica link's frames on a real replica: ``cortex.cluster.v2`` carries several messages a frame,
-``cortex.cluster.v1`` stays one message a frame (server.replica_frames rule 1, spec/protocol.md §15).
+``cortex.cluster.v1`` stays one message a frame (spec.frames rule 1, spec/protocol.md §15).
 
 Real processes: a `cortex-server serve --redis-url` replica on a real redis-server and a real
 `cortex-agent run` node on it; the test speaks the link with a genuine replica token over `websockets`.

@@ -14,7 +14,7 @@ _UNIT = """
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
     versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
     protocol_constants store_same_process audit_cancel audit_linger redaction_memo coalesce audit_failed_batch
-    deadlines json_text replica_frames auth_user_cache
+    deadlines json_text frames auth_user_cache
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls inprocess_list_changed
@@ -31,7 +31,7 @@ _E2E = """
     store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke cluster_demo cluster_scale_smoke
     mcp_haproxy enroll_visibility feed_bench_smoke pg_change_feed redis_artifacts replicas_feed_e2e
     shared_backoff shared_calls shared_state_e2e frame_guard
-    replica_link_frames shared_calls_interval mcp_json_answer mcp_bench_smoke
+    replica_link_frames shared_calls_interval mcp_json_answer mcp_bench_smoke batched_links
 """
 
 TIERS: dict[str, str] = {

@@ -289,7 +289,12 @@ class AgentProc(_Child):
 
 
 async def raw_node_socket(
-    server: ServerProc, name: str, workspace: str = "ws1", *, ping_interval: float | None = 20.0
+    server: ServerProc,
+    name: str,
+    workspace: str = "ws1",
+    *,
+    ping_interval: float | None = 20.0,
+    subprotocols: tuple[str, ...] = ("cortex.v1",),
 ) -> ClientConnection:
     """A tunnel socket for a freshly enrolled node, driven by hand (for protocol-level tests)."""
     credential = server.enroll(name, workspace)
@@ -301,7 +306,7 @@ async def raw_node_socket(
     return await connect(
         server.url.replace("http", "ws") + "/api/v1/nodes/connect",
         additional_headers={"Authorization": f"Bearer {response.json()['access_token']}"},
-        subprotocols=["cortex.v1"],  # type: ignore[list-item]
+        subprotocols=list(subprotocols),  # type: ignore[arg-type]
         max_size=None,
         ping_interval=ping_interval,
     )

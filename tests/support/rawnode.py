@@ -42,6 +42,10 @@ class RawNode:
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self.hold: asyncio.Event | None = None  # set: tools/call answers wait for it
+        self.batched = ws.subprotocol == "cortex.v1.batched"  # frames of one or more messages
+        self.frames = 0
+        self.messages = 0
 
     async def __aenter__(self) -> RawNode:
         self._reader = asyncio.create_task(self._read())
@@ -58,13 +62,18 @@ class RawNode:
     async def _read(self) -> None:
         with contextlib.suppress(Exception):
             async for frame in self.ws:
-                message = json.loads(frame)
-                if "method" in message and "id" in message:
-                    task = asyncio.create_task(self._answer(message))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                elif "method" not in message:
-                    await self.replies.put(message)
+                self.frames += 1
+                for part in str(frame).split("\n") if self.batched else [frame]:
+                    self._take(json.loads(part))
+
+    def _take(self, message: dict[str, Any]) -> None:
+        self.messages += 1
+        if "method" in message and "id" in message:
+            task = asyncio.create_task(self._answer(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif "method" not in message:
+            self.replies.put_nowait(message)
 
     async def _answer(self, message: dict[str, Any]) -> None:
         method = message["method"]
@@ -91,6 +100,8 @@ class RawNode:
             self.list_answered.set()
             return
         elif method == "tools/call":
+            if self.hold is not None:
+                await self.hold.wait()
             text = (message.get("params") or {}).get("arguments", {}).get("text", "")
             result = {"content": [{"type": "text", "text": text}], "isError": False}
         await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}))

@@ -1,4 +1,4 @@
-"""`server.replica_frames`: the messages of one loop iteration share a frame, in order, within the limit.
+"""`spec.frames`: the messages of one loop iteration share a frame, in order, within the limit.
 
 Tier (a): the writer writes into a sink that records each frame (the place of the socket); the frames it
 produces are split back as the other end splits them. The links over real sockets are in
@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from server.replica_frames import QUIET_ITERATIONS, FrameWriter, split
+from spec.frames import QUIET_ITERATIONS, BatchedLink, FrameWriter, split
+from spec.link import memory_link_pair
 from spec.peer import dumps
 
 
@@ -195,3 +196,43 @@ def test_split_gives_back_the_messages() -> None:
     assert split("a") == ["a"]
     assert split("a\nb\n") == ["a", "b", ""]
     assert split(b"a\nb") == [b"a", b"b"]
+
+
+async def test_a_batched_link_gives_one_message_at_a_time_in_order() -> None:
+    near, far = memory_link_pair()
+    link = BatchedLink(near)
+    await far.send("a\nb\nc")
+    await far.send("d")
+    async with asyncio.timeout(5):
+        assert [await link.receive() for _ in range(4)] == ["a", "b", "c", "d"]
+        await far.close()
+        assert await link.receive() is None
+
+
+async def test_a_batched_link_joins_what_one_iteration_sends() -> None:
+    near, far = memory_link_pair()
+    link = BatchedLink(near)
+    sent = [_message(i) for i in range(20)]
+    await asyncio.gather(*(link.send(text) for text in sent))
+    got: list[str] = []
+    async with asyncio.timeout(5):
+        while len(got) < 20:
+            frame = await far.receive()
+            assert isinstance(frame, str)
+            got += frame.split("\n")
+    assert got == sent
+    assert link.writer.frames == 2  # the first at once, the rest of the iteration in one frame
+    await link.close()
+
+
+async def test_closing_a_batched_link_writes_what_is_queued_first() -> None:
+    near, far = memory_link_pair()
+    link = BatchedLink(near)
+    await link.send(_message(1))  # at once
+    await link.send(_message(2))  # queued behind it, for the writer's next iteration
+    await link.close(1000, "bye")
+    frames = []
+    while (frame := await far.receive()) is not None:
+        frames.append(frame)
+    assert frames == [_message(1), _message(2)]
+    assert far.close_code == 1000

@@ -1,29 +1,34 @@
-"""Frames of a replica link: the messages sent in one event-loop iteration go out as one frame.
+"""Frames that carry several messages: the messages sent in one event-loop iteration go out as one frame.
 
-Where it sits: below both ends of a replica link (`server.replica_link` dials, `server.replica_endpoint`
-answers), between their `spec.session.RpcSession` and the socket. With 64 calls in flight a replica
-link carries a request and an answer per call; one WebSocket frame each is a send syscall each, and on
-loopback a send is most of a call's cost (profiled, `bench/cluster_bench.py`). With subprotocol
-`BATCHED_SUBPROTOCOL` (spec/protocol.md §15) a frame carries one or more JSON-RPC messages separated by
-``"\\n"``; each is handled as if it had come in a frame of its own.
+Where it sits: between a link's `spec.session.RpcSession` and its socket, on the links whose handshake
+picked a batched subprotocol: the node tunnel and the client RPC with `spec.protocol.BATCHED_SUBPROTOCOL`
+(spec/protocol.md §1.2), a replica link with ``cortex.cluster.v2`` (§15). With 64 calls in flight a link
+carries a request and an answer per call; one WebSocket frame each is, at each end, a frame parsed and
+built, a library send and (on the server) an ASGI message each way. On a batched link a frame carries
+one or more JSON-RPC messages separated by ``"\\n"``; each is handled as if it had come in a frame of
+its own.
 
 Rules:
-1. Only a link whose handshake picked `BATCHED_SUBPROTOCOL` joins messages; a ``cortex.cluster.v1``
-   link (a replica of an older release at either end) stays one message per frame.
+1. Only a link whose handshake picked a batched subprotocol joins messages; any other link stays one
+   message per frame (a peer of an older release, or of another implementation, at either end).
 2. A message is compact JSON, which never holds a raw newline; a message that does (whitespace between
    tokens) is re-encoded compactly before it is joined, so a split always gives back whole messages.
 3. A message on a quiet link (nothing written in the last `QUIET_ITERATIONS` loop iterations) is
    written at once: a lone call waits for nothing. Others are queued and the writer task sends them
-   in the next iteration, as few frames as the frame limit allows: under load one write per iteration,
-   however many calls it carries (each write to a replica waiting in epoll is a wake-up, the dearest
-   part of a send on a shared machine). Messages go out in the order they were
-   sent: nothing is written at once while something is queued or being written. A queued `send`
-   returns at once, or waits while more than `high_water` characters are queued (a peer that stopped
-   reading holds back its senders, never this replica's memory).
+   in the next iteration, as few frames as the frame size allows: under load one write per iteration,
+   however many calls it carries. Messages go out in the order they were sent: nothing is written at
+   once while something is queued or being written. A queued `send` returns at once, or waits while
+   more than `high_water` characters are queued (a peer that stopped reading holds back its senders,
+   never this process's memory).
 4. After a failed write the writer is done: every later `send` raises the error, and `on_error` is told
-   (the link then fails the calls in flight, `server.replica_link` rule 4).
+   (the owner of the link then fails the calls in flight on it).
 5. `split` is the receiving half: a frame of a batched link gives its messages in order; an empty part
    is handed on as it is (the peer core answers it as it answers an empty frame).
+6. `BatchedLink` makes a batched link a `spec.link.Link` again: `receive` gives one message at a time
+   (the parts of one frame before the next frame), `send` is the writer's, and `close` first writes what
+   is queued (for at most `CLOSE_FLUSH_S`), then closes the link. Joined frames stay within
+   `JOIN_BYTES`, which every peer of a batched subprotocol takes (a message larger than that goes alone,
+   within the receiver's own limit as before).
 """
 
 from __future__ import annotations
@@ -33,16 +38,22 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from spec.peer import dumps
 
-__all__ = ["BATCHED_SUBPROTOCOL", "FrameWriter", "split"]
+if TYPE_CHECKING:
+    from spec.link import Frame, Link
+
+__all__ = ["JOIN_BYTES", "BatchedLink", "FrameWriter", "split"]
 
 logger = logging.getLogger(__name__)
 
-BATCHED_SUBPROTOCOL = "cortex.cluster.v2"
-"""A replica link whose frames may carry several messages (rule 1)."""
 SEPARATOR = "\n"
+JOIN_BYTES = 16 * 1024
+"""The largest frame `BatchedLink` joins messages into (rule 6)."""
+CLOSE_FLUSH_S = 2.0
+"""How long `BatchedLink.close` waits for what is queued to be written (rule 6)."""
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 QUIET_ITERATIONS = 2
 """Loop iterations without a write after which a link is quiet again (rule 3)."""
@@ -74,7 +85,7 @@ class FrameWriter:
         write: Callable[[str], Awaitable[None]],
         max_frame_bytes: int,
         *,
-        name: str = "replica-frames",
+        name: str = "frames",
         high_water: int = DEFAULT_HIGH_WATER,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -89,6 +100,8 @@ class FrameWriter:
         self._queued = 0  # characters in _queue
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing queued, nothing being written
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._busy = False  # a write is under way
         self._recent = 0  # loop iterations to go before a message may be written at once again
@@ -108,6 +121,7 @@ class FrameWriter:
             return
         self._queue.append(text)
         self._queued += len(text)
+        self._idle.clear()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
         self._wake.set()
@@ -132,6 +146,8 @@ class FrameWriter:
             self._busy = False
             if self._queue:
                 self._wake.set()
+            else:
+                self._idle.set()
 
     def _wrote(self) -> None:
         if not self._recent:
@@ -150,6 +166,7 @@ class FrameWriter:
             self._queue.clear()
             self._queued = 0
             self._room.set()
+            self._idle.set()
             if self._on_error is not None:
                 self._on_error(exc)
 
@@ -183,19 +200,65 @@ class FrameWriter:
                 finally:
                     self._busy = False
                 self.messages += len(batch)
+                if not self._queue:
+                    self._idle.set()
         except asyncio.CancelledError:
-            self._error = self._error or ConnectionError("the replica link is closed")
+            self._error = self._error or ConnectionError("the link is closed")
             self._room.set()
+            self._idle.set()
             raise
         except Exception as exc:
             self._failed(exc)
 
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until everything queued has been written or has failed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+
     async def close(self) -> None:
         """Stop writing (what is still queued is dropped: the link is going away)."""
         if self._error is None:
-            self._error = ConnectionError("the replica link is closed")
+            self._error = ConnectionError("the link is closed")
         self._room.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+class BatchedLink:
+    """A link whose handshake picked a batched subprotocol, as a plain `spec.link.Link` (rule 6)."""
+
+    def __init__(self, link: Link, *, name: str = "frames", frame_bytes: int = JOIN_BYTES) -> None:
+        self.link = link
+        self.writer = FrameWriter(link.send, frame_bytes, name=name)
+        self.send: Callable[[str], Awaitable[None]] = self.writer.send
+        self._parts: list[Frame] = []  # the rest of the last frame, last message first
+
+    @property
+    def close_code(self) -> int | None:
+        return self.link.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.link.close_reason
+
+    async def receive(self) -> Frame | None:
+        if self._parts:
+            return self._parts.pop()
+        frame = await self.link.receive()
+        if frame is None:
+            return None
+        if (b"\n" not in frame) if isinstance(frame, bytes) else (SEPARATOR not in frame):
+            return frame
+        parts = split(frame)
+        parts.reverse()
+        first = parts.pop()
+        self._parts = parts
+        return first
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.writer.flush(CLOSE_FLUSH_S)
+        await self.writer.close()
+        await self.link.close(code, reason)
