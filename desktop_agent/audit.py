@@ -67,7 +67,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -166,6 +165,7 @@ class AuditLog:
         self.path = path
         self._path_text = os.fspath(path)  # rule 5's stat per batch: no Path conversion each time
         self._clock: tuple[int, str] = (-1, "")  # (ms since the epoch, its `ts` text): one format per ms
+        self._second: tuple[int, str] = (-1, "")  # (s since the epoch, its date and time of day)
         self.linger_s = linger_s  # rule 2: how long a queued record may wait for a batch someone waits for
         self.state_path = state_path if state_path is not None else path.with_name(STATE_FILE)
         self._head: tuple[int, str] = (0, GENESIS)  # durable head; replaced whole, so readers see a pair
@@ -506,11 +506,14 @@ class AuditLog:
 
     def _stamp(self) -> str:
         """The time now (UTC, milliseconds, ``Z``), formatted once per millisecond (batches come faster
-        than that under load)."""
+        than that under load); the date and time of day once per second (calls one after another each
+        get a millisecond of their own)."""
         ms = time.time_ns() // 1_000_000
         if ms != self._clock[0]:
-            text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-            self._clock = (ms, text.replace("+00:00", "Z"))
+            second, milli = divmod(ms, 1000)
+            if second != self._second[0]:
+                self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._clock = (ms, f"{self._second[1]}.{milli:03d}Z")
         return self._clock[1]
 
     def _save_state(self) -> None:

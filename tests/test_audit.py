@@ -8,6 +8,8 @@ import itertools
 import json
 import re
 import stat
+import time as audit_time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,14 @@ async def test_cli_verify_and_show(tmp_path: Path, capsys: pytest.CaptureFixture
     write_lines(tmp_path, rows)
     assert cli_verify(tmp_path) == 1
     assert "2" in capsys.readouterr().out
+
+
+def test_ts_is_rfc3339_utc_milliseconds_for_any_instant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The formatter keeps the date and time of day per second and adds the milliseconds itself.
+    log = AuditLog(tmp_path / "audit.log")
+    for ms in (0, 999, 1000, 1_780_000_000_000, 1_780_000_000_999, 1_780_000_001_000, 4_102_444_799_999):
+        monkeypatch.setattr(audit_time, "time_ns", lambda ms=ms: ms * 1_000_000 + 123)
+        expected = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        assert log._stamp() == expected.replace("+00:00", "Z")
