@@ -86,6 +86,7 @@ class MenuLayout:
 
 def popup_window(xs: XSession, kind: str = "POPUP_MENU") -> tuple[int, int, int, int] | None:
     """(x, y, width, height) of our viewable window of _NET_WM_WINDOW_TYPE_<kind> (a menu, a tooltip)."""
+    import Xlib.error
     import Xlib.X
 
     with x_display(xs.display) as display:
@@ -93,13 +94,16 @@ def popup_window(xs: XSession, kind: str = "POPUP_MENU") -> tuple[int, int, int,
         window_type = display.intern_atom("_NET_WM_WINDOW_TYPE")
         wanted = display.intern_atom(f"_NET_WM_WINDOW_TYPE_{kind}")
         for child in root.query_tree().children:
-            if child.get_attributes().map_state != Xlib.X.IsViewable:
-                continue
-            cls = child.get_wm_class()
-            types = child.get_full_property(window_type, Xlib.X.AnyPropertyType)
-            if cls and "cortex-agent" in cls and types is not None and wanted in types.value:
-                geometry = child.get_geometry()
-                return (geometry.x, geometry.y, geometry.width, geometry.height)
+            try:
+                if child.get_attributes().map_state != Xlib.X.IsViewable:
+                    continue
+                cls = child.get_wm_class()
+                types = child.get_full_property(window_type, Xlib.X.AnyPropertyType)
+                if cls and "cortex-agent" in cls and types is not None and wanted in types.value:
+                    geometry = child.get_geometry()
+                    return (geometry.x, geometry.y, geometry.width, geometry.height)
+            except (Xlib.error.BadWindow, Xlib.error.BadDrawable):
+                continue  # destroyed since the tree was read (a menu closing): not there any more
         return None
 
 
