@@ -88,7 +88,7 @@ from desktop_agent.audit_file import (
     verify,
 )
 from desktop_agent.redaction import KeyMemo, redact
-from spec.json_text import canonical
+from spec.json_text import canonical, compact
 
 __all__ = [
     "AUDIT_FILE",
@@ -522,7 +522,10 @@ class AuditLog:
         state: dict[str, Any] = {"seq": seq, "hash": digest}
         if self._failure is not None:
             state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
-        data = json.dumps(state).encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
+        # The head alone is ASCII whatever the encoder: the encoder built once (a json.dumps builds
+        # one per call, which was about 3% of the agent's time at 64 calls in flight on tmpfs).
+        text = compact(state) if self._failure is None else json.dumps(state)
+        data = text.encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
         try:
             if self._state_fd is None:
                 self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -13,12 +13,19 @@ Rules:
    SIGTERM when its parent goes (``PR_SET_PDEATHSIG``) — a killed server leaves no orphan.
 3. On a clean stop the children get SIGTERM, then SIGKILL after `CHILD_STOP_S`.
 4. Secrets reach a child through its environment or its files, never its command line.
+5. Once listening, everything built so far (modules, routes, the state) is moved out of the garbage
+   collector's sight (``gc.freeze``), and the youngest generation is collected every
+   `GC_YOUNG_THRESHOLD` tracked allocations instead of 700. Nearly everything a call allocates is freed
+   by reference counting; the collections the default ran every call or two were about a tenth of the
+   server's CPU at 64 calls in flight (`bench/agent_bench.py`: 70 -> 61 µs per call). The young
+   garbage left for the collector (reference cycles) stays bounded by the threshold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -33,6 +40,8 @@ if TYPE_CHECKING:  # `cortex-server enroll-node` and friends never load uvicorn
 __all__ = ["CHILD_STOP_S", "ChildSetupError", "ChildSpec", "Extras", "base_url_of", "serve", "spawn_child"]
 
 CHILD_STOP_S = 5.0
+GC_YOUNG_THRESHOLD = 10_000
+"""Tracked allocations between collections of the youngest generation (rule 5)."""
 STARTED_CHECK_S = 0.05  # uvicorn has no "started" event to wait on: its `started` flag is polled
 
 
@@ -109,6 +118,8 @@ async def serve(server: uvicorn.Server, config: ServerConfig, extras: Extras | N
     cluster = state.cluster if state is not None else None
     if cluster is not None:  # other replicas dial this address for calls to nodes held here
         await cluster.advertise(config.advertise_url or base_url)
+    gc.freeze()  # rule 5
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     print(f"cortex-server listening on {base_url}", flush=True)
     child: asyncio.subprocess.Process | None = None
     try:
