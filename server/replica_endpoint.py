@@ -27,7 +27,7 @@ from server.replica_link import (
     replica_gone_error,
 )
 from spec.errors import INVALID_PARAMS, NodeNotConnected, RpcError
-from spec.frames import FrameWriter, split
+from spec.frames import FrameWriter, feed_frame
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -112,8 +112,7 @@ async def link_endpoint(websocket: WebSocket) -> None:
             if writer is None:
                 await session.feed(frame)
             else:
-                for text in split(frame):
-                    await session.feed(text)
+                await feed_frame(frame, session.feed)
     except (WebSocketDisconnect, RuntimeError):
         return
     finally:

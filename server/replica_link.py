@@ -45,7 +45,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from server.auth import TokenAuthority
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import NODE_DISCONNECTED, InvalidArguments, RpcError
-from spec.frames import FrameWriter, split
+from spec.frames import FrameWriter, feed_frame
 from spec.protocol import Method
 from spec.session import RpcSession, make_methods
 
@@ -209,8 +209,7 @@ class ReplicaLinks:
         try:
             async for frame in link.ws:
                 if batched:
-                    for text in split(frame):
-                        await link.session.feed(text)
+                    await feed_frame(frame, link.session.feed)
                 else:
                     await link.session.feed(frame)
         except websockets.ConnectionClosed:

@@ -29,6 +29,11 @@ Rules:
    is queued (for at most `CLOSE_FLUSH_S`), then closes the link. Joined frames stay within
    `JOIN_BYTES`, which every peer of a batched subprotocol takes (a message larger than that goes alone,
    within the receiver's own limit as before).
+7. A joined frame never stalls the process that reads it: its messages are taken one at a time from
+   the frame itself (no list of them is built: a frame of 16 MiB of newlines is not 16 million
+   strings), and after every `YIELD_EVERY` of them the reader lets the event loop run once, as it does
+   between frames. So one link's frame of many messages delays the other links by about as much as
+   the same messages in frames of their own would.
 """
 
 from __future__ import annotations
@@ -38,20 +43,22 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spec.peer import dumps
 
 if TYPE_CHECKING:
     from spec.link import Frame, Link
 
-__all__ = ["JOIN_BYTES", "BatchedLink", "FrameWriter", "split"]
+__all__ = ["JOIN_BYTES", "YIELD_EVERY", "BatchedLink", "FrameParts", "FrameWriter", "feed_frame", "split"]
 
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "\n"
 JOIN_BYTES = 16 * 1024
 """The largest frame `BatchedLink` joins messages into (rule 6)."""
+YIELD_EVERY = 64
+"""Messages of one frame handed on between two passes of the event loop (rule 7)."""
 CLOSE_FLUSH_S = 2.0
 """How long `BatchedLink.close` waits for what is queued to be written (rule 6)."""
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
@@ -67,6 +74,40 @@ def split(frame: str | bytes) -> list[str | bytes]:
     else:
         parts.extend(frame.split(SEPARATOR) if SEPARATOR in frame else (frame,))
     return parts
+
+
+class FrameParts:
+    """The messages of one frame of a batched link, one at a time, without a list of them (rule 7)."""
+
+    __slots__ = ("_frame", "_pos", "_separator")
+
+    def __init__(self, frame: Frame) -> None:
+        self._frame = frame
+        self._pos = 0
+        self._separator: Any = b"\n" if isinstance(frame, bytes) else SEPARATOR
+
+    def next(self) -> Frame | None:
+        """The next message, or None after the last."""
+        pos, frame = self._pos, self._frame
+        if pos < 0:
+            return None
+        end = frame.find(self._separator, pos)
+        if end < 0:
+            self._pos = -1
+            return frame if pos == 0 else frame[pos:]
+        self._pos = end + 1
+        return frame[pos:end]
+
+
+async def feed_frame(frame: Frame, feed: Callable[[Frame], Awaitable[None]]) -> None:
+    """Hand every message of a batched link's `frame` to `feed`, letting the loop run (rule 7)."""
+    parts = FrameParts(frame)
+    count = 0
+    while (text := parts.next()) is not None:
+        await feed(text)
+        count += 1
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
 
 
 def _compact(text: str) -> str:
@@ -234,7 +275,8 @@ class BatchedLink:
         self.link = link
         self.writer = FrameWriter(link.send, frame_bytes, name=name)
         self.send: Callable[[str], Awaitable[None]] = self.writer.send
-        self._parts: list[Frame] = []  # the rest of the last frame, last message first
+        self._parts: FrameParts | None = None  # the rest of the last frame
+        self._taken = 0  # messages taken from it so far
 
     @property
     def close_code(self) -> int | None:
@@ -245,18 +287,23 @@ class BatchedLink:
         return self.link.close_reason
 
     async def receive(self) -> Frame | None:
-        if self._parts:
-            return self._parts.pop()
+        parts = self._parts
+        if parts is not None:
+            text = parts.next()
+            if text is not None:
+                self._taken += 1
+                if self._taken % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # rule 7: the other links' turn
+                return text
+            self._parts = None
         frame = await self.link.receive()
         if frame is None:
             return None
         if (b"\n" not in frame) if isinstance(frame, bytes) else (SEPARATOR not in frame):
             return frame
-        parts = split(frame)
-        parts.reverse()
-        first = parts.pop()
-        self._parts = parts
-        return first
+        self._parts = parts = FrameParts(frame)
+        self._taken = 1
+        return parts.next()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.writer.flush(CLOSE_FLUSH_S)

@@ -130,3 +130,21 @@ async def test_the_agent_and_the_sdk_speak_batched_end_to_end(
         results = await asyncio.gather(*(client.call("laptop", "echo", {"text": f"e{i}"}) for i in range(64)))
         assert [r.text for r in results] == [f"e{i}" for i in range(64)]
         assert link.writer.frames < link.writer.messages  # the SDK's calls shared frames
+
+
+async def test_a_frame_of_many_empty_messages_is_answered_and_others_keep_being_served(
+    server_proc: ServerProc,
+) -> None:
+    async with (
+        await _rpc_socket(server_proc, [BATCHED, V1]) as hostile,
+        await _rpc_socket(server_proc, [V1]) as other,
+    ):
+        await hostile.send("\n" * 19_999)  # 20,000 empty messages in one frame
+        await other.send(_ping(1))
+        (answer,), _ = await _messages(other, 1)  # served meanwhile (spec.frames rule 7)
+        assert answer["result"] == {}
+        answers, _frames = await _messages(hostile, 20_000)
+        assert {a["error"]["code"] for a in answers} == {-32700}
+        await hostile.send(_ping(2))
+        (answer,), _ = await _messages(hostile, 1)
+        assert answer == {"jsonrpc": "2.0", "id": 2, "result": {}}

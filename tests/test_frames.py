@@ -11,8 +11,10 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from spec.frames import QUIET_ITERATIONS, BatchedLink, FrameWriter, split
+from spec.frames import QUIET_ITERATIONS, YIELD_EVERY, BatchedLink, FrameParts, FrameWriter, feed_frame, split
 from spec.link import memory_link_pair
 from spec.peer import dumps
 
@@ -236,3 +238,65 @@ async def test_closing_a_batched_link_writes_what_is_queued_first() -> None:
         frames.append(frame)
     assert frames == [_message(1), _message(2)]
     assert far.close_code == 1000
+
+
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=8), min_size=1, max_size=12)
+)
+def test_frame_parts_are_what_split_gives(messages: list[str]) -> None:
+    frame = "\n".join(messages)
+    for value in (frame, frame.encode("utf-8")):
+        parts = FrameParts(value)
+        taken = []
+        while (part := parts.next()) is not None:
+            taken.append(part)
+        assert taken == split(value)
+
+
+async def test_a_frame_of_many_messages_lets_the_loop_run_between_them() -> None:
+    # Rule 7: 10,000 empty messages in one 10 kB frame; another task must get turns while they are read.
+    near, far = memory_link_pair()
+    link = BatchedLink(near)
+    turns = 0
+    stop = asyncio.Event()
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other())
+    try:
+        await far.send("\n" * 9_999)
+        async with asyncio.timeout(10):
+            for _ in range(10_000):
+                assert await link.receive() == ""
+    finally:
+        stop.set()
+        await ticker
+    assert turns >= 10_000 // YIELD_EVERY - 1
+
+
+async def test_feed_frame_lets_the_loop_run_between_messages() -> None:
+    fed: list[str | bytes] = []
+    turns = 0
+    stop = asyncio.Event()
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def feed(text: str | bytes) -> None:
+        fed.append(text)
+
+    ticker = asyncio.create_task(other())
+    try:
+        await feed_frame("a\n" * 1_000 + "b", feed)
+    finally:
+        stop.set()
+        await ticker
+    assert fed == ["a"] * 1_000 + ["b"]
+    assert turns >= 1_000 // YIELD_EVERY - 1
