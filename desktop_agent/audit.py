@@ -46,7 +46,9 @@ Rules:
    cut, the log fails for good: that batch and every later append raise `AuditSilenced` (the engine then
    refuses every tool with an isError result naming the problem) until the agent is restarted.
 6. Saved head: after each batch the durable head ``{seq, hash}`` is rewritten in place in
-   ``<home>/audit.head`` (0600, a small fixed-size file, no fsync: it only ever lags the log). On open, a
+   ``<home>/audit.head`` (0600, a small fixed-size file, no fsync: it only ever lags the log), once the
+   batch's callers are on their way (the writer thread saves it after waking the loop; a batch
+   committed on the loop has it saved in the loop's next pass, so a call's answer leaves first). On open, a
    log that does not hold that head (deleted, moved, replaced or cut while the agent was stopped, or the
    cause of a refusal before a restart) gets an ``audit.recovered`` record with ``expected_head`` and
    ``found_head``, and the chain continues from what the log holds: from its last good record, or a
@@ -185,6 +187,9 @@ class AuditLog:
         self._loop: asyncio.AbstractEventLoop | None = None  # where the callers wait (set on each submit)
         self._inline_scheduled = False
         self._linger: asyncio.TimerHandle | None = None  # rule 2 on the loop: a queued record's deadline
+        self._head_unsaved = False  # rule 6: the head moved since it was last saved
+        self._save_scheduled = False  # rule 6 on the loop: a save is queued for the next pass
+        self._state_lock = threading.Lock()  # one pwrite of the head file at a time (loop or writer)
         self._keys = KeyMemo()  # rule 3's redaction of argument keys, remembered (used under _commit_lock)
 
     # -- the caller's side (event loop) ---------------------------------------------------------
@@ -236,6 +241,7 @@ class AuditLog:
         thread = self._thread
         if thread is None:
             return
+        self._save_head()  # a save still queued on the loop (rule 6), before the writer closes the files
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -300,6 +306,9 @@ class AuditLog:
                 batch, self._queue, self._urgent = self._queue, [], 0
             if batch:
                 _settle(self._commit(batch))
+        if self._head_unsaved and not self._save_scheduled and self._loop is not None:
+            self._save_scheduled = True  # rule 6: after this pass's callers have run
+            self._loop.call_soon(self._save_head)
 
     def _linger_ended(self) -> None:
         # Left running when a batch goes earlier (no timer churn per batch): whatever is queued now was
@@ -328,6 +337,7 @@ class AuditLog:
                         _settle(outcomes)  # only queued records: nothing to wake, failures are logged
                 except RuntimeError:  # the loop is gone: nobody waits for these any more
                     pass
+                self._save_head()  # rule 6: the callers are woken first
         finally:
             for fd in (self._fd, self._state_fd):
                 if fd is not None:
@@ -394,7 +404,7 @@ class AuditLog:
                 outcomes += [(future, None, exc) for future, _record in built]
             else:
                 self._head = (seq, prev)
-                self._save_state()
+                self._head_unsaved = True  # saved once the callers are on their way (rule 6)
                 outcomes += [(future, record, None) for future, record in built]
         head = self.head()
         outcomes += [(future, head, None) for future in barriers]
@@ -516,8 +526,19 @@ class AuditLog:
             self._clock = (ms, f"{self._second[1]}.{milli:03d}Z")
         return self._clock[1]
 
+    def _save_head(self) -> None:
+        """Rule 6: the head, if it moved since the last save (on the loop or on the writer thread)."""
+        self._save_scheduled = False
+        if self._head_unsaved and self._fd is not None:
+            self._head_unsaved = False
+            self._save_state()
+
     def _save_state(self) -> None:
-        """The durable head, rewritten in place in `audit.head` (0600) after each group commit."""
+        """The durable head, rewritten in place in `audit.head` (0600)."""
+        with self._state_lock:
+            self._write_state()
+
+    def _write_state(self) -> None:
         seq, digest = self._head
         state: dict[str, Any] = {"seq": seq, "hash": digest}
         if self._failure is not None:
