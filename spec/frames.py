@@ -22,8 +22,9 @@ Rules:
    never this process's memory).
 4. After a failed write the writer is done: every later `send` raises the error, and `on_error` is told
    (the owner of the link then fails the calls in flight on it).
-5. `split` is the receiving half: a frame of a batched link gives its messages in order; an empty part
-   is handed on as it is (the peer core answers it as it answers an empty frame).
+5. `FrameParts` (one at a time) and `split` (all at once, for tests) are the receiving half: a frame of
+   a batched link gives its messages in order; an empty part is handed on as it is (the peer core
+   answers it as it answers an empty frame).
 6. `BatchedLink` makes a batched link a `spec.link.Link` again: `receive` gives one message at a time
    (the parts of one frame before the next frame), `send` is the writer's, and `close` first writes what
    is queued (for at most `CLOSE_FLUSH_S`), then closes the link. Joined frames stay within
