@@ -33,6 +33,7 @@ from collections import deque
 from typing import Any
 
 from server.recent_calls import DEFAULT_CAPACITY, DEFAULT_RESULT_BYTES, Caller, CallRecord, RecentCalls
+from spec.json_text import lenient
 
 __all__ = ["CALLS_KEY", "RedisRecentCalls"]
 
@@ -107,7 +108,7 @@ class RedisRecentCalls(RecentCalls):
         super().record(**kwargs)
         data = self._calls[-1].to_json()
         data.pop("id")
-        self._pending.append(json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str))
+        self._pending.append(lenient(data))  # the encoder built once (spec.json_text)
         self._wake.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="recent-calls")

@@ -5,6 +5,8 @@ text) and its result digests. stdlib only.
 
 - `compact(value)`: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
 - `canonical(value)`: the same with ``sort_keys=True`` (what the audit chain hashes).
+- `lenient(value)`: `compact` that writes anything JSON has no type for as its ``str()`` (``default=str``;
+  records for people to read, e.g. the recent calls a cluster shares).
 
 Both give exactly `json.dumps`'s text (tests/test_json_text.py checks that over generated values).
 `json.JSONEncoder.encode` builds its C encoder anew on every call; here the C encoder
@@ -22,20 +24,25 @@ from collections.abc import Callable
 from json import encoder as _stdlib_encoder
 from typing import Any
 
-__all__ = ["canonical", "compact"]
+__all__ = ["canonical", "compact", "lenient"]
 
 
 def _refuse(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _make(sort_keys: bool) -> Callable[[Any], str]:
-    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys).encode
+def _make(sort_keys: bool, default: Callable[[Any], Any] = _refuse) -> Callable[[Any], str]:
+    plain = json.JSONEncoder(
+        separators=(",", ":"),
+        ensure_ascii=False,
+        sort_keys=sort_keys,
+        default=None if default is _refuse else default,
+    ).encode
     make_c = getattr(_stdlib_encoder, "c_make_encoder", None)
     quote = getattr(_stdlib_encoder, "c_encode_basestring", None)
     if make_c is None or quote is None:
         return plain
-    chunks = make_c(None, _refuse, quote, None, ":", ",", sort_keys, False, True)
+    chunks = make_c(None, default, quote, None, ":", ",", sort_keys, False, True)
     join = "".join
 
     def encode(value: Any) -> str:
@@ -48,3 +55,4 @@ def _make(sort_keys: bool) -> Callable[[Any], str]:
 
 compact = _make(sort_keys=False)
 canonical = _make(sort_keys=True)
+lenient = _make(sort_keys=False, default=str)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spec.json_text import canonical, compact
+from spec.json_text import canonical, compact, lenient
 
 _SCALARS = (
     st.none()
@@ -39,6 +39,12 @@ def _dumps(value: Any, sort_keys: bool) -> str:
 def test_same_text_as_json_dumps(value: Any) -> None:
     assert compact(value) == _dumps(value, False)
     assert canonical(value) == _dumps(value, True)
+    assert lenient(value) == _dumps(value, False)
+
+
+def test_lenient_writes_what_json_has_no_type_for_as_its_str() -> None:
+    value = {"when": object, "items": {3}, "ok": [1, "two"]}
+    assert lenient(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 @pytest.mark.parametrize("value", ["", "plain", 'quote " and \\ and \n', "é ✓ 😀", "\ud800"])
