@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,9 +91,9 @@ async def idle(workdir: Path, counts: list[int], window: float, heartbeat: float
     """Hold growing numbers of idle nodes on one server; RSS per node and heartbeat CPU at each step."""
     raise_fd_limit()
     top = max(counts)
-    server = await asyncio.to_thread(
-        ServerProcess(workdir / "server-idle", heartbeat_interval=heartbeat).start
-    )
+    # A data dir of its own per call: the full run measures twice (its own interval, then the default).
+    data = Path(tempfile.mkdtemp(prefix="server-idle-", dir=workdir))
+    server = await asyncio.to_thread(ServerProcess(data, heartbeat_interval=heartbeat).start)
     fleets: list[SimFleet] = []
     rows: list[Row] = []
     try:
