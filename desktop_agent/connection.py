@@ -37,6 +37,7 @@ from typing import Any
 import httpx2
 import websockets
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from desktop_agent.engine import ToolEngine
 from desktop_agent.tools.basic import system_facts
@@ -44,7 +45,7 @@ from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
-from spec.frames import BatchedLink
+from spec.frames import BatchedLink, takes_joined_frames
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
 from spec.protocol import (
@@ -166,6 +167,10 @@ class NodeAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._sender = ResultSender(settings.max_frame_bytes)
+        # Frames of several messages when the server speaks them and our limit takes them (spec.frames).
+        batched = takes_joined_frames(settings.max_frame_bytes)
+        offered = [BATCHED_SUBPROTOCOL, SUBPROTOCOL] if batched else [SUBPROTOCOL]
+        self._subprotocols = [Subprotocol(name) for name in offered]
         self.workspace: str | None = None  # from the last access token, for "connected" messages
         engine.on_tools_changed(self._tools_changed)
         engine.approvals.node_name = settings.name
@@ -294,7 +299,7 @@ class NodeAgent:
         async with connect(
             self.settings.ws_url,
             additional_headers={"Authorization": f"Bearer {token}"},
-            subprotocols=[BATCHED_SUBPROTOCOL, SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=self._subprotocols,
             compression=None,
             create_connection=CoalescingClientConnection,
             max_size=self.settings.max_frame_bytes,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx2
 import websockets
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from sdk.exceptions import (
     AuthError,
@@ -34,7 +35,7 @@ from sdk.exceptions import (
 from sdk.planner import PlanStep, aplan, plan
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
-from spec.frames import BatchedLink
+from spec.frames import BatchedLink, takes_joined_frames
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
 from spec.protocol import BATCHED_SUBPROTOCOL, RPC_PATH, SUBPROTOCOL, MetaKey, Method
@@ -126,6 +127,11 @@ class AsyncClient:
         self._token = token
         self._ssl = ssl_context
         self._max_frame = max_frame_bytes
+        # Frames of several messages when the server speaks them and our limit takes them (spec.frames).
+        offered = (
+            [BATCHED_SUBPROTOCOL, SUBPROTOCOL] if takes_joined_frames(max_frame_bytes) else [SUBPROTOCOL]
+        )
+        self._subprotocols = [Subprotocol(name) for name in offered]
         self._open_timeout = open_timeout
         self._ws: Link | None = None
         self._rpc: RpcSession | None = None
@@ -144,7 +150,7 @@ class AsyncClient:
             ws = await connect(
                 ws_url(self.url, RPC_PATH),
                 additional_headers=headers,
-                subprotocols=[BATCHED_SUBPROTOCOL, SUBPROTOCOL],  # type: ignore[list-item]
+                subprotocols=self._subprotocols,
                 compression=None,
                 create_connection=CoalescingClientConnection,
                 max_size=self._max_frame,

@@ -58,7 +58,7 @@ async def rpc_endpoint(websocket: WebSocket) -> None:
         logger.info("client handshake refused: %s", exc.reason)
         await websocket.send_denial_response(denial(exc.status, "unauthorized", "invalid user token"))
         return
-    link = await accept_link(websocket, f"client:{caller.sub}")
+    link = await accept_link(websocket, f"client:{caller.sub}", state.config.max_frame_bytes)
     session = ClientSession(link, state, caller)
     with state.live_callers.track(caller.sub, caller.ws, caller.iat, session.revoked):
         await session.run()

@@ -70,7 +70,7 @@ async def node_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(denial(403, "forbidden", "node revoked or unknown"))
         return
     state.metrics.handshake()
-    link = await accept_link(websocket, f"node:{claims.sub}")
+    link = await accept_link(websocket, f"node:{claims.sub}", state.config.max_frame_bytes)
     session = NodeSession(link, state, claims.sub, claims.ws, claims.exp)
     await session.run()
 

@@ -6,7 +6,8 @@ message carries the close code the other side sent, and receiving after the sock
 `RuntimeError`, which is the end of the link like a disconnect.
 
 `accept_link` is the one accept of both endpoints: it answers `BATCHED_SUBPROTOCOL` when the client
-offered it (the link then joins messages into frames, `spec.frames`), `SUBPROTOCOL` otherwise.
+offered it and the server's frame limit takes joined frames (the link then joins messages into frames,
+`spec.frames`), `SUBPROTOCOL` otherwise.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from spec.frames import BatchedLink
+from spec.frames import BatchedLink, takes_joined_frames
 from spec.link import Frame, Link
 from spec.protocol import BATCHED_SUBPROTOCOL, SUBPROTOCOL
 
 __all__ = ["StarletteLink", "accept_link"]
 
 
-async def accept_link(websocket: WebSocket, name: str) -> Link:
+async def accept_link(websocket: WebSocket, name: str, max_frame_bytes: int) -> Link:
     """Accept the handshake (already authenticated) with the best subprotocol both ends speak."""
     link = StarletteLink(websocket)
-    if BATCHED_SUBPROTOCOL in websocket.scope.get("subprotocols", ()):
+    offered = websocket.scope.get("subprotocols", ())
+    if BATCHED_SUBPROTOCOL in offered and takes_joined_frames(max_frame_bytes):
         await link.accept(BATCHED_SUBPROTOCOL)
         return BatchedLink(link, name=f"frames:{name}")
     await link.accept(SUBPROTOCOL)

@@ -28,8 +28,9 @@ Rules:
 6. `BatchedLink` makes a batched link a `spec.link.Link` again: `receive` gives one message at a time
    (the parts of one frame before the next frame), `send` is the writer's, and `close` first writes what
    is queued (for at most `CLOSE_FLUSH_S`), then closes the link. Joined frames stay within
-   `JOIN_BYTES`, which every peer of a batched subprotocol takes (a message larger than that goes alone,
-   within the receiver's own limit as before).
+   `JOIN_BYTES` (a message larger than that goes alone, within the receiver's own limit as before), so
+   an end offers or answers a batched subprotocol only when it takes frames of that size
+   (`takes_joined_frames`).
 7. A joined frame never stalls the process that reads it: its messages are taken one at a time from
    the frame itself (no list of them is built: a frame of 16 MiB of newlines is not 16 million
    strings), and after every `YIELD_EVERY` of them the reader lets the event loop run once, as it does
@@ -51,7 +52,16 @@ from spec.peer import dumps
 if TYPE_CHECKING:
     from spec.link import Frame, Link
 
-__all__ = ["JOIN_BYTES", "YIELD_EVERY", "BatchedLink", "FrameParts", "FrameWriter", "feed_frame", "split"]
+__all__ = [
+    "JOIN_BYTES",
+    "YIELD_EVERY",
+    "BatchedLink",
+    "FrameParts",
+    "FrameWriter",
+    "feed_frame",
+    "split",
+    "takes_joined_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +75,12 @@ CLOSE_FLUSH_S = 2.0
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 QUIET_ITERATIONS = 2
 """Loop iterations without a write after which a link is quiet again (rule 3)."""
+
+
+def takes_joined_frames(max_frame_bytes: int | None) -> bool:
+    """Whether an end whose frame limit is `max_frame_bytes` (None: no limit) may speak a batched
+    subprotocol: the other end joins messages into frames of up to `JOIN_BYTES` (rule 6)."""
+    return max_frame_bytes is None or max_frame_bytes >= JOIN_BYTES
 
 
 def split(frame: str | bytes) -> list[str | bytes]:

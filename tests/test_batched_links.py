@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -148,3 +149,18 @@ async def test_a_frame_of_many_empty_messages_is_answered_and_others_keep_being_
         await hostile.send(_ping(2))
         (answer,), _ = await _messages(hostile, 1)
         assert answer == {"jsonrpc": "2.0", "id": 2, "result": {}}
+
+
+async def test_an_end_whose_frame_limit_is_under_a_joined_frame_stays_one_message_a_frame(
+    tmp_path: Path,
+) -> None:
+    # A server taking frames of at most 8 KiB never answers cortex.v1.batched (the other end would join
+    # up to 16 KiB), and an SDK client with such a limit does not offer it.
+    server = ServerProc(tmp_path / "small", args=["--max-frame-bytes", "8192"]).start()
+    try:
+        async with await _rpc_socket(server, [BATCHED, V1]) as ws:
+            assert ws.subprotocol == V1
+    finally:
+        server.stop()
+    assert AsyncClient("http://127.0.0.1:1", max_frame_bytes=8192)._subprotocols == [V1]
+    assert AsyncClient("http://127.0.0.1:1")._subprotocols == [BATCHED, V1]
