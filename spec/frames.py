@@ -27,7 +27,8 @@ Rules:
    answers it as it answers an empty frame).
 6. `BatchedLink` makes a batched link a `spec.link.Link` again: `receive` gives one message at a time
    (the parts of one frame before the next frame), `send` is the writer's, and `close` first writes what
-   is queued (for at most `CLOSE_FLUSH_S`), then closes the link. Joined frames stay within
+   is queued (for at most `CLOSE_FLUSH_S`; not at all while a write is held up by a peer that stopped
+   reading, whose link is going anyway), then closes the link. Joined frames stay within
    `JOIN_BYTES` (a message larger than that goes alone, within the receiver's own limit as before), so
    an end offers or answers a batched subprotocol only when it takes frames of that size
    (`takes_joined_frames`).
@@ -70,7 +71,7 @@ JOIN_BYTES = 16 * 1024
 """The largest frame `BatchedLink` joins messages into (rule 6)."""
 YIELD_EVERY = 64
 """Messages of one frame handed on between two passes of the event loop (rule 7)."""
-CLOSE_FLUSH_S = 2.0
+CLOSE_FLUSH_S = 0.5
 """How long `BatchedLink.close` waits for what is queued to be written (rule 6)."""
 DEFAULT_HIGH_WATER = 4 * 1024 * 1024
 QUIET_ITERATIONS = 2
@@ -268,6 +269,11 @@ class FrameWriter:
         except Exception as exc:
             self._failed(exc)
 
+    @property
+    def writing(self) -> bool:
+        """A write is under way (held up, if it lasts, by a peer that does not read)."""
+        return self._busy
+
     async def flush(self, timeout: float) -> None:
         """Wait (at most `timeout` seconds) until everything queued has been written or has failed."""
         with contextlib.suppress(TimeoutError):
@@ -323,6 +329,7 @@ class BatchedLink:
         return parts.next()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.writer.flush(CLOSE_FLUSH_S)
+        if not self.writer.writing:  # rule 6: what is queued goes first, unless the peer stopped reading
+            await self.writer.flush(CLOSE_FLUSH_S)
         await self.writer.close()
         await self.link.close(code, reason)
