@@ -535,25 +535,22 @@ class AuditLog:
 
     def _save_state(self) -> None:
         """The durable head, rewritten in place in `audit.head` (0600)."""
-        with self._state_lock:
-            self._write_state()
-
-    def _write_state(self) -> None:
-        seq, digest = self._head
-        state: dict[str, Any] = {"seq": seq, "hash": digest}
-        if self._failure is not None:
-            state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
-        # The head alone is ASCII whatever the encoder: the encoder built once (a json.dumps builds
-        # one per call, which was about 3% of the agent's time at 64 calls in flight on tmpfs).
-        text = compact(state) if self._failure is None else json.dumps(state)
-        data = text.encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
-        try:
-            if self._state_fd is None:
-                self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                os.fchmod(self._state_fd, 0o600)
-            os.pwrite(self._state_fd, data, 0)
-        except OSError as exc:  # the log itself is durable; the head file only helps `verify`
-            logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
+        with self._state_lock:  # the loop and the writer thread both save it
+            seq, digest = self._head
+            state: dict[str, Any] = {"seq": seq, "hash": digest}
+            if self._failure is not None:
+                state["failure"] = self._failure[:_MAX_FAILURE_CHARS]
+            # The head alone is ASCII whatever the encoder: the encoder built once (a json.dumps builds
+            # one per call, which was about 3% of the agent's time at 64 calls in flight on tmpfs).
+            text = compact(state) if self._failure is None else json.dumps(state)
+            data = text.encode("ascii").ljust(STATE_BYTES - 1) + b"\n"
+            try:
+                if self._state_fd is None:
+                    self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    os.fchmod(self._state_fd, 0o600)
+                os.pwrite(self._state_fd, data, 0)
+            except OSError as exc:  # the log itself is durable; the head file only helps `verify`
+                logger.warning("could not save the audit head to %s: %s", self.state_path, exc)
 
 
 def _build(

@@ -45,14 +45,12 @@ from desktop_agent.uploads import ResultSender
 from desktop_agent.version import AGENT_VERSION
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
-from spec.frames import BatchedLink, takes_joined_frames
+from spec.frames import client_link, client_subprotocols
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
 from spec.protocol import (
     AUDIT_DEFAULT_LIMIT,
-    BATCHED_SUBPROTOCOL,
     PROTOCOL_VERSION,
-    SUBPROTOCOL,
     TUNNEL_PATH,
     MetaKey,
     Method,
@@ -168,9 +166,7 @@ class NodeAgent:
         self._pending: set[asyncio.Future[Any]] = set()
         self._sender = ResultSender(settings.max_frame_bytes)
         # Frames of several messages when the server speaks them and our limit takes them (spec.frames).
-        batched = takes_joined_frames(settings.max_frame_bytes)
-        offered = [BATCHED_SUBPROTOCOL, SUBPROTOCOL] if batched else [SUBPROTOCOL]
-        self._subprotocols = [Subprotocol(name) for name in offered]
+        self._subprotocols = [Subprotocol(name) for name in client_subprotocols(settings.max_frame_bytes)]
         self.workspace: str | None = None  # from the last access token, for "connected" messages
         engine.on_tools_changed(self._tools_changed)
         engine.approvals.node_name = settings.name
@@ -308,9 +304,11 @@ class NodeAgent:
             ping_interval=20,
             ping_timeout=20,
         ) as ws:
-            link: Link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
-            if ws.subprotocol == BATCHED_SUBPROTOCOL:  # several messages a frame (spec.frames)
-                link = BatchedLink(link, name=f"frames:agent:{self.settings.name}")
+            link = client_link(
+                WebsocketsLink(ws, websockets.ConnectionClosedOK),
+                ws.subprotocol,
+                name=f"frames:agent:{self.settings.name}",
+            )
             await self.serve_link(link, expires_in)
         if ws.close_code == REPLACED_CLOSE_CODE:
             self._raise_replaced()

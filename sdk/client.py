@@ -35,10 +35,10 @@ from sdk.exceptions import (
 from sdk.planner import PlanStep, aplan, plan
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
-from spec.frames import BatchedLink, takes_joined_frames
+from spec.frames import client_link, client_subprotocols
 from spec.link import Link, WebsocketsLink, pump
 from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
-from spec.protocol import BATCHED_SUBPROTOCOL, RPC_PATH, SUBPROTOCOL, MetaKey, Method
+from spec.protocol import RPC_PATH, MetaKey, Method
 from spec.session import RpcSession
 from spec.urls import ws_url
 
@@ -128,10 +128,7 @@ class AsyncClient:
         self._ssl = ssl_context
         self._max_frame = max_frame_bytes
         # Frames of several messages when the server speaks them and our limit takes them (spec.frames).
-        offered = (
-            [BATCHED_SUBPROTOCOL, SUBPROTOCOL] if takes_joined_frames(max_frame_bytes) else [SUBPROTOCOL]
-        )
-        self._subprotocols = [Subprotocol(name) for name in offered]
+        self._subprotocols = [Subprotocol(name) for name in client_subprotocols(max_frame_bytes)]
         self._open_timeout = open_timeout
         self._ws: Link | None = None
         self._rpc: RpcSession | None = None
@@ -164,10 +161,9 @@ class AsyncClient:
             raise ConnectionLost(f"the server refused the connection ({status})") from None
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             raise ConnectionLost(f"cannot reach {self.url}: {exc}") from None
-        link: Link = WebsocketsLink(ws, websockets.ConnectionClosedOK)
-        if ws.subprotocol == BATCHED_SUBPROTOCOL:  # several messages a frame (spec.frames)
-            link = BatchedLink(link, name="frames:sdk")
-        self.attach(link)
+        self.attach(
+            client_link(WebsocketsLink(ws, websockets.ConnectionClosedOK), ws.subprotocol, name="frames:sdk")
+        )
 
     def attach(self, link: Link) -> None:
         """Run this client over an already open link to a server's client RPC (what `connect` does

@@ -31,7 +31,8 @@ Rules:
    reading, whose link is going anyway), then closes the link. Joined frames stay within
    `JOIN_BYTES` (a message larger than that goes alone, within the receiver's own limit as before), so
    an end offers or answers a batched subprotocol only when it takes frames of that size
-   (`takes_joined_frames`).
+   (`takes_joined_frames`). A client offers what `client_subprotocols` gives and wraps its link with
+   `client_link`, which makes it a `BatchedLink` when the server picked the batched one.
 7. A joined frame never stalls the process that reads it: its messages are taken one at a time from
    the frame itself (no list of them is built: a frame of 16 MiB of newlines is not 16 million
    strings), and after every `YIELD_EVERY` of them the reader lets the event loop run once, as it does
@@ -49,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from spec.peer import dumps
+from spec.protocol import BATCHED_SUBPROTOCOL, SUBPROTOCOL
 
 if TYPE_CHECKING:
     from spec.link import Frame, Link
@@ -59,6 +61,8 @@ __all__ = [
     "BatchedLink",
     "FrameParts",
     "FrameWriter",
+    "client_link",
+    "client_subprotocols",
     "feed_frame",
     "split",
     "takes_joined_frames",
@@ -82,6 +86,17 @@ def takes_joined_frames(max_frame_bytes: int | None) -> bool:
     """Whether an end whose frame limit is `max_frame_bytes` (None: no limit) may speak a batched
     subprotocol: the other end joins messages into frames of up to `JOIN_BYTES` (rule 6)."""
     return max_frame_bytes is None or max_frame_bytes >= JOIN_BYTES
+
+
+def client_subprotocols(max_frame_bytes: int | None) -> list[str]:
+    """What a client of the node tunnel or the client RPC offers: the batched subprotocol first, when
+    its frame limit takes joined frames (rule 6), then `SUBPROTOCOL`."""
+    return [BATCHED_SUBPROTOCOL, SUBPROTOCOL] if takes_joined_frames(max_frame_bytes) else [SUBPROTOCOL]
+
+
+def client_link(link: Link, picked: str | None, *, name: str) -> Link:
+    """`link` as the client uses it: a `BatchedLink` when the server picked the batched subprotocol."""
+    return BatchedLink(link, name=name) if picked == BATCHED_SUBPROTOCOL else link
 
 
 def split(frame: str | bytes) -> list[str | bytes]:

@@ -266,53 +266,51 @@ def test_frame_parts_are_what_split_gives(messages: list[str]) -> None:
         assert taken == split(value)
 
 
+class _LoopTurns:
+    """Counts the turns another task gets while the block runs (each turn is one loop pass)."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._stop = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while not self._stop.is_set():
+            self.turns += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> _LoopTurns:
+        self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._ticker is not None
+        await self._ticker
+
+
 async def test_a_frame_of_many_messages_lets_the_loop_run_between_them() -> None:
     # Rule 7: 10,000 empty messages in one 10 kB frame; another task must get turns while they are read.
     near, far = memory_link_pair()
     link = BatchedLink(near)
-    turns = 0
-    stop = asyncio.Event()
-
-    async def other() -> None:
-        nonlocal turns
-        while not stop.is_set():
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(other())
-    try:
+    async with _LoopTurns() as loop_turns:
         await far.send("\n" * 9_999)
         async with asyncio.timeout(10):
             for _ in range(10_000):
                 assert await link.receive() == ""
-    finally:
-        stop.set()
-        await ticker
-    assert turns >= 10_000 // YIELD_EVERY - 1
+    assert loop_turns.turns >= 10_000 // YIELD_EVERY - 1
 
 
 async def test_feed_frame_lets_the_loop_run_between_messages() -> None:
     fed: list[str | bytes] = []
-    turns = 0
-    stop = asyncio.Event()
-
-    async def other() -> None:
-        nonlocal turns
-        while not stop.is_set():
-            turns += 1
-            await asyncio.sleep(0)
 
     async def feed(text: str | bytes) -> None:
         fed.append(text)
 
-    ticker = asyncio.create_task(other())
-    try:
+    async with _LoopTurns() as loop_turns:
         await feed_frame("a\n" * 1_000 + "b", feed)
-    finally:
-        stop.set()
-        await ticker
     assert fed == ["a"] * 1_000 + ["b"]
-    assert turns >= 1_000 // YIELD_EVERY - 1
+    assert loop_turns.turns >= 1_000 // YIELD_EVERY - 1
 
 
 class _StalledLink:
