@@ -10,12 +10,20 @@ the server's HTTP limits (`server.limits`). Rules:
 3. Text with at most `MAX_DEPTH` opening brackets cannot nest deeper, so the common
    small message costs two `count` calls and no walk.
 4. Both are `JsonLimitError`, a `ValueError`, so callers that already catch `ValueError` stay right.
+5. `msgspec` parses first (0.55 against 2.0 µs for an echo request, a cost every frame pays at every
+   end): what it accepts, `json.loads` accepts too and decodes to the same value (a differential test
+   in tests/test_json_limits.py). What it refuses goes to `json.loads`, so what is accepted and what it
+   becomes are exactly `json.loads`'s: the ``NaN``/``Infinity`` literals, escaped lone surrogates,
+   numbers beyond a double or 64 bits of integer, and text that is no JSON at all (the error then is
+   `json`'s).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import msgspec
 
 __all__ = ["MAX_DEPTH", "JsonDepthError", "JsonLimitError", "JsonSyntaxError", "depth_exceeds", "loads"]
 
@@ -54,11 +62,11 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
 def loads(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> Any:
     """`json.loads` under the module's rules."""
     try:
-        value = json.loads(text)
-    except RecursionError:  # deeper than the C parser's own limit (about 1,000 at the default)
+        value = _fast_decode(text)
+    except RecursionError:  # msgspec's own nesting bound (about 1,000)
         raise JsonDepthError(f"nesting deeper than {limit}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise JsonSyntaxError(f"not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, ValueError):  # rule 5: json decides
+        value = _stdlib_loads(text, limit)
     if isinstance(text, str):
         brackets = text.count("[") + text.count("{")
     else:
@@ -66,3 +74,15 @@ def loads(text: str | bytes | bytearray, limit: int = MAX_DEPTH) -> Any:
     if brackets > limit and depth_exceeds(value, limit):
         raise JsonDepthError(f"nesting deeper than {limit}")
     return value
+
+
+_fast_decode = msgspec.json.Decoder().decode
+
+
+def _stdlib_loads(text: str | bytes | bytearray, limit: int) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:  # deeper than the C parser's own limit (about 1,000 at the default)
+        raise JsonDepthError(f"nesting deeper than {limit}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JsonSyntaxError(f"not valid JSON: {exc}") from None

@@ -7,8 +7,17 @@ text) and its result digests. stdlib only.
 - `canonical(value)`: the same with ``sort_keys=True`` (what the audit chain hashes).
 - `lenient(value)`: `compact` that writes anything JSON has no type for as its ``str()`` (``default=str``;
   records for people to read, e.g. the recent calls a cluster shares).
+- `wire(value)`: the text of one frame (`spec.peer`). The same JSON document as `compact` for every
+  value `compact` takes, made by `msgspec` in about a seventh of the time (0.3 against 2.2 µs for an
+  echo answer), which every message of every link pays at both ends. Only the text may differ: a float
+  may be written another way for the same number (``1e16`` for ``1e+16``), and NaN and ±Infinity,
+  which JSON has no literal for, go as ``null`` (as JavaScript's ``JSON.stringify`` writes them) where
+  `json.dumps` writes the non-standard ``NaN``. A value `msgspec` refuses (a string holding a lone
+  surrogate, a dict key that is not a string or a number) is written by `compact`, as before. Nothing
+  hashed or compared byte for byte uses it: the audit chain and result digests use `canonical`.
 
-Both give exactly `json.dumps`'s text (tests/test_json_text.py checks that over generated values).
+The first three give exactly `json.dumps`'s text (tests/test_json_text.py checks that over generated
+values; it checks `wire` decodes to the same value).
 `json.JSONEncoder.encode` builds its C encoder anew on every call; here the C encoder
 (`json.encoder.c_make_encoder`, what `JSONEncoder.iterencode` itself uses) is built once per
 serialisation, which saves about a microsecond per frame or record. Values are decoded JSON or built by
@@ -24,7 +33,9 @@ from collections.abc import Callable
 from json import encoder as _stdlib_encoder
 from typing import Any
 
-__all__ = ["canonical", "compact", "lenient"]
+import msgspec
+
+__all__ = ["canonical", "compact", "lenient", "wire"]
 
 
 def _refuse(value: Any) -> Any:
@@ -56,3 +67,14 @@ def _make(sort_keys: bool, default: Callable[[Any], Any] = _refuse) -> Callable[
 compact = _make(sort_keys=False)
 canonical = _make(sort_keys=True)
 lenient = _make(sort_keys=False, default=str)
+
+
+_wire_encode = msgspec.json.Encoder().encode
+
+
+def wire(value: Any) -> str:
+    """One frame's text: `compact`'s document, written by `msgspec` (see the module's notes)."""
+    try:
+        return _wire_encode(value).decode("utf-8")
+    except (TypeError, ValueError):  # e.g. a lone surrogate (UnicodeEncodeError), a key of another type
+        return compact(value)

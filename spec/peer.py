@@ -42,7 +42,7 @@ from jsonrpcclient import Error, Ok, notification, parse, request
 
 from spec import json_limits
 from spec.errors import CANCELLED, INVALID_REQUEST, OVERLOADED, PARSE_ERROR, RpcError
-from spec.json_text import compact
+from spec.json_text import wire
 from spec.messages import (
     Event,
     IncomingCancel,
@@ -59,8 +59,8 @@ __all__ = ["Peer", "dumps"]
 
 
 def dumps(message: dict[str, Any]) -> str:
-    """The one serialisation every frame uses: compact, UTF-8 kept as is (`spec.json_text.compact`)."""
-    return compact(message)
+    """The one serialisation every frame uses: compact, UTF-8 kept as is (`spec.json_text.wire`)."""
+    return wire(message)
 
 
 def _error_text(id_: JsonId | None, code: int, message: str) -> str:

@@ -1,7 +1,10 @@
-"""Unit tier: `spec.json_text` gives exactly `json.dumps`'s text (compact, and sorted for the audit chain).
+"""Unit tier: `spec.json_text` gives exactly `json.dumps`'s text (compact, and sorted for the audit chain);
+`wire` the same document; `spec.json_limits.loads` exactly `json.loads`'s values.
 
 The audit chain hashes `canonical`'s bytes and `verify` recomputes them with `json.dumps`: one differing
 byte would break every chain, so the equality is checked over generated values, not a few examples.
+Frames are written by `wire` and read by `loads`, both `msgspec` first: a frame must mean what the
+stdlib would have made of it, so both are checked against `json` over generated values and text.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spec.json_text import canonical, compact, lenient
+from spec import json_limits
+from spec.json_text import canonical, compact, lenient, wire
 
 _SCALARS = (
     st.none()
@@ -62,3 +66,85 @@ def test_what_json_refuses_is_refused() -> None:
 
 def test_non_finite_floats_as_json_dumps_writes_them() -> None:
     assert compact([math.inf, -math.inf]) == "[Infinity,-Infinity]"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values, ints and floats kept apart (1 and 1.0 are different texts on the wire)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and ±Infinity as None: what `wire` sends for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES)
+def test_wire_writes_the_same_document(value: Any) -> None:
+    text = wire(value)
+    assert "\n" not in text  # a batched frame's separator never occurs inside a message
+    assert _same(json.loads(text), _finite(value))
+    assert _same(json_limits.loads(text), _finite(value))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"id": 2**70}, {"id": 2**70}),  # beyond 64 bits: exact
+        ("lone \ud800", "lone \ud800"),  # msgspec refuses: written by compact
+        ({1: "a"}, {"1": "a"}),
+        ({"x": math.nan, "y": [math.inf]}, {"x": None, "y": [None]}),
+    ],
+)
+def test_wire_edge_values(value: Any, expected: Any) -> None:
+    assert _same(json.loads(wire(value)), expected)
+
+
+_JSON_CHARS = '{}[]",:0123456789.eE+-truefalsnl \\u/x\n\t\x00\u00e9\ud800\U0001f600'
+_JSONISH = st.text(alphabet=list(_JSON_CHARS), max_size=14)
+
+
+def _outcome(parse: Any, text: str | bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse(text)
+    except (ValueError, RecursionError):
+        return "refused", None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_JSONISH | st.binary(max_size=12) | _VALUES.map(lambda v: json.dumps(v, ensure_ascii=False)))
+def test_loads_accepts_and_decodes_exactly_what_json_loads_does(text: str | bytes) -> None:
+    mine, theirs = _outcome(json_limits.loads, text), _outcome(json.loads, text)
+    assert mine[0] == theirs[0], (text, mine, theirs)
+    assert _same(mine[1], theirs[1]), (text, mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["NaN", "[-Infinity]", '"\\ud800"', "1e400", "1234567890" * 3, "-0", "1E2", '{"a":1,"a":2}'],
+)
+def test_loads_edge_texts_as_json_loads(text: str) -> None:
+    assert _same(json_limits.loads(text), json.loads(text))
+
+
+def test_loads_refuses_what_json_loads_refuses() -> None:
+    for bad in ("", "[1,]", '"\x00"', b"\xff", "1" * 5000, "{'a': 1}"):
+        with pytest.raises(json_limits.JsonSyntaxError):
+            json_limits.loads(bad)
+    for deep in ("[" * 65 + "]" * 65, "[" * 5000 + "]" * 5000, "[" * 100_000):
+        with pytest.raises(json_limits.JsonLimitError):
+            json_limits.loads(deep)
