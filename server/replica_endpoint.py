@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from server.auth import AuthError
 from server.identity import denial
@@ -26,8 +26,10 @@ from server.replica_link import (
     REPLICA_HEADER,
     replica_gone_error,
 )
+from server.ws_link import StarletteLink
 from spec.errors import INVALID_PARAMS, NodeNotConnected, RpcError
-from spec.frames import FrameWriter, feed_frame
+from spec.frames import BatchedLink
+from spec.link import pump
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -62,15 +64,12 @@ async def link_endpoint(websocket: WebSocket) -> None:
     batched = BATCHED_LINK_SUBPROTOCOL in offered
     await websocket.accept(subprotocol=BATCHED_LINK_SUBPROTOCOL if batched else LINK_SUBPROTOCOL)
 
-    async def send_text(text: str) -> None:
-        await websocket.send_text(text)
-
-    writer = (
-        FrameWriter(send_text, state.config.max_frame_bytes, name=f"replica-frames:from:{peer}")
-        if batched
-        else None
-    )
-    send = send_text if writer is None else writer.send
+    plain = StarletteLink(websocket)
+    link: StarletteLink | BatchedLink = plain
+    if batched:  # frames joined up to the frame limit, as the caller's end does (server.replica_link)
+        link = BatchedLink(
+            plain, name=f"replica-frames:from:{peer}", frame_bytes=state.config.max_frame_bytes
+        )
 
     async def node_request(ctx: CallContext, node: str, method: str, params: dict[str, Any]) -> Any:
         if method not in RELAYED_METHODS or not isinstance(params, dict) or not isinstance(node, str):
@@ -100,23 +99,12 @@ async def link_endpoint(websocket: WebSocket) -> None:
                 pump.close()
 
     session = RpcSession(
-        send, make_methods({"node/request": node_request}), name=f"from:{peer}", max_incoming=MAX_RELAYED
+        link.send, make_methods({"node/request": node_request}), name=f"from:{peer}", max_incoming=MAX_RELAYED
     )
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            frame = data if data is not None else (message.get("bytes") or b"")
-            if writer is None:
-                await session.feed(frame)
-            else:
-                await feed_frame(frame, session.feed)
-    except (WebSocketDisconnect, RuntimeError):
-        return
+        await pump(link, session)  # a lone relayed call starts in the pass that read it (spec.link)
     finally:
         # Cancels its calls on the nodes (rule 5).
         session.close(replica_gone_error(peer, "the calling replica left"))
-        if writer is not None:
-            await writer.close()
+        if isinstance(link, BatchedLink):
+            await link.writer.close()

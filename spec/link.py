@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from spec.messages import IncomingRequest
 from spec.session import RpcSession
 
 __all__ = ["Frame", "Link", "LinkClosed", "MemoryLink", "WebsocketsLink", "memory_link_pair", "pump"]
@@ -62,15 +63,59 @@ class Link(Protocol):
 
 async def pump(link: Link, session: RpcSession, *, on_frame: Callable[[], None] | None = None) -> None:
     """Feed every received frame to `session` until the link closes (rule 1); `on_frame` runs first
-    for each frame. The caller closes the session with the reason it knows."""
-    receive, feed = link.receive, session.feed
-    if on_frame is None:
-        while (frame := await receive()) is not None:
-            await feed(frame)
-        return
-    while (frame := await receive()) is not None:
-        on_frame()
-        await feed(frame)
+    for each frame. The caller closes the session with the reason it knows.
+
+    The reading is done by reader tasks, one at a time, while the calling task waits for the end. A
+    reader that receives a request while none is running (`RpcSession.feed`'s `hand_over`, session
+    rule 6) starts the next reader and serves that request itself, in the same loop pass: a lone
+    call (one after another, the common case of a script) skips the pass a task of its own would
+    wait for. With requests running, each gets its task as before, so the messages of one frame are
+    all read in one pass. The calling task never serves a request: cancelling one cannot end the
+    pump. Cancelling the pump cancels the reader; a reader's error (the library's, rule 1 of a link)
+    is raised here."""
+    reading = _Reading(link, session, on_frame)
+    reading.reader = asyncio.get_running_loop().create_task(reading.read())
+    try:
+        await reading.ended
+    finally:
+        if reading.reader is not None:
+            reading.reader.cancel()
+
+
+class _Reading:
+    """The state `pump`'s reader tasks share: the current reader and the end of the link."""
+
+    def __init__(self, link: Link, session: RpcSession, on_frame: Callable[[], None] | None) -> None:
+        self.link = link
+        self.session = session
+        self.on_frame = on_frame
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def read(self) -> None:
+        request = await self._until_request()
+        if request is not None:  # the next reader runs already; this task is the request's handler now
+            await self.session.serve_here(request)
+
+    async def _until_request(self) -> IncomingRequest | None:
+        receive, feed, on_frame, ended = self.link.receive, self.session.feed, self.on_frame, self.ended
+        try:
+            while (frame := await receive()) is not None:
+                if on_frame is not None:
+                    on_frame()
+                request = await feed(frame, hand_over=True)
+                if request is not None:
+                    self.reader = asyncio.get_running_loop().create_task(self.read())
+                    return request
+        except asyncio.CancelledError:  # the pump was cancelled (it cancels its reader)
+            raise
+        except BaseException as exc:
+            if not ended.done():
+                ended.set_exception(exc)
+            return None
+        if not ended.done():
+            ended.set_result(None)
+        return None
 
 
 class WebsocketsLink:

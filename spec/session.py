@@ -16,6 +16,10 @@ and dispatches requests through jsonrpcserver with an explicit `methods=` table:
 4. `close(exc)` fails every pending request with `exc` and cancels every handler task.
 5. The core's `max_incoming` answers (-32012, -32600) are sent as they come: the other side cannot grow
    our task table without bound.
+6. A request that arrives while no other request of the other side is running may be handed back to
+   the reader instead (`feed(..., hand_over=True)`), which serves it in its own task
+   (`serve_here`, see `spec.link.pump`): a lone request then starts in the loop pass that read it,
+   not one pass later. It is a handler like any other (rules 3 and 4 reach it).
 
 Handlers are ``async def handler(ctx: CallContext, **params)``; whatever they return is the result, and
 any exception crosses the wire through `spec.errors.error_object` only.
@@ -158,8 +162,10 @@ class RpcSession:
             await self._send(text)
 
     # -- incoming ---------------------------------------------------------------------------------
-    async def feed(self, text: str | bytes) -> None:
-        """Handle one received frame (never raises for bad input; answers it instead)."""
+    async def feed(self, text: str | bytes, *, hand_over: bool = False) -> IncomingRequest | None:
+        """Handle one received frame (never raises for bad input; answers it instead). With `hand_over`,
+        a request that arrives while no other is running is returned, not started (rule 6)."""
+        handed: IncomingRequest | None = None
         for event in self._peer.receive(text):
             if isinstance(event, IncomingResponse):
                 fut = self._waiters.get(event.id)
@@ -169,6 +175,9 @@ class RpcSession:
                     else:
                         fut.set_result(event.result)
             elif isinstance(event, IncomingRequest):
+                if hand_over and handed is None and not self._handlers:
+                    handed = event
+                    continue
                 # Unnamed: formatting a name for every request costs more than the debugging it helps.
                 task = asyncio.create_task(self._serve(event))
                 self._handlers[event.id] = task
@@ -192,6 +201,19 @@ class RpcSession:
                 await self._send(event.text)
             elif isinstance(event, ProtocolViolation):
                 logger.debug("%s: %s", self.name, event.description)
+        return handed
+
+    async def serve_here(self, req: IncomingRequest) -> None:
+        """Serve a request `feed` handed over, in the calling task, which becomes its handler (rule 6):
+        a cancel of the request, or `close`, cancels that task."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closed is not None:
+            self._peer.finish(req.id)
+            return
+        self._handlers[req.id] = task
+        task.add_done_callback(functools.partial(self._handler_done, req.id))
+        await self._serve(req)
 
     def _handler_done(self, id_: JsonId, task: asyncio.Task[None]) -> None:
         if self._handlers.get(id_) is task:

@@ -120,3 +120,111 @@ async def test_a_cancelled_request_frees_its_slot() -> None:
         await a_end.close()
         await asyncio.gather(*pumps)
     assert answer == {"jsonrpc": "2.0", "result": 2, "id": 2}  # no answer to 1: it was cancelled
+
+
+async def test_a_lone_request_starts_in_the_loop_pass_that_reads_it() -> None:
+    # pump's hand-over (spec.session rule 6): a request read while none runs is served by the reader
+    # in the pass that read it; beside a running request, it gets a task of its own (one pass later).
+    # The passes are counted by a task started as the request is sent: the reader was woken first,
+    # so it runs before the counter in the next pass (callbacks run in the order they were scheduled).
+    a_end, b_end = memory_link_pair()
+    turns = 0
+    started: dict[int, int] = {}
+    release, began = asyncio.Event(), {1: asyncio.Event(), 2: asyncio.Event()}
+
+    async def work(ctx: CallContext, n: int) -> int:
+        started[n] = turns
+        began[n].set()
+        if n == 1:
+            await release.wait()
+        return n
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def send_and_count(n: int) -> None:
+        nonlocal turns
+        await a_end.send(json.dumps({"jsonrpc": "2.0", "id": n, "method": "work", "params": {"n": n}}))
+        turns = 0
+        counter = asyncio.create_task(count())
+        await began[n].wait()
+        counter.cancel()
+
+    callee = RpcSession(b_end.send, make_methods({"work": work}), name="callee")
+    pumped = asyncio.create_task(pump(b_end, callee))
+    async with asyncio.timeout(BOUND):
+        await asyncio.sleep(0)
+        await send_and_count(1)  # nothing runs: handed over
+        await send_and_count(2)  # 1 still runs: a task of its own
+        release.set()
+        answers = sorted([json.loads(str(await a_end.receive()))["result"] for _ in range(2)])
+        await a_end.close()
+        await pumped
+    assert answers == [1, 2]
+    assert started == {1: 0, 2: 1}
+
+
+async def test_a_handed_over_request_that_times_out_or_is_cancelled_leaves_the_link_serving() -> None:
+    # The reader that serves a request is that request's handler: its cancellation (by the caller,
+    # or by an asyncio.timeout inside the handler) must end that request only, never the reading.
+    a_end, b_end = memory_link_pair()
+    started = asyncio.Event()
+
+    async def work(ctx: CallContext, mode: str) -> str:
+        if mode == "timeout":
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+        if mode == "wait":
+            started.set()
+            await asyncio.Event().wait()
+        return mode
+
+    def request(n: int, mode: str) -> str:
+        return json.dumps({"jsonrpc": "2.0", "id": n, "method": "work", "params": {"mode": mode}})
+
+    callee = RpcSession(b_end.send, make_methods({"work": work}), name="callee")
+    pumped = asyncio.create_task(pump(b_end, callee))
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
+    async with asyncio.timeout(BOUND):
+        await a_end.send(request(1, "timeout"))
+        timed_out = json.loads(str(await a_end.receive()))
+        await a_end.send(request(2, "wait"))
+        await started.wait()
+        await a_end.send(json.dumps(cancel))
+        await a_end.send(request(3, "ok"))
+        last = json.loads(str(await a_end.receive()))
+        assert not pumped.done()
+        await a_end.close()
+        await pumped
+    assert timed_out["id"] == 1 and "error" in timed_out
+    assert last == {"jsonrpc": "2.0", "result": "ok", "id": 3}  # no answer to 2: it was cancelled
+
+
+async def test_cancelling_the_pump_stops_its_reader() -> None:
+    a_end, b_end = memory_link_pair()
+    callee = RpcSession(b_end.send, make_methods({}), name="callee")
+    pumped = asyncio.create_task(pump(b_end, callee))
+    await asyncio.sleep(0)
+    pumped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pumped
+    await asyncio.sleep(0)
+    readers = [t for t in asyncio.all_tasks() if "_Reading" in repr(t.get_coro())]
+    assert readers == []
+    await a_end.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+    await asyncio.sleep(0)
+    assert b_end._inbox.qsize() == 1  # nobody reads any more
+
+
+async def test_an_error_of_the_links_receive_is_raised_by_pump() -> None:
+    class BrokenLink(type(memory_link_pair()[0])):  # type: ignore[misc]
+        async def receive(self) -> str | bytes | None:
+            raise ConnectionResetError("the library's error for a broken link")
+
+    link = BrokenLink("broken", 1024)
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(BOUND):
+            await pump(link, RpcSession(link.send, make_methods({}), name="callee"))
