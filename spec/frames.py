@@ -132,7 +132,7 @@ class FrameParts:
         return frame[pos:end]
 
 
-async def feed_frame(frame: Frame, feed: Callable[[Frame], Awaitable[None]]) -> None:
+async def feed_frame(frame: Frame, feed: Callable[[Frame], Awaitable[object]]) -> None:
     """Hand every message of a batched link's `frame` to `feed`, letting the loop run (rule 7)."""
     parts = FrameParts(frame)
     count = 0
