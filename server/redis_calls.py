@@ -66,12 +66,11 @@ def _encode(call: CallRecord) -> str:
     building its dict and writing that). `_PUSH` puts the id shared by all replicas in front, and that
     is the one `_decode` reads; the body's own ``id`` is this replica's and is not used."""
     try:
-        text = _encode_record(call).decode("utf-8")
+        return _encode_record(call).decode("utf-8")
     except (TypeError, ValueError):  # a value JSON has no type for, a lone surrogate: json's str() form
         data = call.to_json()
         data.pop("id")
         return lenient(data)
-    return text
 
 
 def _decode(item: bytes | str) -> CallRecord | None:

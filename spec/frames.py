@@ -101,12 +101,9 @@ def client_link(link: Link, picked: str | None, *, name: str) -> Link:
 
 def split(frame: str | bytes) -> list[str | bytes]:
     """The messages of one frame of a batched link (rule 5)."""
-    parts: list[str | bytes] = []
     if isinstance(frame, bytes):
-        parts.extend(frame.split(b"\n") if b"\n" in frame else (frame,))
-    else:
-        parts.extend(frame.split(SEPARATOR) if SEPARATOR in frame else (frame,))
-    return parts
+        return list(frame.split(b"\n"))
+    return list(frame.split(SEPARATOR))
 
 
 class FrameParts:
@@ -253,7 +250,7 @@ class FrameWriter:
                 frames.append(SEPARATOR.join(batch[start:i]))
                 start, size = i, 0
             size += len(text) + 1
-        frames.append(batch[start] if start == len(batch) - 1 else SEPARATOR.join(batch[start:]))
+        frames.append(SEPARATOR.join(batch[start:]))  # one message: join gives it back as it is
         return frames
 
     async def _run(self) -> None:

@@ -107,9 +107,7 @@ class _Reading:
                 if request is not None:
                     self.reader = asyncio.get_running_loop().create_task(self.read())
                     return request
-        except asyncio.CancelledError:  # the pump was cancelled (it cancels its reader)
-            raise
-        except BaseException as exc:
+        except Exception as exc:  # a cancellation (the pump cancels its reader) goes through
             if not ended.done():
                 ended.set_exception(exc)
             return None

@@ -8,7 +8,10 @@ tests/test_replica_link_frames.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -49,6 +52,16 @@ class Sink:
         return [str(m) for frame in self.frames for m in split(frame)]
 
 
+@contextlib.asynccontextmanager
+async def _writing(sink: Sink, max_frame_bytes: int, **options: Any) -> AsyncIterator[FrameWriter]:
+    """A writer into `sink`, closed at the end of the block."""
+    writer = FrameWriter(sink.write, max_frame_bytes, **options)
+    try:
+        yield writer
+    finally:
+        await writer.close()
+
+
 def _message(i: int, text: str = "x") -> str:
     return dumps({"jsonrpc": "2.0", "id": i, "method": "node/request", "params": {"text": text}})
 
@@ -62,36 +75,29 @@ async def _settle(writer: FrameWriter, sink: Sink, count: int) -> None:
 
 async def test_messages_of_one_iteration_share_a_frame() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20)
-    try:
+    async with _writing(sink, 1 << 20) as writer:
         sent = [_message(i) for i in range(50)]
         await asyncio.gather(*(writer.send(text) for text in sent))
         await _settle(writer, sink, 50)
         assert sink.messages() == sent  # all of them, in order
         assert len(sink.frames) <= 2  # the first at once, the others together (one message each: 50)
         assert writer.messages == 50 and writer.frames == len(sink.frames)
-    finally:
-        await writer.close()
 
 
 async def test_a_lone_message_is_written_before_send_returns() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20)
-    try:
+    async with _writing(sink, 1 << 20) as writer:
         await writer.send(_message(1))
         assert sink.frames == [_message(1)]  # no wait for a later iteration: a lone call pays nothing
         for _ in range(QUIET_ITERATIONS):
             await asyncio.sleep(0)  # the link is quiet again
         await writer.send(_message(2))
         assert sink.frames == [_message(1), _message(2)]
-    finally:
-        await writer.close()
 
 
 async def test_a_busy_link_writes_about_every_other_iteration() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20)
-    try:
+    async with _writing(sink, 1 << 20) as writer:
         sent = []
         sends = []
         for i in range(20):  # 20 iterations one after another, 3 messages each (calls in flight)
@@ -104,14 +110,11 @@ async def test_a_busy_link_writes_about_every_other_iteration() -> None:
         await _settle(writer, sink, 60)
         assert sink.messages() == sent
         assert len(sink.frames) <= 23  # one write per iteration; one at once and one batched: 40
-    finally:
-        await writer.close()
 
 
 async def test_order_is_kept_behind_a_slow_write() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20)
-    try:
+    async with _writing(sink, 1 << 20) as writer:
         sink.gate.clear()  # the socket is full: the first write waits
         first = asyncio.ensure_future(writer.send(_message(0)))
         for _ in range(3):
@@ -127,29 +130,23 @@ async def test_order_is_kept_behind_a_slow_write() -> None:
         await first
         await _settle(writer, sink, 20)
         assert sink.messages() == [_message(0), *later]
-    finally:
-        await writer.close()
 
 
 async def test_frames_stay_under_the_frame_limit() -> None:
     sink = Sink()
     limit = 4096
-    writer = FrameWriter(sink.write, limit)
-    try:
+    async with _writing(sink, limit) as writer:
         sent = [_message(i, "y" * 300) for i in range(40)]
         await asyncio.gather(*(writer.send(text) for text in sent))
         await _settle(writer, sink, 40)
         assert sink.messages() == sent
         assert all(len(frame.encode()) <= limit for frame in sink.frames)
         assert 2 < len(sink.frames) < 40
-    finally:
-        await writer.close()
 
 
 async def test_a_message_with_a_raw_newline_still_splits_whole() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20)
-    try:
+    async with _writing(sink, 1 << 20) as writer:
         pretty = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"text": "a\nb"}}, indent=2)
         assert "\n" in pretty
         await asyncio.gather(writer.send(_message(1)), writer.send(pretty), writer.send(_message(2)))
@@ -158,14 +155,11 @@ async def test_a_message_with_a_raw_newline_still_splits_whole() -> None:
         assert len(got) == 3
         assert json.loads(got[1]) == json.loads(pretty)
         assert got[0] == _message(1) and got[2] == _message(2)
-    finally:
-        await writer.close()
 
 
 async def test_senders_wait_while_a_stalled_peer_holds_too_much() -> None:
     sink = Sink()
-    writer = FrameWriter(sink.write, 1 << 20, high_water=2000)
-    try:
+    async with _writing(sink, 1 << 20, high_water=2000) as writer:
         sink.gate.clear()
         first = asyncio.ensure_future(writer.send(_message(0)))  # written at once, then stuck
         await asyncio.sleep(0)
@@ -177,23 +171,18 @@ async def test_senders_wait_while_a_stalled_peer_holds_too_much() -> None:
             await first
             await blocked
         await _settle(writer, sink, 2)
-    finally:
-        await writer.close()
 
 
 async def test_after_a_failed_write_sends_raise_and_the_owner_hears() -> None:
     sink = Sink()
     failures: list[BaseException] = []
-    writer = FrameWriter(sink.write, 1 << 20, on_error=failures.append)
-    try:
+    async with _writing(sink, 1 << 20, on_error=failures.append) as writer:
         sink.fail = ConnectionResetError("gone")
         with pytest.raises(ConnectionResetError):
             await writer.send(_message(1))
         assert len(failures) == 1
         with pytest.raises(ConnectionResetError):
             await writer.send(_message(2))
-    finally:
-        await writer.close()
 
 
 async def test_a_closed_writer_refuses_to_send() -> None:
