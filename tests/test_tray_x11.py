@@ -289,6 +289,19 @@ def nearest(colour: Colour) -> Colour | None:
     return None
 
 
+def _thread_stacks(pid: int) -> str:
+    """Every thread's stack in process `pid` (py-spy, when installed): what a tray that stopped
+    drawing was doing, for a failure seen once in a while in full runs and never alone."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return ""
+    try:
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"\n(py-spy dump failed: {exc})"
+    return "\nthreads of the tray:\n" + done.stdout + done.stderr
+
+
 class IconWatcher:
     def __init__(self, xs: XSession, tray: TrayProc, shots: Path) -> None:
         self.xs, self.tray, self.shots = xs, tray, shots
@@ -318,6 +331,7 @@ class IconWatcher:
         raise AssertionError(
             f"{step}: icon at {self.geometry} shows {seen}, expected {expected} (screenshot {path})\n"
             + self.tray.log()
+            + _thread_stacks(self.tray.proc.pid)
         )
 
 
