@@ -90,7 +90,7 @@ from desktop_agent.audit_file import (
     verify,
 )
 from desktop_agent.redaction import KeyMemo, redact
-from spec.json_text import canonical, compact
+from spec.json_text import canonical_bytes, compact
 
 __all__ = [
     "AUDIT_FILE",
@@ -572,7 +572,7 @@ def _build(
             raise ValueError(f"audit field {key!r} is set by the log itself")
         record[key] = redact(value, keys) if key == "arguments" else value
     record["prev"] = prev
-    body = canonical(record).encode("utf-8")  # CONTRACT §8's serialisation
+    body = canonical_bytes(record)  # CONTRACT §8's serialisation
     digest = hashlib.sha256(body).hexdigest()
     record["hash"] = digest
     return record, b"".join((body[:-1], b',"hash":"', digest.encode("ascii"), b'"}\n'))

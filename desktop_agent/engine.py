@@ -59,7 +59,7 @@ from desktop_agent.tools.process import ProcessTable, ProcessTools
 from desktop_agent.tools.shell import shell_exec
 from desktop_agent.uploads import BIG_RESULT_BYTES, EncodedList, json_digest_kept, size_bound
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
-from spec.json_text import canonical
+from spec.json_text import canonical_bytes
 from spec.manifest import QuickCheck, argument_problem, load_manifest, quick_check, schema_validator
 from spec.protocol import MetaKey
 
@@ -126,7 +126,7 @@ class _Admission:
 
 
 def _content_digest(result: ToolResult) -> tuple[str, int]:
-    data = canonical(result.content).encode("utf-8")
+    data = canonical_bytes(result.content)
     return hashlib.sha256(data).hexdigest(), len(data)
 
 

@@ -5,6 +5,13 @@ text) and its result digests. stdlib only.
 
 - `compact(value)`: ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``.
 - `canonical(value)`: the same with ``sort_keys=True`` (what the audit chain hashes).
+- `canonical_bytes(value)`: ``canonical(value).encode("utf-8")``, byte for byte, raising what that raises.
+  Made by `msgspec` (keys sorted) when `value` holds only dicts with string keys, lists, tuples,
+  strings, ints, booleans and None, of exactly those types, nested at most `PLAIN_DEPTH` deep: there the
+  two write the same bytes (no float, whose notation differs; tests/test_json_text.py checks the
+  equality over generated values). Anything else goes through `canonical`. The check walks the value
+  in Python and still costs less than half of what it saves (1.6 against 3.6 µs for an echo call's
+  ``tool.requested`` record, which the agent builds twice per call with the result digest besides).
 - `lenient(value)`: `compact` that writes anything JSON has no type for as its ``str()`` (``default=str``;
   records for people to read, e.g. the recent calls a cluster shares).
 - `wire(value)`: the text of one frame (`spec.peer`). The same JSON document as `compact` for every
@@ -35,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["canonical", "compact", "lenient", "wire"]
+__all__ = ["PLAIN_DEPTH", "canonical", "canonical_bytes", "compact", "lenient", "wire"]
 
 
 def _refuse(value: Any) -> Any:
@@ -70,6 +77,42 @@ lenient = _make(sort_keys=False, default=str)
 
 
 _wire_encode = msgspec.json.Encoder().encode
+_sorted_encode = msgspec.json.Encoder(order="sorted").encode
+PLAIN_DEPTH = 64
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Does `value` hold only what `msgspec` writes exactly as `json.dumps` does (see the module's notes)?"""
+    kind = type(value)
+    if kind is dict:
+        if depth >= PLAIN_DEPTH:
+            return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            of = type(item)  # scalars inline: most values are, and a call costs more than the test
+            if not (of is str or of is int or item is None or of is bool or _plain(item, depth + 1)):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        if depth >= PLAIN_DEPTH:
+            return False
+        for item in value:
+            of = type(item)
+            if not (of is str or of is int or item is None or of is bool or _plain(item, depth + 1)):
+                return False
+        return True
+    return kind is str or kind is int or value is None or kind is bool
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """``canonical(value).encode("utf-8")``, by `msgspec` where that gives the same bytes."""
+    if _plain(value):
+        try:
+            return _sorted_encode(value)
+        except (TypeError, ValueError):  # a lone surrogate: `canonical` writes it, the encoding refuses it
+            pass
+    return canonical(value).encode("utf-8")
 
 
 def wire(value: Any) -> str:

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec import json_limits
-from spec.json_text import canonical, compact, lenient, wire
+from spec.json_text import PLAIN_DEPTH, canonical, canonical_bytes, compact, lenient, wire
 
 _SCALARS = (
     st.none()
@@ -34,6 +34,13 @@ _VALUES = st.recursive(
 )
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"k": [value]}
+    return value
+
+
 def _dumps(value: Any, sort_keys: bool) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
 
@@ -44,6 +51,51 @@ def test_same_text_as_json_dumps(value: Any) -> None:
     assert compact(value) == _dumps(value, False)
     assert canonical(value) == _dumps(value, True)
     assert lenient(value) == _dumps(value, False)
+
+
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+
+
+def _canonical_outcome(encode: Any, value: Any) -> tuple[str, Any]:
+    try:
+        return "ok", encode(value)
+    except (TypeError, ValueError) as exc:
+        return "raised", type(exc)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_PLAIN | _VALUES)
+def test_canonical_bytes_are_canonical_encoded(value: Any) -> None:
+    """The audit chain's bytes: msgspec's where the value is plain, json's otherwise, never different."""
+    expected = _canonical_outcome(lambda v: canonical(v).encode("utf-8"), value)
+    assert _canonical_outcome(canonical_bytes, value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"f": 1e16, "g": 1e-05, "h": 0.1},  # floats: json's notation, not msgspec's (1e16, 0.00001)
+        {"nan": math.nan, "inf": [math.inf]},
+        {"lone": "\ud800"},  # both refuse to encode it
+        {"big": 10**5000},  # past int-to-text's digit limit: both refuse
+        {1: "int key"},
+        [True, 1, "1", None, ("t", ["u"])],
+        {"\U0001f600": 1, "\uffff": 2, "": 0, "B": 3, "a": 4},  # code point order
+        ["\x00\x08\x0c\x1b\x7f\u0085\u2028\u2029"],
+        {"deep": _nested(PLAIN_DEPTH + 2)},
+    ],
+)
+def test_canonical_bytes_edge_values(value: Any) -> None:
+    expected = _canonical_outcome(lambda v: canonical(v).encode("utf-8"), value)
+    assert _canonical_outcome(canonical_bytes, value) == expected
 
 
 def test_lenient_writes_what_json_has_no_type_for_as_its_str() -> None:
