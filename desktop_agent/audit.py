@@ -28,9 +28,12 @@ Rules:
    writer thread does not wake for it alone: it rides the next batch someone waits for (the next
    call's ``tool.requested``), or goes on its own once it has waited ``linger_s`` (0.05 s). So calls
    one after another cost one fsync each, not two (the previous call's ``tool.finished`` would
-   otherwise hold the disk when the next ``tool.requested`` comes). A log committed on the loop
-   (rule 1's memory file systems) follows the same rule with a timer: a queued record rides the next
-   batch someone waits for, or is written after ``linger_s``. `read` and `aclose` first wait for
+   otherwise hold the disk when the next ``tool.requested`` comes). The ``linger_s`` is kept by a
+   timer on the event loop, armed by the first record queued while none is armed and left running
+   when a batch goes earlier: queuing a record wakes no thread (a wake-up of the writer per call, in
+   the middle of sending that call's answer, cost the loop a GIL hand-over). When it fires, the
+   writer takes what is queued; a log committed on the loop (rule 1's memory file systems) commits
+   it there. `read` and `aclose` first wait for
    everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
@@ -180,6 +183,7 @@ class AuditLog:
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._urgent = 0  # queued entries someone waits for (appends, barriers): the writer goes at once
+        self._lingered = False  # rule 2: the loop's timer ended a queued record's wait
         self._closing = False
         self._thread: threading.Thread | None = None
         self._commit_lock = threading.Lock()  # one batch at a time, writer thread or inline
@@ -272,7 +276,9 @@ class AuditLog:
         if refusal is not None:
             _settle([(future, None, refusal)])
             return future
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a timer of an earlier loop (ended without `aclose`) never fires
+            self._loop, self._linger = loop, None
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer, name="cortex-audit-writer", daemon=True)
             self._thread.start()
@@ -292,8 +298,8 @@ class AuditLog:
                 self._urgent += 1
                 if self._urgent == 1:  # the writer waits until someone waits (or the linger ends)
                     self._cond.notify()
-            elif len(self._queue) == 1:  # rule 2: starts the writer's linger clock
-                self._cond.notify()
+            elif self._linger is None:  # rule 2: a timer on the loop, not a wake-up of the writer
+                self._linger = loop.call_later(self.linger_s, self._linger_ended)
         if commit_now:  # a batch of this record (and any queued record) with no loop pass to wait for
             self._commit_inline()
         return future
@@ -314,7 +320,13 @@ class AuditLog:
         # Left running when a batch goes earlier (no timer churn per batch): whatever is queued now was
         # queued after the timer started, so it has waited at most `linger_s` (rule 2).
         self._linger = None
-        self._commit_inline()
+        if self._inline and not self._needs_open:
+            self._commit_inline()
+            return
+        with self._cond:
+            if self._queue and not self._urgent:
+                self._lingered = True
+                self._cond.notify()
 
     # -- the writer thread ----------------------------------------------------------------------
     def _writer(self) -> None:
@@ -346,21 +358,12 @@ class AuditLog:
             self._needs_open = True
 
     def _wait_for_batch(self) -> None:
-        """Rule 2: until someone waits for a queued entry, the log closes, or a queued record has
-        waited `linger_s`."""
+        """Rule 2: until someone waits for a queued entry, the log closes, or the loop's linger timer
+        says a queued record has waited `linger_s`."""
         with self._cond:
-            linger_until: float | None = None
-            while not self._closing and not self._urgent:
-                if not self._queue:
-                    linger_until = None
-                    self._cond.wait()
-                    continue
-                now = time.monotonic()
-                if linger_until is None:
-                    linger_until = now + self.linger_s
-                if now >= linger_until:
-                    return
-                self._cond.wait(linger_until - now)
+            while not self._closing and not self._urgent and not self._lingered:
+                self._cond.wait()
+            self._lingered = False
 
     def _commit(self, batch: list[_Pending]) -> list[_Outcome]:
         """Rule 1: build every waiting record on the chain, one write, one fsync, then the identity check."""

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,63 @@ def test_a_log_reopened_on_another_loop_still_lingers() -> None:
 
         asyncio.run(first())
         assert asyncio.run(second()) == 2
+
+
+async def _until_lines(path: Path, count: int) -> None:
+    """Until the log file holds `count` lines (the file, not `read`: that flushes), at most 10 s."""
+    async with asyncio.timeout(10):
+        while True:
+            if len((await asyncio.to_thread(path.read_text)).splitlines()) >= count:
+                return
+            await asyncio.sleep(0.01)  # no event: the writer thread tells nobody about a lingered record
+
+
+class _CountingCondition(threading.Condition):
+    notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+async def test_queuing_a_record_wakes_no_thread(tmp_path: Path) -> None:
+    """Rule 2: the linger is a timer on the loop; an `enqueue` never wakes the writer thread (that
+    wake-up came in the middle of every call's answer on a real disk)."""
+    if filesystem_type(tmp_path) in MEMORY_FILESYSTEMS:
+        pytest.skip("needs a real disk: on tmpfs batches commit on the loop (rule 1)")
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, linger_s=0.05)
+    log._cond = cond = _CountingCondition()
+    await log.open()
+    try:
+        await log.append("tool.requested", request_id=1, tool="echo", caller=CALLER)
+        woken = cond.notified
+        log.enqueue("tool.finished", request_id=1, status="ok")
+        log.enqueue("tool.finished", request_id=2, status="ok")
+        assert cond.notified == woken
+        await _until_lines(path, 3)
+        assert cond.notified == woken + 1  # the timer, once, for both
+    finally:
+        await log.aclose()
+
+
+def test_a_record_queued_on_a_loop_that_ended_is_written_with_the_next_loops(tmp_path: Path) -> None:
+    """A loop that ends without `aclose` takes its linger timer with it: the next loop arms its own, and
+    both records land."""
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, linger_s=0.05)
+
+    async def first() -> None:
+        await log.open()
+        log.enqueue("tool.finished", request_id=1, status="ok")  # its timer dies with this loop
+
+    async def second() -> None:
+        log.enqueue("tool.finished", request_id=2, status="ok")
+        try:
+            await _until_lines(path, 2)
+        finally:
+            await log.aclose()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert [json.loads(line)["request_id"] for line in path.read_text().splitlines()] == [1, 2]
