@@ -19,7 +19,9 @@ Rules:
    blocks on the disk. Where a write + fsync costs less than the hop (the log on tmpfs or ramfs, read
    from /proc/self/mountinfo on open), the batch gathered during one event-loop iteration is committed
    on the loop instead, under the same lock and in the same order; a caller that knows nothing else is
-   being appended (one call in flight: `append(alone=True)`) has its record committed at once. An
+   being appended (one call in flight, read by itself: `append(alone=True)`) has its record committed
+   at once. Calls the link read together (one joined frame) are not alone, so their records wait for
+   the end of the loop pass and go as one batch: one write, one identity check, one head save. An
    append, once called, completes even if its caller is cancelled (the record is on disk when `append`
    returns *or* raises CancelledError). A write that fails fails every record of
    its batch (their callers get the error, the head does not move) and the next batch re-scans the file.
@@ -33,8 +35,7 @@ Rules:
    when a batch goes earlier: queuing a record wakes no thread (a wake-up of the writer per call, in
    the middle of sending that call's answer, cost the loop a GIL hand-over). When it fires, the
    writer takes what is queued; a log committed on the loop (rule 1's memory file systems) commits
-   it there. `read` and `aclose` first wait for
-   everything queued.
+   it there. `read` and `aclose` first wait for everything queued.
 3. Arguments are stored with secret-looking values redacted (`redact`) and long strings cut, keeping
    their length and SHA-256.
 4. Torn last line: a crash in the middle of a write can leave a last line that is not a record. On open

@@ -429,6 +429,7 @@ class NodeAgent:
             caller={"sub": caller.get("sub"), "ws": caller.get("ws")},
             progress=progress if ctx.progress_token is not None else None,
             durable_finish=False,  # one fsync per call: tool.finished rides the next group commit
+            alone=ctx.alone,  # calls read together commit their audit records together
         )
         return await self._sender.deliver(ctx.session, result)
 

@@ -341,8 +341,12 @@ class ToolEngine:
         caller: dict[str, Any],
         progress: ProgressFn | None = None,
         durable_finish: bool = True,
+        alone: bool = True,
     ) -> dict[str, Any]:
-        """Run one tool call and return the CallToolResult; see the module's rules."""
+        """Run one tool call and return the CallToolResult; see the module's rules.
+
+        `alone` False: the caller knows other calls came with this one (`CallContext.alone`), so its
+        ``tool.requested`` waits for their batch even when it is the only call admitted so far."""
         failure = self._audit.failure
         if failure is not None:  # rule 3: nothing runs, and nothing can be audited
             return ToolResult.error(failure).to_wire()
@@ -367,7 +371,9 @@ class ToolEngine:
         except RpcError as exc:
             await self._deny(exc.code, exc.message, name, arguments, request_id, caller)
         try:
-            return await self._run(tool, arguments, policy, request_id, caller, progress, durable_finish)
+            return await self._run(
+                tool, arguments, policy, request_id, caller, progress, durable_finish, alone
+            )
         finally:
             self._admission.release()
 
@@ -409,6 +415,7 @@ class ToolEngine:
         caller: dict[str, Any],
         progress: ProgressFn | None,
         durable_finish: bool = True,
+        alone: bool = True,
     ) -> dict[str, Any]:
         name = tool.spec["name"]
         started = time.monotonic()
@@ -418,7 +425,7 @@ class ToolEngine:
         try:
             requested = await self._audit.append(
                 "tool.requested",
-                alone=self._admission.running <= 1,  # the only call in flight: no batch to wait for
+                alone=alone and self._admission.running <= 1,  # the only call in flight: no batch to join
                 request_id=request_id,
                 tool=name,
                 caller=caller,

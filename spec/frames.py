@@ -116,6 +116,11 @@ class FrameParts:
         self._pos = 0
         self._separator: Any = b"\n" if isinstance(frame, bytes) else SEPARATOR
 
+    @property
+    def more(self) -> bool:
+        """Messages are left to take."""
+        return self._pos >= 0
+
     def next(self) -> Frame | None:
         """The next message, or None after the last."""
         pos, frame = self._pos, self._frame
@@ -320,6 +325,11 @@ class BatchedLink:
     @property
     def close_reason(self) -> str:
         return self.link.close_reason
+
+    def more_waiting(self) -> bool:
+        """Messages of the last frame are still to be taken: `receive` gives the next without waiting."""
+        parts = self._parts
+        return parts is not None and parts.more
 
     async def receive(self) -> Frame | None:
         parts = self._parts

@@ -66,11 +66,13 @@ async def pump(link: Link, session: RpcSession, *, on_frame: Callable[[], None] 
     for each frame. The caller closes the session with the reason it knows.
 
     The reading is done by reader tasks, one at a time, while the calling task waits for the end. A
-    reader that receives a request while none is running (`RpcSession.feed`'s `hand_over`, session
-    rule 6) starts the next reader and serves that request itself, in the same loop pass: a lone
-    call (one after another, the common case of a script) skips the pass a task of its own would
-    wait for. With requests running, each gets its task as before, so the messages of one frame are
-    all read in one pass. The calling task never serves a request: cancelling one cannot end the
+    reader that receives a request while none is running and no other message waits to be taken (a
+    batched link's `more_waiting`), hands it over (`RpcSession.feed`'s `hand_over`, session rule 6):
+    it starts the next reader and serves that request itself, in the same loop pass, as a lone call
+    (`CallContext.alone`). A call one after another, the common case of a script, skips the pass a
+    task of its own would wait for. Otherwise each request gets its task, so the messages of one
+    frame are all read in one pass and their calls run side by side (the agent then commits their
+    audit records as one batch). The calling task never serves a request: cancelling one cannot end the
     pump. Cancelling the pump cancels the reader; a reader's error (the library's, rule 1 of a link)
     is raised here."""
     reading = _Reading(link, session, on_frame)
@@ -91,6 +93,7 @@ class _Reading:
         self.on_frame = on_frame
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reader: asyncio.Task[None] | None = None
+        self.more_waiting: Callable[[], bool] | None = getattr(link, "more_waiting", None)
 
     async def read(self) -> None:
         request = await self._until_request()
@@ -99,11 +102,12 @@ class _Reading:
 
     async def _until_request(self) -> IncomingRequest | None:
         receive, feed, on_frame, ended = self.link.receive, self.session.feed, self.on_frame, self.ended
+        more_waiting = self.more_waiting
         try:
             while (frame := await receive()) is not None:
                 if on_frame is not None:
                     on_frame()
-                request = await feed(frame, hand_over=True)
+                request = await feed(frame, hand_over=more_waiting is None or not more_waiting())
                 if request is not None:
                     self.reader = asyncio.get_running_loop().create_task(self.read())
                     return request

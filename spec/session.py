@@ -19,7 +19,8 @@ and dispatches requests through jsonrpcserver with an explicit `methods=` table:
 6. A request that arrives while no other request of the other side is running may be handed back to
    the reader instead (`feed(..., hand_over=True)`), which serves it in its own task
    (`serve_here`, see `spec.link.pump`): a lone request then starts in the loop pass that read it,
-   not one pass later. It is a handler like any other (rules 3 and 4 reach it).
+   not one pass later, and its `CallContext.alone` is set. It is a handler like any other (rules 3
+   and 4 reach it).
 
 Handlers are ``async def handler(ctx: CallContext, **params)``; whatever they return is the result, and
 any exception crosses the wire through `spec.errors.error_object` only.
@@ -64,6 +65,10 @@ class CallContext:
     request_id: JsonId
     method: str
     meta: dict[str, Any]
+    alone: bool = False
+    """Served as a lone request (rule 6): no other request of the other side was running or waiting to
+    be read when it came, so a handler has no company to wait for (the agent commits its audit record
+    at once instead of with the loop pass's batch)."""
 
     @property
     def progress_token(self) -> str | int | None:
@@ -213,15 +218,15 @@ class RpcSession:
             return
         self._handlers[req.id] = task
         task.add_done_callback(functools.partial(self._handler_done, req.id))
-        await self._serve(req)
+        await self._serve(req, alone=True)
 
     def _handler_done(self, id_: JsonId, task: asyncio.Task[None]) -> None:
         if self._handlers.get(id_) is task:
             del self._handlers[id_]
             self._peer.finish(id_)
 
-    async def _serve(self, req: IncomingRequest) -> None:
-        ctx = CallContext(self, req.id, req.method, req.meta)
+    async def _serve(self, req: IncomingRequest, alone: bool = False) -> None:
+        ctx = CallContext(self, req.id, req.method, req.meta, alone)
         message = req.message  # without `_meta`: the core stripped it
         try:
             # Method lookup, params check and the call: jsonrpcserver's, via its public API (spec.dispatch).

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from desktop_agent.audit import verify
+from desktop_agent.audit import AuditLog, verify
 from desktop_agent.engine import QUEUE_FACTOR, ToolEngine
 from desktop_agent.policy import Overrides
 from spec.errors import INTERNAL_ERROR, INVALID_PARAMS, OVERLOADED, RpcError
@@ -244,3 +246,41 @@ async def test_record_and_caller_in_node_events(engine: ToolEngine, h: Home) -> 
     await engine.record("node.connected", server="http://127.0.0.1:8765")
     record = h.records()[-1]
     assert record["event"] == "node.connected" and record["server"] == "http://127.0.0.1:8765"
+
+
+@pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="no tmpfs at /dev/shm")
+@pytest.mark.parametrize("alone", [True, False])
+async def test_calls_that_came_together_commit_their_records_together(
+    alone: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`alone=False` (the link read these calls in one frame): on a log committed on the loop, their
+    `tool.requested` records go in one batch; the first call alone commits at once, by itself."""
+    batches: list[list[str | None]] = []
+    commit = AuditLog._commit
+
+    def spy(log: AuditLog, batch: list[Any]) -> Any:
+        batches.append([p.event for p in batch])
+        return commit(log, batch)
+
+    monkeypatch.setattr(AuditLog, "_commit", spy)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        h = Home(Path(tmp))
+        h.toml()
+        eng = ToolEngine(h.home, watch_poll_ms=100)
+        await eng.start()
+        try:
+            batches.clear()
+            results = await asyncio.gather(
+                *(
+                    eng.call("echo", {"text": str(i)}, request_id=i, caller=CALLER, alone=alone)
+                    for i in range(4)
+                )
+            )
+        finally:
+            await eng.aclose()
+        assert [r["content"][0]["text"] for r in results] == ["0", "1", "2", "3"]
+        requested = [b.count("tool.requested") for b in batches if "tool.requested" in b]
+        # alone: the first commits at once (the others, started while it runs, are not alone then)
+        assert requested[0] == 1 if alone else requested == [4]
+        assert sum(requested) == 4
+        assert verify(h.home / "audit.log").ok

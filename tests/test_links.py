@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from spec import errors
+from spec.frames import SEPARATOR, BatchedLink
 from spec.link import MESSAGE_TOO_BIG, LinkClosed, memory_link_pair, pump
 from spec.session import CallContext, RpcSession, make_methods
 from tests.support.procs import REPO
@@ -228,3 +229,35 @@ async def test_an_error_of_the_links_receive_is_raised_by_pump() -> None:
     with pytest.raises(ConnectionResetError):
         async with asyncio.timeout(BOUND):
             await pump(link, RpcSession(link.send, make_methods({}), name="callee"))
+
+
+async def test_requests_read_together_are_not_alone_and_a_lone_one_is() -> None:
+    """A batched link's frame of several requests: none is handed over, each gets its task, and
+    `CallContext.alone` is False for all of them (the agent then batches their audit records);
+    a frame of one request, with nothing running, is handed over as alone."""
+    a_end, b_end = memory_link_pair()
+    link = BatchedLink(b_end)
+    seen: dict[int, bool] = {}
+    done = asyncio.Event()
+
+    async def work(ctx: CallContext, n: int) -> int:
+        seen[n] = ctx.alone
+        if len(seen) == 4:
+            done.set()
+        return n
+
+    callee = RpcSession(link.send, make_methods({"work": work}), name="callee")
+    pumped = asyncio.create_task(pump(link, callee))
+
+    def request(n: int) -> str:
+        return json.dumps({"jsonrpc": "2.0", "id": n, "method": "work", "params": {"n": n}})
+
+    async with asyncio.timeout(BOUND):
+        await a_end.send(SEPARATOR.join(request(n) for n in (1, 2, 3)))
+        while len(seen) < 3:  # the answers come back one by one (or joined): read until all three
+            await a_end.receive()
+        await a_end.send(request(4))
+        await done.wait()
+        assert seen == {1: False, 2: False, 3: False, 4: True}
+        await a_end.close()
+        await pumped
