@@ -6,16 +6,7 @@ from it. A node held by another replica is listed from a local mirror fed by Red
 never touch Redis) and its link is a `server.replica_link.RemoteLink`, which carries the call to the
 holding replica. Without ``--redis-url`` none of this is built: the embedded default is untouched.
 
-Redis keys (every key of ours starts with ``cortex:``; the change feed and other shared state of
-`server.*` add their own names beside these):
-
-    cortex:replica:{rid}   string, JSON ``{"id", "url", "started"}``: the replica's lease (PX), renewed
-                           every ``refresh_s``; gone = the replica is dead
-    cortex:replicas        set of replica ids that announced a lease (the reaper removes dead ones)
-    cortex:held:{rid}      set of node names the replica holds
-    cortex:node:{name}     hash ``holder`` (rid), ``conn`` (connection id), ``state`` (JSON, `_wire`)
-    cortex:tools:{sha256}  string: one tool declaration list (nodes declaring the same share it)
-    cortex:events          pub/sub channel: ``{"rid", "conn", "event", "name", "node"}`` per change
+Redis keys and the Lua scripts that change them: `server.cluster_keys`.
 
 Rules:
 1. Every change of a node's holder goes through one Lua script (claim, update, release, reap), which
@@ -51,6 +42,19 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from server.cluster_keys import (
+    CLAIM,
+    EVENTS,
+    REAP,
+    RECLAIM,
+    RELEASE,
+    REPLICAS,
+    UPDATE,
+    held_key,
+    node_key,
+    replica_key,
+    tools_key,
+)
 from server.registry import LocalRegistry, NodeEntry, NodeLink
 from server.replica_link import RemoteLink, ReplicaLinks
 
@@ -59,13 +63,10 @@ if TYPE_CHECKING:
     from server.config import ServerConfig
     from server.metrics import Metrics
 
-__all__ = ["PREFIX", "ClusterConfig", "ClusterRegistry", "cluster_registry", "new_replica_id"]
+__all__ = ["ClusterConfig", "ClusterRegistry", "cluster_registry", "new_replica_id"]
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "cortex:"
-EVENTS = PREFIX + "events"
-REPLICAS = PREFIX + "replicas"
 _BATCH = 512
 WRITE_WAIT_S = 2.0
 """How long attach/detach wait for their write to reach Redis (it is retried in the background after)."""
@@ -73,22 +74,6 @@ WRITE_WAIT_S = 2.0
 
 def new_replica_id() -> str:
     return "r" + secrets.token_hex(6)
-
-
-def _replica_key(rid: str) -> str:
-    return f"{PREFIX}replica:{rid}"
-
-
-def _held_key(rid: str) -> str:
-    return f"{PREFIX}held:{rid}"
-
-
-def _node_key(name: str) -> str:
-    return f"{PREFIX}node:{name}"
-
-
-def _tools_key(tools_id: str) -> str:
-    return f"{PREFIX}tools:{tools_id}"
 
 
 @dataclass(frozen=True)
@@ -99,54 +84,6 @@ class ClusterConfig:
     replica_id: str
     lease_s: float = 3.0
     refresh_s: float = 1.0
-
-
-# KEYS[1] node hash, KEYS[2] held set of this replica. ARGV: rid, conn, name, state, message.
-_CLAIM = """
-local prev = redis.call('HGET', KEYS[1], 'holder')
-if prev and prev ~= ARGV[1] then redis.call('SREM', 'cortex:held:' .. prev, ARGV[3]) end
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'conn', ARGV[2], 'state', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PUBLISH', 'cortex:events', ARGV[5])
-return 1
-"""
-# A claim made again after this replica's lease lapsed: never over another connection's newer claim.
-# KEYS[1] node hash, KEYS[2] held set of this replica. ARGV: rid, conn, name, state, message.
-_RECLAIM = """
-local conn = redis.call('HGET', KEYS[1], 'conn')
-if conn and conn ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'conn', ARGV[2], 'state', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PUBLISH', 'cortex:events', ARGV[5])
-return 1
-"""
-# KEYS[1] node hash. ARGV: conn, state, message.
-_UPDATE = """
-if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2])
-redis.call('PUBLISH', 'cortex:events', ARGV[3])
-return 1
-"""
-# KEYS[1] node hash, KEYS[2] held set. ARGV: conn, name, message.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('PUBLISH', 'cortex:events', ARGV[3])
-return 1
-"""
-# KEYS[1] held set of the dead replica, KEYS[2] its lease, KEYS[3] the replicas set. ARGV: dead rid.
-_REAP = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local names = redis.call('SMEMBERS', KEYS[1])
-for _, n in ipairs(names) do
-  local k = 'cortex:node:' .. n
-  if redis.call('HGET', k, 'holder') == ARGV[1] then redis.call('DEL', k) end
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-return #names
-"""
 
 
 def _wire(entry: NodeEntry, tools_id: str) -> dict[str, Any]:
@@ -242,11 +179,11 @@ class ClusterRegistry(LocalRegistry):
         self._redis = aioredis.Redis.from_url(
             self.config.redis_url, decode_responses=True, health_check_interval=30
         )
-        self._claim = self._redis.register_script(_CLAIM)
-        self._update = self._redis.register_script(_UPDATE)
-        self._release = self._redis.register_script(_RELEASE)
-        self._reclaim = self._redis.register_script(_RECLAIM)
-        self._reap = self._redis.register_script(_REAP)
+        self._claim = self._redis.register_script(CLAIM)
+        self._update = self._redis.register_script(UPDATE)
+        self._release = self._redis.register_script(RELEASE)
+        self._reclaim = self._redis.register_script(RECLAIM)
+        self._reap = self._redis.register_script(REAP)
         try:
             await self._renew_lease()
         except (RedisError, OSError) as exc:
@@ -280,7 +217,7 @@ class ClusterRegistry(LocalRegistry):
             async with asyncio.timeout(3):
                 for start in range(0, len(ops), _BATCH):
                     await self._write(ops[start : start + _BATCH])
-                await redis.delete(_replica_key(self.rid))
+                await redis.delete(replica_key(self.rid))
                 await redis.srem(REPLICAS, self.rid)
         await redis.aclose()
 
@@ -409,7 +346,7 @@ class ClusterRegistry(LocalRegistry):
             if op == "release":
                 message = self._message("node.disconnected", name, conn, None)
                 await self._release(
-                    keys=[_node_key(name), _held_key(self.rid)], args=[conn, name, message], client=pipe
+                    keys=[node_key(name), held_key(self.rid)], args=[conn, name, message], client=pipe
                 )
                 continue
             held = self._held.get(name)
@@ -420,14 +357,14 @@ class ClusterRegistry(LocalRegistry):
                 self._dirty.discard(name)
             tools_id, new = self._tools_id(entry)
             if new and all(tools is not entry.tools for tools, _ in stored):  # once per batch
-                pipe.set(_tools_key(tools_id), json.dumps(entry.tools, separators=(",", ":")))
+                pipe.set(tools_key(tools_id), json.dumps(entry.tools, separators=(",", ":")))
                 stored.append((entry.tools, tools_id))
             state = json.dumps(_wire(entry, tools_id), separators=(",", ":"), default=str)
             if op in ("claim", "reclaim"):
                 message = self._message("node.connected", name, conn, state)
                 script = self._claim if op == "claim" else self._reclaim
                 await script(
-                    keys=[_node_key(name), _held_key(self.rid)],
+                    keys=[node_key(name), held_key(self.rid)],
                     args=[self.rid, conn, name, state, message],
                     client=pipe,
                 )
@@ -435,7 +372,7 @@ class ClusterRegistry(LocalRegistry):
                     reclaims[len(pipe.command_stack) - 1] = (name, conn)
             else:
                 message = self._message("node.updated", name, conn, state)
-                await self._update(keys=[_node_key(name)], args=[conn, state, message], client=pipe)
+                await self._update(keys=[node_key(name)], args=[conn, state, message], client=pipe)
         results = await pipe.execute()
         for position, (name, conn) in reclaims.items():
             held = self._held.get(name)
@@ -473,12 +410,12 @@ class ClusterRegistry(LocalRegistry):
         alive = await self._alive(replicas)
         seen: set[str] = set()
         for rid in alive:
-            names = _strs(await self._redis.smembers(_held_key(rid)))
+            names = _strs(await self._redis.smembers(held_key(rid)))
             for start in range(0, len(names), _BATCH):  # pipelined: thousands of nodes in a few trips
                 chunk = names[start : start + _BATCH]
                 pipe = self._redis.pipeline(transaction=False)
                 for name in chunk:
-                    pipe.hgetall(_node_key(name))
+                    pipe.hgetall(node_key(name))
                 for name, fields in zip(chunk, await pipe.execute(), strict=True):
                     if not isinstance(fields, dict) or fields.get("holder") != rid:
                         continue
@@ -500,7 +437,7 @@ class ClusterRegistry(LocalRegistry):
         assert self._redis is not None
         if not replicas:
             return []
-        exists = await self._redis.mget([_replica_key(r) for r in replicas])
+        exists = await self._redis.mget([replica_key(r) for r in replicas])
         return [r for r, value in zip(replicas, exists, strict=True) if value is not None]
 
     async def _on_message(self, data: str) -> None:
@@ -586,7 +523,7 @@ class ClusterRegistry(LocalRegistry):
         if known is not None:
             return known
         assert self._redis is not None
-        text = await self._redis.get(_tools_key(tools_id))
+        text = await self._redis.get(tools_key(tools_id))
         try:
             tools = json.loads(text) if text else None
         except ValueError:
@@ -614,7 +551,7 @@ class ClusterRegistry(LocalRegistry):
         assert self._redis is not None
         value = json.dumps({"id": self.rid, "url": self.url, "started": self._started})
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(_replica_key(self.rid), value, px=int(self.config.lease_s * 1000), get=True)
+        pipe.set(replica_key(self.rid), value, px=int(self.config.lease_s * 1000), get=True)
         pipe.sadd(REPLICAS, self.rid)
         previous, _ = await pipe.execute()
         return previous is None
@@ -649,12 +586,12 @@ class ClusterRegistry(LocalRegistry):
                     self._drop_remote(name, rid)
             if self.links is not None:
                 self.links.replica_gone(rid)
-            await self._reap(keys=[_held_key(rid), _replica_key(rid), REPLICAS], args=[rid])
+            await self._reap(keys=[held_key(rid), replica_key(rid), REPLICAS], args=[rid])
 
     async def replica_url(self, rid: str) -> str | None:
         """The advertised address of replica `rid`, None when it has no live lease or no address yet."""
         assert self._redis is not None
-        value = await self._redis.get(_replica_key(rid))
+        value = await self._redis.get(replica_key(rid))
         if value is None:
             return None
         try:
