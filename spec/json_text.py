@@ -85,24 +85,23 @@ def _plain(value: Any, depth: int = 0) -> bool:
     """Does `value` hold only what `msgspec` writes exactly as `json.dumps` does (see the module's notes)?"""
     kind = type(value)
     if kind is dict:
-        if depth >= PLAIN_DEPTH:
+        if not _STR_ONLY.issuperset(map(type, value)):  # keys: exactly str
             return False
-        for key, item in value.items():
-            if type(key) is not str:
-                return False
-            of = type(item)  # scalars inline: most values are, and a call costs more than the test
-            if not (of is str or of is int or item is None or of is bool or _plain(item, depth + 1)):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        if depth >= PLAIN_DEPTH:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return kind is str or kind is int or value is None or kind is bool
+    if depth >= PLAIN_DEPTH:
+        return False
+    for item in items:
+        of = type(item)  # scalars inline: most values are, and a call costs more than the test
+        if not (of is str or of is int or item is None or of is bool or _plain(item, depth + 1)):
             return False
-        for item in value:
-            of = type(item)
-            if not (of is str or of is int or item is None or of is bool or _plain(item, depth + 1)):
-                return False
-        return True
-    return kind is str or kind is int or value is None or kind is bool
+    return True
+
+
+_STR_ONLY = frozenset({str})
 
 
 def canonical_bytes(value: Any) -> bytes:
