@@ -20,7 +20,9 @@ Rules:
    Gtk cannot open the display), the tray falls back to xorg. pystray's xorg icon ignores clicks (its
    window never selects ButtonPress, pystray issue #151) and has no menu: `_clickable_xorg_icon` adds
    the mask, and a left or right click opens a small menu window (desktop_agent.tray_popup) with the
-   status line and every action, rather than toggling the connection.
+   status line and every action, rather than toggling the connection. A change made from another
+   thread (title, image, stop) wakes the icon's thread over a display connection of its own: python-xlib
+   cannot share the icon's connection between threads (an icon could hang for good).
 6. gtk (`_gtk_status_icon`, a Gtk.StatusIcon docked over XEMBED): a left or a right click opens the
    menu (a left click never changes the connection by itself). pystray's D-Bus notifier is not used
    (the tray shows no notifications but rule 7's): it needs a session bus to start and raises

@@ -37,6 +37,7 @@ def choose_backend(env: dict[str, str] | None = None) -> str:
 
 def _clickable_xorg_icon(base: type) -> type:
     """pystray's xorg Icon with ButtonPress selected on its window, so clicks reach `_on_button_press`."""
+    import Xlib.display
     import Xlib.X
 
     class ClickableXorgIcon(base):  # type: ignore[misc]
@@ -51,6 +52,49 @@ def _clickable_xorg_icon(base: type) -> type:
             )
             return window
 
+        def _rewrite_implementation(self, *methods: Any) -> None:
+            # pystray makes `_show`, `_update_icon`, `_update_title`, `_stop`... run in the icon's thread:
+            # a caller elsewhere sends a client message on the icon's display, flushes it, and waits. But
+            # python-xlib's display is not safe for that: a thread flushing while the icon's thread waits
+            # for a reply (`get_geometry` on an Expose) may leave without waking it, and the icon hangs
+            # for good (seen as a tray whose icon stays black or grey). So the message goes out on a
+            # display connection of its own, used by one caller at a time, and the icon's display is
+            # used by the icon's thread alone.
+            super()._rewrite_implementation(*methods)
+            waker = Xlib.display.Display(self._display.get_display_name())
+            self._waker, self._waker_lock = waker, threading.Lock()
+            for method in methods:
+                atom = self._display.intern_atom(f"_PYSTRAY_{method.__name__.upper()}")  # pystray's own
+                setattr(self, method.__name__, self._dispatcher(method, atom))
+
+        def _dispatcher(self, method: Any, atom: int) -> Any:
+            def dispatch() -> None:
+                thread = getattr(self, "_thread", None)
+                if thread is not None and thread.ident == threading.get_ident():
+                    method()
+                    return
+                with self._waker_lock:
+                    window = self._waker.create_resource_object("window", self._window.id)
+                    message = Xlib.display.event.ClientMessage(
+                        window=window, client_type=atom, data=(32, (Xlib.X.CurrentTime, 0, 0, 0, 0))
+                    )
+                    self._waker.send_event(window, message, event_mask=Xlib.X.NoEventMask)
+                    self._waker.flush()
+                result = self._queue.get()  # put by pystray's handler once the icon's thread ran `method`
+                if result is not True:
+                    raise result[1].with_traceback(result[2])
+
+            dispatch.__name__ = method.__name__
+            return dispatch
+
+        def __del__(self) -> None:
+            try:
+                super().__del__()
+            finally:
+                waker = getattr(self, "_waker", None)  # None when the icon failed before it made one
+                if waker is not None:
+                    waker.close()
+
         def _run(self) -> None:
             # pystray sets `_thread` only after releasing the setup thread, which may already be calling
             # methods that dispatch on it.
@@ -58,10 +102,8 @@ def _clickable_xorg_icon(base: type) -> type:
             super()._run()
 
         def _events(self) -> Iterator[Any]:
-            # pystray blocks in `next_event()` while other threads (icon updates, stop) talk to the same
-            # display; python-xlib may then read our events off the socket in *their* thread and queue
-            # them without waking this one (seen as a missed Expose or DestroyNotify). So wait on the
-            # socket with a short timeout and always drain the queue.
+            # Drain what python-xlib has already queued before waiting on the socket (one read may
+            # queue several events, which `select` would not see); the short timeout is a safety net.
             display = self._display
             while True:
                 while display.pending_events():

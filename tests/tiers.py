@@ -31,7 +31,7 @@ _E2E = """
     store_bench_smoke store_postgres cluster_e2e cluster_bench_smoke cluster_demo cluster_scale_smoke
     mcp_haproxy enroll_visibility feed_bench_smoke pg_change_feed redis_artifacts replicas_feed_e2e
     shared_backoff shared_calls shared_state_e2e frame_guard
-    replica_link_frames shared_calls_interval mcp_json_answer mcp_bench_smoke batched_links
+    replica_link_frames shared_calls_interval mcp_json_answer mcp_bench_smoke batched_links tray_xorg_threads
 """
 
 TIERS: dict[str, str] = {
