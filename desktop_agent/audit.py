@@ -278,8 +278,9 @@ class AuditLog:
             _settle([(future, None, refusal)])
             return future
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a timer of an earlier loop (ended without `aclose`) never fires
+        if loop is not self._loop:  # an earlier loop (ended without `aclose`) runs none of its callbacks
             self._loop, self._linger = loop, None
+            self._inline_scheduled = self._save_scheduled = False
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer, name="cortex-audit-writer", daemon=True)
             self._thread.start()

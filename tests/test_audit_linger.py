@@ -192,3 +192,36 @@ def test_a_record_queued_on_a_loop_that_ended_is_written_with_the_next_loops(tmp
     asyncio.run(first())
     asyncio.run(second())
     assert [json.loads(line)["request_id"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_commit_scheduled_on_a_loop_that_ended_is_done_by_the_next_loop() -> None:
+    """On tmpfs a batch commits in a callback of the loop pass (rule 1); a loop that stops before that
+    pass takes the callback with it: the next loop schedules its own, and the record waiting is kept."""
+    if not os.access("/dev/shm", os.W_OK) or filesystem_type(Path("/dev/shm")) not in MEMORY_FILESYSTEMS:
+        pytest.skip("no tmpfs at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        path = Path(tmp) / "audit.log"
+        log = AuditLog(path)
+        asyncio.run(log.open())
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(log.append("tool.requested", request_id=1, alone=False))
+            loop.call_soon(loop.stop)  # runs in the task's pass: the commit it scheduled never runs
+            loop.run_forever()
+            assert not task.done()
+            task.cancel()
+        finally:
+            loop.close()
+
+        async def second() -> None:
+            await log.append("tool.requested", request_id=2, alone=False)  # an append is not cancellable
+            await log.aclose()
+
+        # In a thread, so that a commit never scheduled fails the test (bounded) instead of hanging it.
+        ended: list[None] = []
+        thread = threading.Thread(target=lambda: ended.append(asyncio.run(second())), daemon=True)
+        thread.start()
+        thread.join(20)
+        assert ended, "the next loop never committed: the record waits for a callback of a loop that ended"
+        assert [json.loads(line)["request_id"] for line in path.read_text().splitlines()] == [1, 2]
+        assert verify(path).ok
