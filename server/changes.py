@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from server.store import AuditHead, NodeRecord, SQLiteRevocationFeed, Store, StoreUnavailable, UserRevocation
+from server.revocation_feed import SQLiteRevocationFeed
+from server.store import AuditHead, NodeRecord, Store, StoreUnavailable, UserRevocation
 from server.user_revocation import SQLiteUserRevocationFeed
 
 __all__ = [

@@ -11,7 +11,7 @@ Invariants:
 2. Node names are unique for the life of the data directory: a revoked name stays taken, so a replayed
    or repeated enrollment never resurrects a revoked node.
 3. Every revocation appends one row to ``revocations``; ``seq`` only grows, so any process can follow
-   the table with `ServerStore.revocations_after` (that is how `SQLiteRevocationFeed` sees a
+   the table with `ServerStore.revocations_after` (that is how `server.revocation_feed` sees a
    ``cortex-server revoke-node`` run in another process).
 4. The data directory is mode 0700 and the database (with its WAL/SHM side files) mode 0600.
 5. The schema is versioned and only migrated forward (`server.schema`).
@@ -40,10 +40,8 @@ Exception tree::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import inspect
 import json
 import logging
 import os
@@ -52,7 +50,6 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -70,8 +67,6 @@ __all__ = [
     "InvalidName",
     "NodeExists",
     "NodeRecord",
-    "RevocationFeed",
-    "SQLiteRevocationFeed",
     "ServerStore",
     "Store",
     "StoreError",
@@ -581,62 +576,3 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-# -- revocation feed ---------------------------------------------------------------------------------
-
-
-class RevocationFeed(Protocol):
-    """Tells the running server about revocations made anywhere (another process, another host later).
-
-    `watch` runs until cancelled and calls *on_revoked(node_name)* once per revocation it sees after it
-    started. The SQLite implementation polls; a Redis pub/sub one can replace it without the app changing.
-    """
-
-    async def watch(self, on_revoked: Callable[[str], Awaitable[None] | None]) -> None: ...
-
-
-class SQLiteRevocationFeed:
-    """`RevocationFeed` that polls the store's ``revocations`` table every *interval* seconds.
-
-    It follows any `Store` (SQLite or PostgreSQL) by sequence number; the name is historical.
-
-    *after_seq* is where to start; None means "revocations from now on" (read when `watch` starts).
-    """
-
-    def __init__(self, store: Store, interval: float = 0.5, after_seq: int | None = None) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        self._store = store
-        self._interval = interval
-        self._after_seq = after_seq
-        self.ready = asyncio.Event()
-        """Set once `watch` has its starting point: revocations from then on will be delivered."""
-
-    @property
-    def last_seq(self) -> int | None:
-        """The newest revocation already delivered (None before `watch` has started)."""
-        return self._after_seq
-
-    async def watch(self, on_revoked: Callable[[str], Awaitable[None] | None]) -> None:
-        if self._after_seq is None:
-            self._after_seq = await self._store.last_revocation_seq()
-        self.ready.set()
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                rows = await self._store.revocations_after(self._after_seq)
-            except StoreUnavailable:
-                # A busy or briefly locked database: try again on the next tick rather than die.
-                logger.warning("revocation poll failed; retrying", exc_info=True)
-                continue
-            for seq, node in rows:
-                self._after_seq = seq
-                try:
-                    result = on_revoked(node)
-                    if inspect.isawaitable(result):
-                        await result
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("revocation handler failed for node %r", node)

@@ -22,12 +22,12 @@ import pytest
 
 from server import admin
 from server.auth import TokenAuthority
+from server.revocation_feed import SQLiteRevocationFeed
 from server.store import (
     InvalidName,
     NodeExists,
     NodeRecord,
     ServerStore,
-    SQLiteRevocationFeed,
     Store,
     StoreError,
     StoreUnavailable,
