@@ -6,9 +6,11 @@ the one-word fast path of `is_secret_key` against its RE2 split."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from desktop_agent import redaction
-from desktop_agent.redaction import _ANY, _redact_passes, redact_text
+from desktop_agent.redaction import _ANY, _ANY_SET, _redact_passes, redact_text
 from tests.test_redaction import ORDINARY_TEXT, STRING_CASES
 
 # One sample per pattern, each matching that pattern (and changed by the full passes where it is a secret).
@@ -43,8 +45,26 @@ def test_every_pattern_is_part_of_the_precheck(name: str) -> None:
 )
 def test_precheck_gives_what_the_full_passes_give(text: str) -> None:
     assert redact_text(text) == _redact_passes(text)
+    assert bool(_ANY_SET.Match(text)) == bool(_ANY.search(text))
     if not _ANY.search(text):
         assert _redact_passes(text) == text  # skipping the passes lost nothing
+
+
+# Pieces of every pattern's shapes, so generated texts often come near a match (and often make one).
+_PIECES = [
+    "TOKEN", "token", "key", "KEY", "pass", "PWD", "pat", "auth", "Bearer ", "basic ", "://", "@", ":",
+    "=", " ", "-", "--", "-u ", "-p", "_", ".", '"', "'", "ghp_", "sk-", "AKIA", "eyJ", "xoxb-",
+    "glpat-", "AIza", "mysql ", "sshpass ", "-----BEGIN ", "PRIVATE KEY-----", "\n", "\r\n", "é", "✓",
+    "abcdefghij", "ABCDEFGHIJKLMNOP", "0123456789",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=24).map("".join))
+def test_the_precheck_set_matches_exactly_where_the_alternation_does(text: str) -> None:
+    """`_redact_window` asks the RE2 set; the set must say yes exactly where `_ANY.search` finds a match."""
+    assert bool(_ANY_SET.Match(text)) == bool(_ANY.search(text))
+    assert redact_text(text) == _redact_passes(text)
 
 
 @pytest.mark.parametrize(
