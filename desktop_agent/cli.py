@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from desktop_agent.assembly import DEFAULT_FRAME_BYTES, AgentOptions, build_agent
+from desktop_agent.assembly import DEFAULT_FRAME_BYTES, AgentOptions, build_agent, settle_collector
 from desktop_agent.connection import AgentState, AgentStatus, NodeAgent
 from desktop_agent.credentials import Credentials, default_home, save_credentials
 from spec.urls import normalize_server_url
@@ -320,9 +319,7 @@ async def _run(args: argparse.Namespace, home: Path) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, agent.stop)
     await engine.start()
-    # Everything built so far (modules, the tool table, schemas) lives as long as the process: moved out
-    # of the collector's sight, it is not walked again by every full collection under load.
-    gc.freeze()
+    settle_collector()  # assembly rule 4
     try:
         await agent.run()
     finally:

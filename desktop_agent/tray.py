@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop_agent.approval import PendingApproval, UnknownApproval, local_user
-from desktop_agent.assembly import AgentOptions, build_agent, node_identity
+from desktop_agent.assembly import AgentOptions, build_agent, node_identity, settle_collector
 from desktop_agent.connection import AgentStatus, NodeAgent
 from desktop_agent.tray_backends import choose_backend, icon_class
 from desktop_agent.tray_view import LOGIN_HINT, TrayView, icon_for, view_for
@@ -420,6 +420,7 @@ def start_agent_thread(engine: Any, agent: NodeAgent, controller: TrayController
     async def main() -> None:
         controller.bind_loop(asyncio.get_running_loop())
         await engine.start()
+        settle_collector()  # assembly rule 4
         try:
             await agent.run()
         finally:
