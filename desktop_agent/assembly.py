@@ -15,7 +15,7 @@ Rules:
    generation grow to `GC_YOUNG_THRESHOLD` tracked allocations instead of 700, as the server does
    (server.serve rule 5). Nearly everything a call allocates is freed by reference counting, yet at 64
    calls in flight the default collected about 80 times a second, and every 1.5 s or so a full
-   collection stopped the loop for 14-21 ms (every call in flight waited); at 10,000 no collection ran
+   collection stopped the loop for 14-37 ms (every call in flight waited); at 10,000 no collection ran
    under that load. Young garbage left for the collector (reference cycles) stays bounded by the
    threshold.
 """
