@@ -219,7 +219,8 @@ class AuditLog:
 
         `alone`: the caller knows no other append is coming in this loop pass (one call in flight), so
         a log committed on the loop writes it at once instead of waiting for the end of the pass."""
-        future = self._submit(event, fields, asyncio.get_running_loop().create_future(), alone)
+        loop = asyncio.get_running_loop()  # once: on Python 3.11 each call is a getpid system call
+        future = self._submit(event, fields, loop.create_future(), alone, loop)
         record: dict[str, Any] = await self._wait(future)
         return record
 
@@ -267,7 +268,14 @@ class AuditLog:
                 await asyncio.wait([self._submit(None, {}, asyncio.get_running_loop().create_future())])
             raise
 
-    def _submit(self, event: str | None, fields: dict[str, Any], future: _F, alone: bool = False) -> _F:
+    def _submit(
+        self,
+        event: str | None,
+        fields: dict[str, Any],
+        future: _F,
+        alone: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> _F:
         """Queue one record; `future` (None for `enqueue`) resolves once it is durable. Returns `future`."""
         refusal: AuditError | None = None
         if self._failure is not None and event is not None:
@@ -277,7 +285,8 @@ class AuditLog:
         if refusal is not None:
             _settle([(future, None, refusal)])
             return future
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         if loop is not self._loop:  # an earlier loop (ended without `aclose`) runs none of its callbacks
             self._loop, self._linger = loop, None
             self._inline_scheduled = self._save_scheduled = False

@@ -26,11 +26,12 @@ DEFAULT_TICK_S = 0.02
 
 
 class _Deadline:
-    __slots__ = ("_cancelling", "_owner", "_task", "expired", "when")
+    __slots__ = ("_cancelling", "_owner", "_seconds", "_task", "expired", "when")
 
-    def __init__(self, owner: Deadlines, when: float) -> None:
+    def __init__(self, owner: Deadlines, seconds: float) -> None:
         self._owner = owner
-        self.when = when
+        self._seconds = seconds
+        self.when = 0.0  # on the loop's clock, set on entry
         self.expired = False
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
@@ -41,7 +42,11 @@ class _Deadline:
             raise RuntimeError("Deadlines.after() must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._owner._add(self)
+        # The loop from the task, not `get_running_loop` again: on Python 3.11 each of those is a
+        # getpid system call (asyncio's fork check), and this runs on every call.
+        loop = task.get_loop()
+        self.when = loop.time() + self._seconds
+        self._owner._add(self, loop)
         return self
 
     async def __aexit__(
@@ -73,11 +78,10 @@ class Deadlines:
 
     def after(self, seconds: float) -> _Deadline:
         """A block that times out `seconds` from now (rule 1)."""
-        return _Deadline(self, asyncio.get_running_loop().time() + seconds)
+        return _Deadline(self, seconds)
 
-    def _add(self, deadline: _Deadline) -> None:
+    def _add(self, deadline: _Deadline, loop: asyncio.AbstractEventLoop) -> None:
         self._pending[id(deadline)] = deadline
-        loop = asyncio.get_running_loop()
         if self._timer is None or self._timer_loop is not loop:  # rule 3 (a timer of a closed loop is gone)
             self._timer, self._timer_loop = loop.call_later(self.tick_s, self._check), loop
 

@@ -227,13 +227,14 @@ class FrameWriter:
 
     def _wrote(self) -> None:
         if not self._recent:
-            asyncio.get_running_loop().call_soon(self._tick)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._tick, loop)  # the loop travels along: each lookup is a getpid on 3.11
         self._recent = QUIET_ITERATIONS
 
-    def _tick(self) -> None:
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._recent -= 1
         if self._recent > 0:
-            asyncio.get_running_loop().call_soon(self._tick)
+            loop.call_soon(self._tick, loop)
 
     def _failed(self, exc: BaseException) -> None:
         logger.debug("%s: write failed: %r", self._name, exc)

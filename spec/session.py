@@ -101,6 +101,10 @@ class RpcSession:
         self._progress: dict[JsonId, ProgressCallback] = {}  # by our request's id
         self._handlers: dict[JsonId, asyncio.Task[None]] = {}
         self._closed: BaseException | None = None
+        # The loop the session runs on, looked up at its first request: a session serves one link,
+        # whose connection lives on one loop, and on Python 3.11 every `get_running_loop` is a getpid
+        # system call (asyncio's fork check) on the path of every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def closed(self) -> bool:
@@ -124,7 +128,10 @@ class RpcSession:
         if self._closed is not None:
             raise self._closed
         id_, text = self._peer.request(method, params, progress=on_progress is not None)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._waiters[id_] = fut
         if on_progress is not None:
             self._progress[id_] = on_progress
@@ -171,6 +178,7 @@ class RpcSession:
         """Handle one received frame (never raises for bad input; answers it instead). With `hand_over`,
         a request that arrives while no other is running is returned, not started (rule 6)."""
         handed: IncomingRequest | None = None
+        loop = self._loop
         for event in self._peer.receive(text):
             if isinstance(event, IncomingResponse):
                 fut = self._waiters.get(event.id)
@@ -184,7 +192,9 @@ class RpcSession:
                     handed = event
                     continue
                 # Unnamed: formatting a name for every request costs more than the debugging it helps.
-                task = asyncio.create_task(self._serve(event))
+                if loop is None:
+                    loop = self._loop = asyncio.get_running_loop()
+                task = loop.create_task(self._serve(event))
                 self._handlers[event.id] = task
                 task.add_done_callback(functools.partial(self._handler_done, event.id))
             elif isinstance(event, IncomingProgress):
