@@ -47,14 +47,13 @@ from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
 from spec.frames import client_link, client_subprotocols
 from spec.link import Link, WebsocketsLink, pump
-from spec.params import AuthRefreshParams, InitializeParams, InitializeResult
+from spec.params import AuditReadParams, AuthRefreshParams, InitializeParams, InitializeResult
 from spec.protocol import (
     AUDIT_DEFAULT_LIMIT,
     PROTOCOL_VERSION,
     TUNNEL_PATH,
     MetaKey,
     Method,
-    clamp_audit_limit,
 )
 from spec.session import CallContext, RpcSession, make_methods
 from spec.urls import ws_url
@@ -436,5 +435,6 @@ class NodeAgent:
     async def _audit_read(
         self, ctx: CallContext, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
     ) -> Any:
-        result = await self.engine.audit_read(int(after_seq), clamp_audit_limit(limit))
+        page = AuditReadParams.from_args(after_seq, limit)  # a bad number is invalid params, not internal
+        result = await self.engine.audit_read(page.after_seq, page.limit)
         return self._sender.fit_records(result)

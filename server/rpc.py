@@ -29,8 +29,8 @@ from server.router import Caller
 from server.ws_link import accept_link
 from spec.errors import Cancelled
 from spec.link import Link, pump
-from spec.params import ProgressParams
-from spec.protocol import AUDIT_DEFAULT_LIMIT, Method, clamp_audit_limit
+from spec.params import AuditReadParams, ProgressParams
+from spec.protocol import AUDIT_DEFAULT_LIMIT, Method
 from spec.session import CallContext, RpcSession, make_methods
 
 if TYPE_CHECKING:
@@ -132,4 +132,5 @@ class ClientSession:
     async def audit_read(
         self, ctx: CallContext, node: str, after_seq: int = 0, limit: int = AUDIT_DEFAULT_LIMIT
     ) -> Any:
-        return await self.state.router.read_audit(self.caller, node, int(after_seq), clamp_audit_limit(limit))
+        page = AuditReadParams.from_args(after_seq, limit)  # a bad number is invalid params, not internal
+        return await self.state.router.read_audit(self.caller, node, page.after_seq, page.limit)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spec.errors import InvalidParams
-from spec.protocol import AUDIT_DEFAULT_LIMIT, PROTOCOL_VERSION, MetaKey
+from spec.protocol import AUDIT_DEFAULT_LIMIT, PROTOCOL_VERSION, MetaKey, clamp_audit_limit
 
 __all__ = [
     "AuditReadParams",
@@ -158,6 +158,13 @@ class AuditReadParams:
     def to_json(self) -> dict[str, Any]:
         return {"after_seq": self.after_seq, "limit": self.limit}
 
+    @classmethod
+    def from_args(cls, after_seq: Any, limit: Any) -> AuditReadParams:
+        """The two as a caller sent them (JSON numbers, or anything): integers, `after_seq` >= 0, the
+        limit brought into 1 … AUDIT_MAX_LIMIT; `InvalidParams` for anything else (a string, null, a
+        boolean, 2.5), never an internal error."""
+        return cls(_whole(after_seq, "after_seq", minimum=0), clamp_audit_limit(_whole(limit, "limit")))
+
 
 # -- tunnel: node → server ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -275,3 +282,26 @@ class ClientAuditReadParams:
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "after_seq": self.after_seq, "limit": self.limit}
+
+
+def _whole(value: Any, name: str, minimum: int | None = None) -> int:
+    """`value` as an int when it is a whole JSON number (not a boolean), else `InvalidParams`."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise InvalidParams(f"{name} must be an integer{bound}, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    """How a caller would name what it sent: ``null``, ``a string``, ``-3`` …"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return repr(value)[:32]
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"

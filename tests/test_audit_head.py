@@ -208,3 +208,29 @@ async def test_audit_read_failures_are_clear_errors(server_proc: ServerProc) -> 
     finally:
         task.cancel()
         await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        (["n", None], "after_seq must be an integer >= 0, not null"),
+        (["n", "abc"], "after_seq must be an integer >= 0, not a string"),
+        ({"node": "n", "after_seq": -1}, "after_seq must be an integer >= 0, not -1"),
+        ({"node": "n", "after_seq": True}, "after_seq must be an integer >= 0, not a boolean"),
+        (["n", 0, None], "limit must be an integer, not null"),
+        ({"node": "n", "limit": "q"}, "limit must be an integer, not a string"),
+        ({"node": "n", "limit": 2.5}, "limit must be an integer, not 2.5"),
+    ],
+)
+async def test_audit_read_with_bad_numbers_is_invalid_params(
+    server_proc: ServerProc, params: Any, problem: str
+) -> None:
+    """`audit/read` on the client RPC checks its numbers: a string or null is -32602 with what was wrong,
+    not -32603 with a traceback in the server's log (what the framing fuzzer found)."""
+    headers = {"Authorization": f"Bearer {server_proc.admin_token}"}
+    url = server_proc.url.replace("http", "ws") + "/api/v1/rpc"
+    async with connect(url, additional_headers=headers, subprotocols=["cortex.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "audit/read", "params": params}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert answer["error"] == {"code": -32602, "message": problem}
+    assert "Traceback" not in "".join(server_proc.output)

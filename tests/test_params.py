@@ -110,3 +110,17 @@ def test_served_params_that_do_not_fit_are_invalid_params() -> None:
         CancelledParams.from_json({"requestId": None})
     with pytest.raises(errors.InvalidParams):
         AuthRefreshResult.from_json({"expires_at": "soon"})
+
+
+def test_audit_read_numbers_from_a_caller_are_whole_or_invalid() -> None:
+    from spec.errors import InvalidParams
+    from spec.params import AuditReadParams
+    from spec.protocol import AUDIT_MAX_LIMIT
+
+    assert AuditReadParams.from_args(0, 100) == AuditReadParams(0, 100)
+    assert AuditReadParams.from_args(5.0, 10.0) == AuditReadParams(5, 10)  # JSON has one number type
+    assert AuditReadParams.from_args(3, 0).limit == 1  # the limit is clamped, as before
+    assert AuditReadParams.from_args(3, 10**9).limit == AUDIT_MAX_LIMIT
+    for after_seq, limit in ((None, 1), ("1", 1), (-1, 1), (True, 1), (0.5, 1), (0, None), (0, "5"), (0, [])):
+        with pytest.raises(InvalidParams):
+            AuditReadParams.from_args(after_seq, limit)
