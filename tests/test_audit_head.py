@@ -234,3 +234,25 @@ async def test_audit_read_with_bad_numbers_is_invalid_params(
         answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert answer["error"] == {"code": -32602, "message": problem}
     assert "Traceback" not in "".join(server_proc.output)
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"node": "n", "name": "echo", "timeout_s": "soon"}, "timeout_s must be a positive number"),
+        ({"node": "n", "name": "echo", "timeout_s": None, "arguments": [1]}, "arguments must be an object"),
+        (["n", "echo", {}, -1], "timeout_s must be a positive number"),
+        (["n", "echo", {}, True], "timeout_s must be a positive number"),
+    ],
+)
+async def test_tools_call_with_a_bad_timeout_or_arguments_is_invalid_params(
+    server_proc: ServerProc, params: Any, problem: str
+) -> None:
+    """The client RPC's `tools/call` checks `timeout_s` and `arguments` as REST does (there: 400)."""
+    headers = {"Authorization": f"Bearer {server_proc.admin_token}"}
+    url = server_proc.url.replace("http", "ws") + "/api/v1/rpc"
+    async with connect(url, additional_headers=headers, subprotocols=["cortex.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": params}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert answer["error"] == {"code": -32602, "message": problem}
+    assert "Traceback" not in "".join(server_proc.output)
