@@ -35,6 +35,7 @@ from spec.errors import (
     INTERNAL_ERROR,
     CallTimeout,
     InvalidArguments,
+    InvalidParams,
     NodeNotConnected,
     NodeNotFound,
     RpcError,
@@ -134,6 +135,11 @@ class CallRouter:
         timeout_s: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
+        # The call's own parameters first, for every surface (REST answers its own 400 before this).
+        if timeout_s is not None and (type(timeout_s) not in (int, float) or not timeout_s > 0):
+            raise InvalidParams("timeout_s must be a positive number")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise InvalidParams("arguments must be an object")
         entry, link = await self.find_link(caller, node)
         arguments = {} if arguments is None else arguments
         validator = entry.validators.get(tool)  # one per declared tool (see NodeEntry.set_tools)

@@ -27,7 +27,7 @@ from server.identity import (
 )
 from server.router import Caller
 from server.ws_link import accept_link
-from spec.errors import Cancelled, InvalidParams
+from spec.errors import Cancelled
 from spec.link import Link, pump
 from spec.params import AuditReadParams, ProgressParams
 from spec.protocol import AUDIT_DEFAULT_LIMIT, Method
@@ -116,11 +116,6 @@ class ClientSession:
         arguments: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        if timeout_s is not None and (type(timeout_s) not in (int, float) or not timeout_s > 0):
-            raise InvalidParams("timeout_s must be a positive number")  # as REST says 400
-        if arguments is not None and not isinstance(arguments, dict):
-            raise InvalidParams("arguments must be an object")
-
         async def forward(params: dict[str, Any]) -> None:
             told = ProgressParams.from_json(params)
             await ctx.progress(told.progress, told.total, told.message)

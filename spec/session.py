@@ -101,10 +101,16 @@ class RpcSession:
         self._progress: dict[JsonId, ProgressCallback] = {}  # by our request's id
         self._handlers: dict[JsonId, asyncio.Task[None]] = {}
         self._closed: BaseException | None = None
-        # The loop the session runs on, looked up at its first request: a session serves one link,
+        # The loop the session runs on, looked up once (`_running_loop`): a session serves one link,
         # whose connection lives on one loop, and on Python 3.11 every `get_running_loop` is a getpid
         # system call (asyncio's fork check) on the path of every call.
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def closed(self) -> bool:
@@ -128,10 +134,7 @@ class RpcSession:
         if self._closed is not None:
             raise self._closed
         id_, text = self._peer.request(method, params, progress=on_progress is not None)
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = self._running_loop().create_future()
         self._waiters[id_] = fut
         if on_progress is not None:
             self._progress[id_] = on_progress
@@ -178,7 +181,6 @@ class RpcSession:
         """Handle one received frame (never raises for bad input; answers it instead). With `hand_over`,
         a request that arrives while no other is running is returned, not started (rule 6)."""
         handed: IncomingRequest | None = None
-        loop = self._loop
         for event in self._peer.receive(text):
             if isinstance(event, IncomingResponse):
                 fut = self._waiters.get(event.id)
@@ -192,9 +194,7 @@ class RpcSession:
                     handed = event
                     continue
                 # Unnamed: formatting a name for every request costs more than the debugging it helps.
-                if loop is None:
-                    loop = self._loop = asyncio.get_running_loop()
-                task = loop.create_task(self._serve(event))
+                task = self._running_loop().create_task(self._serve(event))
                 self._handlers[event.id] = task
                 task.add_done_callback(functools.partial(self._handler_done, event.id))
             elif isinstance(event, IncomingProgress):

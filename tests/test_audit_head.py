@@ -210,6 +210,16 @@ async def test_audit_read_failures_are_clear_errors(server_proc: ServerProc) -> 
         await ws.close()
 
 
+async def _rpc_answer(server: ServerProc, method: str, params: Any) -> dict[str, Any]:
+    """One request on the client RPC, as the admin, and its answer."""
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    url = server.url.replace("http", "ws") + "/api/v1/rpc"
+    async with connect(url, additional_headers=headers, subprotocols=["cortex.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}))
+        answer: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    return answer
+
+
 @pytest.mark.parametrize(
     ("params", "problem"),
     [
@@ -227,11 +237,7 @@ async def test_audit_read_with_bad_numbers_is_invalid_params(
 ) -> None:
     """`audit/read` on the client RPC checks its numbers: a string or null is -32602 with what was wrong,
     not -32603 with a traceback in the server's log (what the framing fuzzer found)."""
-    headers = {"Authorization": f"Bearer {server_proc.admin_token}"}
-    url = server_proc.url.replace("http", "ws") + "/api/v1/rpc"
-    async with connect(url, additional_headers=headers, subprotocols=["cortex.v1"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "audit/read", "params": params}))
-        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    answer = await _rpc_answer(server_proc, "audit/read", params)
     assert answer["error"] == {"code": -32602, "message": problem}
     assert "Traceback" not in "".join(server_proc.output)
 
@@ -249,10 +255,6 @@ async def test_tools_call_with_a_bad_timeout_or_arguments_is_invalid_params(
     server_proc: ServerProc, params: Any, problem: str
 ) -> None:
     """The client RPC's `tools/call` checks `timeout_s` and `arguments` as REST does (there: 400)."""
-    headers = {"Authorization": f"Bearer {server_proc.admin_token}"}
-    url = server_proc.url.replace("http", "ws") + "/api/v1/rpc"
-    async with connect(url, additional_headers=headers, subprotocols=["cortex.v1"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": params}))
-        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    answer = await _rpc_answer(server_proc, "tools/call", params)
     assert answer["error"] == {"code": -32602, "message": problem}
     assert "Traceback" not in "".join(server_proc.output)
