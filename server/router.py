@@ -13,6 +13,9 @@ Rules:
    reaches the node.
 3. A timeout is `CallTimeout` (TIMEOUT); the node was sent `notifications/cancelled`.
 4. Progress goes to the caller through a `ProgressPump`: a slow caller never stalls the node's link.
+5. A node name or tool name that is not a string (a surface that parses JSON hands over whatever came)
+   is `InvalidParams` before any lookup: a list or an object would otherwise fail the registry's
+   dict lookup (-32603 and a traceback instead of -32602).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from spec.errors import (
     UnknownTool,
 )
 from spec.manifest import QuickCheck, argument_problem, quick_check
-from spec.params import AuditReadParams, ToolsCallParams
+from spec.params import AuditReadParams, ToolsCallParams, checked_name
 from spec.protocol import Method
 from spec.session import ProgressCallback
 
@@ -101,6 +104,7 @@ class CallRouter:
         return [e for e in self.registry.nodes() if caller.can_see(e.workspace)]
 
     def node(self, caller: Caller, name: str) -> NodeEntry:
+        checked_name(name, "node")
         entry = self.registry.get(name)
         if entry is None or not caller.can_see(entry.workspace):
             raise NodeNotFound(f"no node named {name!r}")
@@ -108,12 +112,14 @@ class CallRouter:
 
     async def find(self, caller: Caller, name: str) -> NodeEntry:
         """`node`, after asking the store about a name the registry does not know (rule 1)."""
+        checked_name(name, "node")
         if self.lookup is not None and self.registry.get(name) is None:
             await self.lookup.entry(name)
         return self.node(caller, name)
 
     async def find_link(self, caller: Caller, name: str) -> tuple[NodeEntry, NodeLink]:
         """`link`, after asking the store about a name the registry does not know."""
+        checked_name(name, "node")
         if self.lookup is not None and self.registry.get(name) is None:  # as `find`, one await less
             await self.lookup.entry(name)
         return self.link(caller, name)
@@ -140,6 +146,7 @@ class CallRouter:
             raise InvalidParams("timeout_s must be a positive number")
         if arguments is not None and not isinstance(arguments, dict):
             raise InvalidParams("arguments must be an object")
+        checked_name(tool, "the tool name")
         entry, link = await self.find_link(caller, node)
         arguments = {} if arguments is None else arguments
         validator = entry.validators.get(tool)  # one per declared tool (see NodeEntry.set_tools)

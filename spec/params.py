@@ -35,6 +35,7 @@ __all__ = [
     "InitializeResult",
     "ProgressParams",
     "ToolsCallParams",
+    "checked_name",
 ]
 
 
@@ -291,6 +292,15 @@ def _whole(value: Any, name: str, minimum: int | None = None) -> int:
     if type(value) is not int or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         raise InvalidParams(f"{name} must be an integer{bound}, not {_json_type(value)}")
+    return value
+
+
+def checked_name(value: Any, what: str) -> str:
+    """`value` when it is a string (a node or tool name), else `InvalidParams` naming what came: a
+    surface that parses JSON hands over whatever the caller sent, and a list or an object would fail a
+    name lookup deeper down as an internal error."""
+    if type(value) is not str:
+        raise InvalidParams(f"{what} must be a string, not {_json_type(value)}")
     return value
 
 

@@ -258,3 +258,25 @@ async def test_tools_call_with_a_bad_timeout_or_arguments_is_invalid_params(
     answer = await _rpc_answer(server_proc, "tools/call", params)
     assert answer["error"] == {"code": -32602, "message": problem}
     assert "Traceback" not in "".join(server_proc.output)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "problem"),
+    [
+        ("tools/list", {"node": {}}, "node must be a string, not an object"),
+        ("tools/list", [[1]], "node must be a string, not an array"),
+        ("tools/call", {"node": ["n"], "name": "echo"}, "node must be a string, not an array"),
+        ("tools/call", {"node": "n", "name": {"x": 1}}, "the tool name must be a string, not an object"),
+        ("tools/call", ["n", [], {}], "the tool name must be a string, not an array"),
+        ("audit/read", {"node": {"$ref": "#"}}, "node must be a string, not an object"),
+        ("tools/list", {"node": 5}, "node must be a string, not 5"),
+    ],
+)
+async def test_a_node_or_tool_name_that_is_not_a_string_is_invalid_params(
+    server_proc: ServerProc, method: str, params: Any, problem: str
+) -> None:
+    """A node or tool name of another JSON type is -32602 naming it (found by a typed fuzz of the client
+    RPC: a list or an object failed the registry's dict lookup, -32603 and a traceback in the log)."""
+    answer = await _rpc_answer(server_proc, method, params)
+    assert answer["error"] == {"code": -32602, "message": problem}
+    assert "Traceback" not in "".join(server_proc.output)
