@@ -178,6 +178,10 @@ async def test_read_text_with_offset_and_limit(fs: Fs) -> None:
     assert sliced.content[0]["text"] == "234" and "offset=5" in sliced.content[1]["text"]
     past = await fs("fs_read", path="t.txt", offset=50)
     assert past.content[0]["text"] == "" and "past the end" in past.content[1]["text"]
+    # An offset no file offset can hold (the schema has no maximum) is past the end too, not a crash of
+    # the tool (os.pread raised OverflowError; found by a schema-driven fuzz of the tools' arguments).
+    huge = await fs("fs_read", path="t.txt", offset=10**30, limit=1)
+    assert not huge.is_error and "past the end" in huge.content[1]["text"]
 
 
 async def test_read_does_not_split_a_character(fs: Fs) -> None:

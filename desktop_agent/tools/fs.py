@@ -258,7 +258,9 @@ def _read_slice(
             return data, size, opened.path
         if not stat.S_ISREG(st.st_mode):
             raise ToolFailure(f"{raw}: not a regular file")
-        return os.pread(fd, min(limit, max(0, st.st_size - offset)), offset), st.st_size, opened.path
+        if offset >= st.st_size:  # past the end: nothing to read (and an offset past 2**63 is no off_t)
+            return b"", st.st_size, opened.path
+        return os.pread(fd, min(limit, st.st_size - offset), offset), st.st_size, opened.path
     finally:
         os.close(fd)
 
