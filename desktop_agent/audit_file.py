@@ -56,7 +56,7 @@ def record_hash(record: dict[str, Any]) -> str:
 def parse_line(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         return None
     if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or "hash" not in record:
         return None
@@ -80,8 +80,12 @@ def read_saved_head(path: Path) -> tuple[int, str] | None:
 def read_state(path: Path) -> tuple[int, str, str | None] | None:
     """(seq, hash, failure or None) from an `audit.head` file (rule 6)."""
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            raw = f.read(STATE_BYTES + 1)  # the file is STATE_BYTES long; a bigger one is not ours
+        if len(raw) > STATE_BYTES:
+            return None
+        data = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None

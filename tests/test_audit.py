@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from desktop_agent.audit import GENESIS, AuditLog, cli_show, cli_verify, record_hash, redact, verify
+from desktop_agent.audit_file import read_state
 
 
 async def make_log(home: Path, n: int, **fields: Any) -> AuditLog:
@@ -194,6 +195,41 @@ async def test_garbage_line_in_the_middle_fails(tmp_path: Path) -> None:
     write_lines(tmp_path, rows)
     report = verify(tmp_path / "audit.log")
     assert not report.ok and report.bad_seq == 2
+
+
+async def test_a_line_nested_past_the_parser_is_unparseable_not_a_crash(tmp_path: Path) -> None:
+    """A line nested deeper than json's recursion limit (a hand-edited or corrupted log) is reported
+    like any unparseable line: in the middle verify fails at it, as the last line the agent recovers it
+    as torn and goes on. Before, json.loads's RecursionError escaped verify, the ranged read and the
+    agent's start (found by a mutation fuzz of audit logs)."""
+    await (await make_log(tmp_path, 3)).aclose()
+    deep = b"[" * 5000 + b"]" * 5000
+    rows = lines(tmp_path)
+    write_lines(tmp_path, [*rows[:1], deep, *rows[1:]])
+    report = verify(tmp_path / "audit.log")
+    assert not report.ok and report.bad_seq == 2
+
+    write_lines(tmp_path, [*rows, deep])
+    assert verify(tmp_path / "audit.log").ok
+    log = AuditLog(tmp_path / "audit.log")
+    await log.open()  # the deep last line is kept as a torn line and followed by audit.recovered
+    await log.append("tool.requested", request_id="after")
+    await log.aclose()
+    assert [r["seq"] for r in _read_all(tmp_path)] == [1, 2, 3, 4, 5]
+    assert verify(tmp_path / "audit.log").ok
+
+
+def test_a_head_file_nested_past_the_parser_or_oversized_is_ignored(tmp_path: Path) -> None:
+    """`audit.head` is read as at most its own fixed size and parsed without letting a RecursionError out."""
+    head = tmp_path / "audit.head"
+    head.write_bytes(b"[" * 1000 + b"\n")
+    assert read_state(head) is None
+    head.write_bytes(b'{"seq":1,"hash":"' + b"a" * 64 + b'"}' + b" " * 5000)
+    assert read_state(head) is None
+
+
+def _read_all(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(row) for row in lines(home) if row.startswith(b'{"')]
 
 
 async def test_read_after_seq_and_limit(tmp_path: Path) -> None:
