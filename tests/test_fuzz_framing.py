@@ -1,9 +1,10 @@
 """Property-based fuzzing (hypothesis) of the tunnel and client-RPC framing against a real server.
 
 Thousands of malformed frames — random text and bytes, random JSON, JSON-RPC look-alikes with wrong
-types, ids and methods, nesting far past the limit — go down a hostile node's tunnel and a client's
-`/api/v1/rpc` socket. The properties: both hostile links stay up (each still answers a ping), no
-frame draws an internal error with a traceback, and a well-behaved node beside them keeps answering
+types, ids and methods, real methods with their own keys holding values of any JSON type, nesting far
+past the limit — go down a hostile node's tunnel and a client's `/api/v1/rpc` socket. The properties:
+both hostile links stay up (each still answers a ping), no frame draws an internal error (-32603, or a
+traceback in the server's log), and a well-behaved node beside them keeps answering
 echo calls all along (each bounded by the client's 5 s timeout; latency targets belong to
 bench/hostile_bench.py, not to a timed test).
 
@@ -70,8 +71,37 @@ _rpc_like = st.fixed_dictionaries(
 _deep = st.integers(60, 5000).map(lambda n: "[" * n + "]" * n) | st.integers(60, 3000).map(
     lambda n: '{"jsonrpc":"2.0","method":"ping","id":1,"params":' + '{"a":' * n + "1" + "}" * (n + 1)
 )
+# Right method and keys, values of any JSON type: what a typed fuzz of the client RPC found bugs with
+# (a node name that is a list or an object). Both directions: the node-side methods take these keys too.
+_names = st.sampled_from(["steady", "fuzzer", "nope", "echo"]) | _json
+_typed_params = st.fixed_dictionaries(
+    {},
+    optional={
+        "node": _names,
+        "name": _names,
+        "arguments": _json,
+        "timeout_s": _json,
+        "after_seq": _json,
+        "limit": _json,
+        "id": _json,
+        "offset": _json,
+        "data": _json,
+        "final": _json,
+        "size": _json,
+        "access_token": _json,
+    },
+)
+_typed = st.builds(
+    lambda id_, method, params: json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}),
+    st.integers(1, 10**6),
+    st.sampled_from(
+        ["tools/list", "tools/call", "audit/read", "nodes/list", "artifacts/write", "auth/refresh"]
+    ),
+    _typed_params | st.lists(_names | _json, max_size=4),
+)
 _frames = st.one_of(
     _rpc_like,
+    _typed,
     _json.map(json.dumps),
     st.text(max_size=200),
     st.binary(max_size=200),
@@ -207,4 +237,6 @@ def test_malformed_frames_never_take_a_link_or_the_server_down(links: tuple[_Loo
     loop.run(state.echo_ok())
     internal = [r for r in state.client_replies if isinstance(r, dict) and "Traceback" in json.dumps(r)]
     assert internal == []
+    errors = [r.get("error") for r in state.client_replies if isinstance(r, dict)]
+    assert [e for e in errors if isinstance(e, dict) and e.get("code") == -32603] == []
     assert "Traceback" not in "".join(state.server.output)
