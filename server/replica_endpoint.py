@@ -72,7 +72,9 @@ async def link_endpoint(websocket: WebSocket) -> None:
         )
 
     async def node_request(ctx: CallContext, node: str, method: str, params: dict[str, Any]) -> Any:
-        if method not in RELAYED_METHODS or not isinstance(params, dict) or not isinstance(node, str):
+        # The method's type before the set lookup: a list or an object there is a TypeError (-32603).
+        relayed = isinstance(method, str) and method in RELAYED_METHODS
+        if not relayed or not isinstance(params, dict) or not isinstance(node, str):
             raise RpcError(INVALID_PARAMS, "not a method a replica relays", {"reason": "not_relayed"})
         link = registry.local_link(node)
         if link is None:

@@ -393,6 +393,17 @@ async def test_replica_link_relays_only_tool_traffic(
         assert elsewhere["error"]["data"]["reason"] == "not_connected"  # type: ignore[index]
         garbage = await ask(3, ["not", "an", "object"])
         assert "error" in garbage
+        # A method or node of another JSON type is refused the same way, not an internal error.
+        for id_, params in enumerate(
+            (
+                {"node": "laptop", "method": ["tools/call"], "params": {}},
+                {"node": "laptop", "method": {"a": 1}, "params": {}},
+                {"node": ["laptop"], "method": "tools/call", "params": {}},
+            ),
+            start=10,
+        ):
+            refused = await ask(id_, params)
+            assert refused["error"]["code"] == -32602, refused  # type: ignore[index]
         ok = await ask(
             4,
             {
@@ -406,6 +417,7 @@ async def test_replica_link_relays_only_tool_traffic(
             },
         )
         assert ok["result"]["content"][0]["text"] == "relayed"  # type: ignore[index]
+    assert "Traceback" not in "".join(a.output)
 
 
 async def test_mcp_on_another_replica_lists_calls_and_hears_list_changed(
