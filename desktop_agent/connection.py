@@ -47,7 +47,13 @@ from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
 from spec.frames import client_link, client_subprotocols
 from spec.link import Link, WebsocketsLink, pump
-from spec.params import AuditReadParams, AuthRefreshParams, InitializeParams, InitializeResult
+from spec.params import (
+    AuditReadParams,
+    AuthRefreshParams,
+    InitializeParams,
+    InitializeResult,
+    checked_name,
+)
 from spec.protocol import (
     AUDIT_DEFAULT_LIMIT,
     PROTOCOL_VERSION,
@@ -416,7 +422,10 @@ class NodeAgent:
         return {"tools": self.engine.list_tools()}
 
     async def _tools_call(self, ctx: CallContext, name: str, arguments: dict[str, Any] | None = None) -> Any:
-        caller = ctx.meta.get(MetaKey.CALLER) or {}
+        checked_name(name, "name")  # a list or an object would fail the tool table's lookup (-32603)
+        caller = ctx.meta.get(MetaKey.CALLER)
+        if not isinstance(caller, dict):  # recorded as no caller, as when it is missing
+            caller = {}
 
         async def progress(value: float, total: float | None, message: str | None) -> None:
             await ctx.progress(value, total, message)

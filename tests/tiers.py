@@ -19,7 +19,7 @@ _UNIT = """
 _INPROCESS = """
     inprocess_approval inprocess_calls inprocess_list_changed
     approval artifact_headers audit_group_commit confine engine fs_tools mcp_reply oauth_backoff schemas
-    shell_tool tray_approval inprocess_approval inprocess_calls
+    shell_tool tray_approval inprocess_approval inprocess_calls agent_hostile_params
 """
 _E2E = """
     agent_bench_smoke agent_cli approval_e2e audit_e2e audit_head backpressure_e2e bench_smoke browser_e2e
