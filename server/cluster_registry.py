@@ -20,7 +20,8 @@ Rules:
    its own mirror (and tells its SSE/MCP subscribers) and fails calls in flight to it; any replica
    clears the dead one's keys. A replica that finds its own lease gone (it was paused, or Redis
    restarted empty) claims its links again, and its tool lists, but never over a newer connection's
-   claim: that link is closed 4409 instead.
+   claim: that link is closed 4409 instead, and the replica mirrors the connection Redis names as the
+   holder (whose claim it may have read, and passed over, while its own reclaim was pending).
 5. Writes to Redis are queued and sent in order by one task, in pipelined batches: the tunnel's
    heartbeat never waits on Redis, and a node's pending updates are coalesced into one. `attach` and
    `detach` return once their write went through (at most `WRITE_WAIT_S`; it is retried after).
@@ -378,6 +379,7 @@ class ClusterRegistry(LocalRegistry):
             held = self._held.get(name)
             if results[position] == 0 and held is not None and held.conn == conn:
                 self._supersede(name, held)  # a newer connection took the node while we were away
+                await self._adopt_holder(name)
         for tools, tools_id in stored:  # only now: a failed write is rebuilt with its tool lists again
             self._stored_tools(tools, tools_id)
 
@@ -473,6 +475,32 @@ class ClusterRegistry(LocalRegistry):
                 LocalRegistry.publish(self, "node.updated", entry)
         elif event == "node.disconnected":
             self._drop_remote(name, rid)
+
+    async def _adopt_holder(self, name: str) -> None:
+        """After a failed reclaim: mirror the connection that holds `name` now, as Redis has it.
+
+        Its `node.connected` may have been read while our reclaim was pending and passed over as older
+        than our claim (the claim we were waiting for never came), which would leave the node listed
+        connected here through our superseded link and callable nowhere from here."""
+        assert self._redis is not None
+        fields = await self._redis.hgetall(node_key(name))
+        holder = fields.get("holder") if isinstance(fields, dict) else None
+        state: Any = None
+        if isinstance(holder, str) and holder != self.rid and await self._alive([holder]):
+            try:
+                state = json.loads(fields.get("state") or "null")
+            except ValueError:
+                state = None
+        conn = str(fields.get("conn", "")) if isinstance(fields, dict) else ""
+        if isinstance(state, dict) and isinstance(holder, str):
+            if self._remote.get(name) != (holder, conn):
+                await self._apply_connected(holder, conn, name, state)
+            return
+        entry = self._entries.get(name)
+        if entry is not None and name not in self._remote and entry.status != "disconnected":
+            entry.status = "disconnected"  # held nowhere we can reach: listed as such, not as our old link
+            entry.rtt_ms = None
+            LocalRegistry.publish(self, "node.disconnected", entry)
 
     def _supersede(self, name: str, held: _Held) -> None:
         """Another connection of this node (on another replica) is newer: drop ours and close it 4409."""
