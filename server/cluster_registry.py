@@ -422,15 +422,8 @@ class ClusterRegistry(LocalRegistry):
                     if not isinstance(fields, dict) or fields.get("holder") != rid:
                         continue
                     seen.add(name)
-                    conn = str(fields.get("conn", ""))
-                    if name in self._held or self._remote.get(name) == (rid, conn):
-                        continue  # ours, or already mirrored (a resubscription)
-                    try:
-                        state = json.loads(fields.get("state") or "null")
-                    except ValueError:
-                        continue
-                    if isinstance(state, dict):
-                        await self._apply_connected(rid, conn, name, state)
+                    if name not in self._held:  # ours are not mirrored
+                        await self._mirror(rid, str(fields.get("conn", "")), name, fields.get("state"))
         for name, (rid, _conn) in list(self._remote.items()):
             if name not in seen:
                 self._drop_remote(name, rid)
@@ -484,23 +477,27 @@ class ClusterRegistry(LocalRegistry):
         connected here through our superseded link and callable nowhere from here."""
         assert self._redis is not None
         fields = await self._redis.hgetall(node_key(name))
-        holder = fields.get("holder") if isinstance(fields, dict) else None
-        state: Any = None
+        holder = fields.get("holder")
         if isinstance(holder, str) and holder != self.rid and await self._alive([holder]):
-            try:
-                state = json.loads(fields.get("state") or "null")
-            except ValueError:
-                state = None
-        conn = str(fields.get("conn", "")) if isinstance(fields, dict) else ""
-        if isinstance(state, dict) and isinstance(holder, str):
-            if self._remote.get(name) != (holder, conn):
-                await self._apply_connected(holder, conn, name, state)
-            return
+            if await self._mirror(holder, str(fields.get("conn", "")), name, fields.get("state")):
+                return
         entry = self._entries.get(name)
         if entry is not None and name not in self._remote and entry.status != "disconnected":
-            entry.status = "disconnected"  # held nowhere we can reach: listed as such, not as our old link
-            entry.rtt_ms = None
-            LocalRegistry.publish(self, "node.disconnected", entry)
+            self._mark_disconnected(entry)  # held nowhere we can reach: not listed through our old link
+
+    async def _mirror(self, rid: str, conn: str, name: str, raw_state: str | bytes | None) -> bool:
+        """Mirror `name` as held by connection `conn` of replica `rid`, from its state as stored in
+        Redis (a no-op when mirrored already); False when that state is not one."""
+        if self._remote.get(name) == (rid, conn):
+            return True
+        try:
+            state = json.loads(raw_state or "null")
+        except ValueError:
+            return False
+        if not isinstance(state, dict):
+            return False
+        await self._apply_connected(rid, conn, name, state)
+        return True
 
     def _supersede(self, name: str, held: _Held) -> None:
         """Another connection of this node (on another replica) is newer: drop ours and close it 4409."""
@@ -569,9 +566,12 @@ class ClusterRegistry(LocalRegistry):
         del self._remote[name]
         entry = self._entries.get(name)
         if entry is not None:
-            entry.status = "disconnected"
-            entry.rtt_ms = None
-            LocalRegistry.publish(self, "node.disconnected", entry)
+            self._mark_disconnected(entry)
+
+    def _mark_disconnected(self, entry: NodeEntry) -> None:
+        entry.status = "disconnected"
+        entry.rtt_ms = None
+        LocalRegistry.publish(self, "node.disconnected", entry)
 
     # -- leases ---------------------------------------------------------------------------------------
     async def _renew_lease(self) -> bool:

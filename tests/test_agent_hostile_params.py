@@ -1,7 +1,7 @@
 """In-process tier: what the agent's own handlers make of a `tools/call` whose fields have the wrong
 JSON type (the node's peer is the server, whose frames are hostile input like any other).
 
-A real `NodeAgent` and `ToolEngine` (audit log on disk) serve a session fed by a plain `RpcSession`:
+A real `NodeAgent` and `ToolEngine` (audit log on disk) serve a plain `RpcSession` over an in-memory link:
 a tool name that is not a string is -32602 naming what came, not -32603 from the tool table's lookup;
 a caller identity that is not an object is recorded as no caller, and the call runs.
 """
@@ -19,6 +19,7 @@ from desktop_agent.connection import ConnectSettings, NodeAgent
 from desktop_agent.engine import ToolEngine
 from desktop_agent.policy import Overrides
 from spec.errors import RpcError
+from spec.link import memory_link_pair, pump
 from spec.session import RpcSession, make_methods
 
 
@@ -27,24 +28,22 @@ async def _serve(tmp_path: Path, calls: list[dict[str, Any]]) -> tuple[list[Any]
     root.mkdir()
     engine = ToolEngine(tmp_path / "home", Overrides(allowed_roots=(root,), browser_enabled=False))
     agent = NodeAgent(ConnectSettings("http://127.0.0.1:1", "n1", "secret"), engine)
-    server: RpcSession
-    node: RpcSession
-
-    async def to_node(text: str) -> None:
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(node.feed(text)))
-
-    async def to_server(text: str) -> None:
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(server.feed(text)))
-
-    server = RpcSession(to_node, {}, name="server")
-    node = RpcSession(to_server, make_methods(agent._methods()), name="node")
+    near, far = memory_link_pair(names=("server", "node"))
+    server = RpcSession(near.send, {}, name="server")
+    node = RpcSession(far.send, make_methods(agent._methods()), name="node")
+    pumps = [asyncio.create_task(pump(near, server)), asyncio.create_task(pump(far, node))]
     answers: list[Any] = []
-    async with asyncio.timeout(20):
-        for params in calls:
-            try:
-                answers.append(await server.request("tools/call", params))
-            except RpcError as exc:
-                answers.append(exc)
+    try:
+        async with asyncio.timeout(20):
+            for params in calls:
+                try:
+                    answers.append(await server.request("tools/call", params))
+                except RpcError as exc:
+                    answers.append(exc)
+    finally:
+        await near.close()
+        for task in pumps:
+            task.cancel()
     return answers, engine
 
 
