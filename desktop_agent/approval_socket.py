@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop_agent.approval import ApprovalRoom, UnknownApproval, local_user
+from spec import json_limits
 
 __all__ = [
     "SOCKET_FILE",
@@ -167,8 +168,8 @@ class ControlSocket:
 
     def _handle(self, line: bytes, user: str) -> bytes:
         try:
-            request = json.loads(line)
-        except ValueError:
+            request = json_limits.loads(line)
+        except ValueError:  # not JSON, or nested past the limit (a RecursionError closed the connection)
             return _reply(False, "bad_request", "not a JSON line")
         if not isinstance(request, dict):
             return _reply(False, "bad_request", "a request is a JSON object")

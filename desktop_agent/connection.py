@@ -144,7 +144,7 @@ def token_workspace(token: str) -> str | None:
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return None
     ws = claims.get("ws") if isinstance(claims, dict) else None
     return ws if isinstance(ws, str) else None

@@ -39,6 +39,7 @@ from sdk.exceptions import (
     NodeDisconnected,
     NodeNotFound,
 )
+from spec import json_limits
 from spec.protocol import clamp_audit_limit
 from spec.urls import normalize_server_url
 from spec.version import VERSION
@@ -222,7 +223,7 @@ def token_claims(token: str) -> dict[str, Any] | None:
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -492,8 +493,8 @@ def _run(args: argparse.Namespace, server: str, choice: TokenChoice) -> int:
     arguments: dict[str, Any] = {}
     if args.command == "call":
         try:
-            parsed = json.loads(args.json_args)
-        except ValueError as exc:
+            parsed = json_limits.loads(args.json_args)
+        except ValueError as exc:  # not JSON, or nested deeper than any frame may
             raise CliError(f"JSON_ARGS is not valid JSON: {exc}", EXIT_USAGE) from None
         if not isinstance(parsed, dict):
             raise CliError('JSON_ARGS must be a JSON object, e.g. \'{"text":"hi"}\'', EXIT_USAGE)

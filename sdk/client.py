@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
@@ -33,6 +32,7 @@ from sdk.exceptions import (
     from_rpc_error,
 )
 from sdk.planner import PlanStep, aplan, plan
+from spec import json_limits
 from spec.coalesce import CoalescingClientConnection
 from spec.errors import RpcError
 from spec.frames import client_link, client_subprotocols
@@ -40,6 +40,7 @@ from spec.link import Link, WebsocketsLink, pump
 from spec.params import ClientAuditReadParams, ClientToolsCallParams, ClientToolsListParams
 from spec.protocol import RPC_PATH, MetaKey, Method
 from spec.session import RpcSession
+from spec.tool_result import tool_result_problem
 from spec.urls import ws_url
 
 __all__ = ["AsyncClient", "CallHandle", "CallResult", "Client", "Image"]
@@ -259,9 +260,13 @@ class AsyncClient:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
         if ref.get("sha256") and digest != ref["sha256"]:
             raise CortexError("the result artifact does not match its SHA-256")
-        whole = await asyncio.to_thread(json.loads, body)
-        if not isinstance(whole, dict):
-            raise CortexError("the result artifact is not a CallToolResult")
+        try:
+            whole = await asyncio.to_thread(json_limits.loads, body)
+        except ValueError as exc:  # not JSON, or nested past the limit every frame has
+            raise CortexError(f"the result artifact is not a CallToolResult: {exc}") from None
+        problem = tool_result_problem(whole)
+        if problem is not None:
+            raise CortexError(f"the result artifact is not a CallToolResult: {problem}")
         return whole
 
     def start(

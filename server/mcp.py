@@ -57,6 +57,7 @@ from mcp.server.subscriptions import (
 )
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -307,7 +308,17 @@ class McpEndpoint:
             base_url=base_url,
             inline_limit=INLINE_IMAGE_LIMIT,
         )
-        return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
+        try:
+            return types.CallToolResult.model_validate(self._offload_images(result, node, caller, base_url))
+        except ValidationError as exc:  # our protocol's shape, yet not MCP's (a resource_link uri that
+            # is no URL, a resource with neither text nor blob): the caller is told, as for any bad answer
+            details = exc.errors()
+            where = ".".join(str(part) for part in details[0]["loc"]) if details else ""
+            why = details[0]["msg"] if details else "invalid"
+            logger.warning("node %r answered %s with a result MCP cannot carry: %s", node, tool, where)
+            return _error_result(
+                f"node {node} answered with a result that is not an MCP CallToolResult ({where}: {why})"
+            )
 
     async def _list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

@@ -17,6 +17,11 @@ Rules:
 3. The uploads of a link die with it.
 4. A reference is honoured only if the artifact exists and was uploaded by the same node; otherwise the
    caller gets an ``isError`` result (a node never reads another node's artifact through a reference).
+5. A node's answer that is not a CallToolResult (`spec.tool_result`) reaches every surface as an
+   ``isError`` result naming the problem, and the server logs it once; so does a whole result (the
+   artifact a reference names) whose bytes are not JSON, nest deeper than `spec.json_limits.MAX_DEPTH`,
+   or are not a CallToolResult, when MCP expands it (REST streams those bytes unchanged; the SDK
+   checks them itself). The tool did run: the node's own audit log says so.
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from server.artifact_store import ArtifactBudgetExceeded, ArtifactStore, ArtifactUpload, artifact_uri
+from spec import json_limits
 from spec.errors import INVALID_PARAMS, OverArtifactBudget, RpcError
 from spec.protocol import MetaKey
+from spec.tool_result import tool_result_problem
 
 __all__ = [
     "ARTIFACT_META",
@@ -43,6 +50,8 @@ __all__ = [
     "load_full_result",
     "rest_response",
 ]
+
+logger = logging.getLogger(__name__)
 
 ARTIFACT_META = MetaKey.ARTIFACT
 MAX_UPLOAD_ID = 64
@@ -165,11 +174,15 @@ class ResultUploads:
             self._drop(id)
 
 
-def checked_result(store: ArtifactStore, node: str, result: Any) -> Any:
-    """A `tools/call` result as the surfaces may see it (rule 4); a reference gets its link and size."""
+def checked_result(store: ArtifactStore, node: str, result: Any) -> dict[str, Any]:
+    """A `tools/call` result as the surfaces may see it (rules 4-5); a reference gets its link and size."""
+    problem = tool_result_problem(result)
+    if problem is not None:
+        logger.warning("node %r answered tools/call with a malformed result: %s", node, problem)
+        return _malformed(node, problem)
     ref = artifact_reference(result)
     if ref is None:
-        return result
+        return result  # type: ignore[no-any-return]
     info = store.info(ref["id"])
     if info is None or info.node != node:
         return {
@@ -197,15 +210,29 @@ def checked_result(store: ArtifactStore, node: str, result: Any) -> Any:
     return {"content": content, "isError": bool(result.get("isError")), "_meta": meta}
 
 
-async def load_full_result(store: ArtifactStore, ref: dict[str, Any]) -> dict[str, Any] | None:
-    """The whole CallToolResult a reference stands for (read and parsed in a worker thread)."""
+def _malformed(node: str, problem: str) -> dict[str, Any]:
+    text = f"node {node} answered with a result that is not a CallToolResult: {problem}"
+    return {"content": [{"type": "text", "text": text}], "isError": True}
 
-    def load() -> dict[str, Any] | None:
+
+async def load_full_result(store: ArtifactStore, ref: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The whole CallToolResult a reference stands for (read and parsed in a worker thread): None when
+    it has expired, the problem (a string) when the node's bytes are not a CallToolResult (rule 5)."""
+
+    def load() -> dict[str, Any] | str | None:
         data = store.read_bytes(str(ref.get("id")))
         if data is None:
             return None
-        value = json.loads(data)
-        return value if isinstance(value, dict) else None
+        try:
+            value = json_limits.loads(data)
+        except ValueError as exc:
+            return f"the whole result is not JSON ({exc})"
+        problem = tool_result_problem(value)
+        if problem is not None:
+            return problem
+        if MetaKey.ARTIFACT in (value.get("_meta") or {}):
+            return "the whole result is itself a reference to an artifact"
+        return value  # type: ignore[no-any-return]
 
     return await asyncio.to_thread(load)
 
@@ -294,6 +321,9 @@ async def expand_for_mcp(
     full = await load_full_result(store, ref)
     if full is None:  # expired meanwhile: the summary still says what happened
         return {"content": [*(result.get("content") or []), whole_link], "isError": result.get("isError")}
+    if isinstance(full, str):
+        logger.warning("node %r uploaded a whole result that is not a CallToolResult: %s", node, full)
+        return {"content": [*_malformed(node, full)["content"], whole_link], "isError": True}
     content: list[Any] = []
     for item in full.get("content") or []:
         image = item.get("data") if isinstance(item, dict) and item.get("type") == "image" else None

@@ -247,11 +247,14 @@ async def test_control_socket_is_owner_only_and_survives_garbage(engine: ToolEng
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(str(path))
+            # The nested line raised RecursionError out of json.loads, which closed the connection.
+            nested = b"[" * 3000 + b"\n"
             s.sendall(
-                b"not json\n[1]\n" + json.dumps({"op": "approve", "id": 7}).encode() + b'\n{"op":"list"}\n'
-            )
+                b"not json\n[1]\n" + json.dumps({"op": "approve", "id": 7}).encode() + b"\n"
+                + nested + b'{"op":"list"}\n'
+            )  # fmt: skip
             replies = b""
-            while replies.count(b"\n") < 4:
+            while replies.count(b"\n") < 5:
                 chunk = s.recv(4096)
                 assert chunk, replies
                 replies += chunk
@@ -259,8 +262,8 @@ async def test_control_socket_is_owner_only_and_survives_garbage(engine: ToolEng
 
     replies = await asyncio.to_thread(talk)
     lines = [json.loads(x) for x in replies.splitlines()]
-    assert [x.get("error") for x in lines[:3]] == ["bad_request"] * 3
-    assert lines[3] == {"ok": True, "approvals": []}
+    assert [x.get("error") for x in lines[:4]] == ["bad_request"] * 4
+    assert lines[4] == {"ok": True, "approvals": []}
     unknown = await owner(h, {"op": "deny", "id": "nope"})
     assert unknown["error"] == "unknown_id"
 

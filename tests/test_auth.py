@@ -315,3 +315,13 @@ def test_wrong_or_missing_typ_is_refused(
     hdr = {k: v for k, v in {**header, "typ": typ}.items() if v is not ...}
     token = craft(hdr, node_claims(), sign)
     assert refused(authority.verify_node_token, token).reason == "bad_type"
+
+
+def test_a_header_nested_past_the_parser_is_malformed(authority: TokenAuthority) -> None:
+    # The header is read before the signature, so anyone can send one: a RecursionError out of
+    # json.loads was an internal error (HTTP 500 and a traceback) on every surface that takes a token.
+    deep = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=").decode()
+    token = f"{deep}.{b64json(node_claims())}.{'A' * 86}"
+    for verify in (authority.verify_node_token, authority.verify_user_token):
+        err = refused(verify, token)
+        assert (err.reason, err.status) == ("malformed", 401)

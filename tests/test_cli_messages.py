@@ -173,6 +173,8 @@ def test_errors_are_one_line_saying_what_to_do(server_proc: ServerProc, tmp_path
     with refused_port() as port:
         down = _cortex("--server", f"127.0.0.1:{port}", "nodes", token="t")
     assert down.returncode == 4 and "cortex-server serve" in _one_line(down.stderr)
+    nested = _cortex("--server", server_proc.url, "call", "n", "echo", "[" * 3000, token="t")
+    assert nested.returncode == 2 and "not valid JSON" in _one_line(nested.stderr)  # was a traceback
     bridge = _cortex("--server", server_proc.url, "mcp-stdio", token="garbage")
     assert bridge.returncode == 3
     assert "refused the token" in _one_line(bridge.stderr)

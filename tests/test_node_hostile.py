@@ -8,13 +8,19 @@ two session cores wired text to text (deterministic, no timing).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
+from sdk import AsyncClient
+from sdk.exceptions import CortexError
 from spec import errors
 from spec.session import CallContext, RpcSession, make_methods
 from tests.support.procs import ServerProc, raw_node_socket
@@ -116,6 +122,91 @@ async def test_node_messages_cannot_forge_log_lines(server: ServerProc) -> None:
     lines = [line for line in server.output if "FORGED" in line]
     assert len(lines) == 1 and "node liar says: ok\\n2026" in lines[0]
     assert "\x1b" not in lines[0] and "\\x1b[2J" in lines[0]
+
+
+MALFORMED: dict[str, Any] = {
+    "a number": 5,
+    "content a string": {"content": "abc", "isError": False},
+    "an unknown item": {"content": [{"type": "bogus"}], "isError": False},
+    "no isError": {"content": [{"type": "text", "text": "hi"}]},
+    "a reference without a digest": {
+        "content": [],
+        "isError": False,
+        "_meta": {"cortex/artifact": {"id": "x"}},
+    },
+    "resource without text": {
+        "content": [{"type": "resource", "resource": {"uri": "file:///x"}}],
+        "isError": False,
+    },
+}
+MCP_ONLY = "resource without text"
+"""Our protocol's shape but not MCP's (a resource needs text or blob there): REST and the SDK pass it on."""
+WHOLE: dict[str, bytes] = {
+    "whole not json": b"not json at all",
+    "whole nested": b"[" * 5000 + b"]" * 5000,
+    "whole not a result": b'{"content": 5, "isError": false}',
+}
+
+
+async def _upload(node: RawNode, data: bytes, id_: int) -> dict[str, Any]:
+    """A whole result the node uploads itself (`artifacts/write`, one chunk); its reference."""
+    digest = hashlib.sha256(data).hexdigest()
+    params = {"id": f"up{id_}", "offset": 0, "final": True, "size": len(data), "sha256": digest}
+    answer = await node.request("artifacts/write", id_, {**params, "data": base64.b64encode(data).decode()})
+    artifact = answer["result"]["artifact"]
+    return {"id": artifact["id"], "bytes": len(data), "sha256": digest}
+
+
+async def test_a_malformed_result_is_a_clear_error_on_every_surface(server: ServerProc) -> None:
+    # Before: a result that was not an object was HTTP 500 / -32603 with a traceback, content that was
+    # a string reached the SDK as a list of characters, MCP answered -32602 "Invalid request
+    # parameters", and a whole result of other bytes than a CallToolResult failed MCP's expansion.
+    answers: dict[str, Any] = dict(MALFORMED)
+
+    def answer(arguments: dict[str, Any]) -> Any:
+        return answers[arguments["text"]]
+
+    async with (
+        RawNode(await raw_node_socket(server, "garbled"), answer=answer) as evil,
+        RawNode(await raw_node_socket(server, "fine")) as good,
+    ):
+        await _connected(server, evil, "garbled")
+        await _connected(server, good, "fine")
+        for number, (name, data) in enumerate(WHOLE.items(), start=100):
+            ref = await _upload(evil, data, number)
+            answers[name] = {"content": [{"type": "text", "text": "preview"}], "isError": False,
+                             "_meta": {"cortex/artifact": ref}}  # fmt: skip
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        async with (
+            httpx2.AsyncClient(base_url=server.url, headers=headers, timeout=10) as http,
+            AsyncClient(server.url, token=server.admin_token) as sdk,
+            httpx2.AsyncClient(headers=headers, timeout=10) as mcp_http,
+            streamable_http_client(f"{server.url}/mcp", http_client=mcp_http) as (read, write),
+            ClientSession(read, write) as mcp,
+        ):
+            await mcp.initialize()
+            for name in MALFORMED:
+                response = await http.post(
+                    "/api/v1/nodes/garbled/tools/echo/call", json={"arguments": {"text": name}}
+                )
+                assert response.status_code == 200, (name, response.text)
+                via_mcp = await mcp.call_tool("garbled__echo", {"text": name})
+                said = "not an MCP CallToolResult" if name == MCP_ONLY else "not a CallToolResult"
+                assert via_mcp.is_error and said in str(via_mcp.content), (name, via_mcp)
+                if name == MCP_ONLY:
+                    continue
+                assert response.json()["isError"] is True and said in response.text, name
+                via_sdk = await sdk.call("garbled", "echo", {"text": name})
+                assert via_sdk.is_error and said in str(via_sdk.content), name
+            for name in WHOLE:
+                via_mcp = await mcp.call_tool("garbled__echo", {"text": name})
+                assert via_mcp.is_error and "not a CallToolResult" in str(via_mcp.content), (name, via_mcp)
+                assert any(getattr(c, "type", "") == "resource_link" for c in via_mcp.content), name
+                with pytest.raises(CortexError, match="not a CallToolResult"):
+                    await sdk.call("garbled", "echo", {"text": name})
+            echo = await http.post("/api/v1/nodes/fine/tools/echo/call", json={"arguments": {"text": "hi"}})
+            assert echo.json()["content"][0]["text"] == "hi"
+    assert not [line for line in server.output if "Traceback" in line]
 
 
 async def test_a_link_bounds_the_requests_it_runs_for_the_other_side() -> None:

@@ -149,6 +149,25 @@ def test_malformed_tool_calls_are_reported_to_the_model(
 
 
 @pytest.mark.parametrize("llm", ["openai"], indirect=True)
+def test_arguments_nested_past_the_parser_are_reported_to_the_model(
+    llm: FakeLLM, server_proc: ServerProc, start_node: Callable[..., AgentProc]
+) -> None:
+    # A model's arguments text is input like any other (a prompt-injected page can shape it): nested
+    # past the parser, it raised RecursionError out of json.loads and ended the run.
+    start_node("laptop")
+    llm.script[:] = [
+        Turn(calls=[("laptop__echo", "[" * 3000)]),
+        Turn(calls=[("laptop__echo", {"text": "fixed"})]),
+        Turn(text="All good."),
+    ]
+    steps = _run(server_proc, "echo something")
+    assert steps[-1].event == "done" and steps[-1].answer == "All good.", steps[-1]
+    assert [s.data["is_error"] for s in steps if s.event == "tool_result"] == [True, False]
+    (reported,) = _tool_messages(llm.requests[1], llm.wire)
+    assert reported[1] and "not valid JSON" in reported[0]
+
+
+@pytest.mark.parametrize("llm", ["openai"], indirect=True)
 def test_max_steps_stops_the_run(
     llm: FakeLLM, server_proc: ServerProc, start_node: Callable[..., AgentProc]
 ) -> None:

@@ -14,7 +14,7 @@ _UNIT = """
     layering manifest policy quick_check redaction_precheck result_chunks schema_migrations session store
     versions xdisplay links peer_core auth_keys store_layering edges dispatch error_mapping params
     protocol_constants store_same_process audit_cancel audit_linger redaction_memo coalesce audit_failed_batch
-    deadlines json_text frames auth_user_cache collector coalesce_send
+    deadlines json_text frames auth_user_cache collector coalesce_send tool_result
 """
 _INPROCESS = """
     inprocess_approval inprocess_calls inprocess_list_changed

@@ -8,11 +8,12 @@ in a log line or an event.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from spec import json_limits
 
 __all__ = [
     "PROVIDERS",
@@ -114,8 +115,8 @@ def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
     if raw is None or raw == "":
         return {}, None
     try:
-        value = json.loads(raw)
-    except (TypeError, ValueError) as exc:
+        value = json_limits.loads(raw)
+    except (TypeError, ValueError) as exc:  # a model's text: not JSON, or nested past the frame limit
         return (
             None,
             f"the arguments are not valid JSON ({exc}); send a JSON object matching the tool's schema",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -30,11 +31,14 @@ class RawNode:
         tools: list[dict[str, Any]] | None = None,
         info: dict[str, Any] | None = None,
         list_delay: float = 0.0,
+        answer: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         self.ws = ws
         self.tools = tools if tools is not None else [ECHO_TOOL]
         self.info = info or {"hostname": "raw", "os": "Linux", "arch": "x86_64", "agent_version": "0"}
         self.list_delay = list_delay
+        self.answer = answer
+        """The `tools/call` result for the call's arguments, when given (default: echo `text`)."""
         self.asked: dict[str, int] = {}
         self.lists_in_flight = 0
         self.max_lists_in_flight = 0
@@ -102,8 +106,11 @@ class RawNode:
         elif method == "tools/call":
             if self.hold is not None:
                 await self.hold.wait()
-            text = (message.get("params") or {}).get("arguments", {}).get("text", "")
-            result = {"content": [{"type": "text", "text": text}], "isError": False}
+            arguments = (message.get("params") or {}).get("arguments", {})
+            if self.answer is not None:
+                result = self.answer(arguments)
+            else:
+                result = {"content": [{"type": "text", "text": arguments.get("text", "")}], "isError": False}
         await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}))
 
     async def request(self, method: str, id_: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
