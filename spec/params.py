@@ -36,6 +36,7 @@ __all__ = [
     "ProgressParams",
     "ToolsCallParams",
     "checked_name",
+    "json_type",
 ]
 
 
@@ -291,7 +292,7 @@ def _whole(value: Any, name: str, minimum: int | None = None) -> int:
         value = int(value)
     if type(value) is not int or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise InvalidParams(f"{name} must be an integer{bound}, not {_json_type(value)}")
+        raise InvalidParams(f"{name} must be an integer{bound}, not {json_type(value)}")
     return value
 
 
@@ -300,18 +301,19 @@ def checked_name(value: Any, what: str) -> str:
     surface that parses JSON hands over whatever the caller sent, and a list or an object would fail a
     name lookup deeper down as an internal error."""
     if type(value) is not str:
-        raise InvalidParams(f"{what} must be a string, not {_json_type(value)}")
+        raise InvalidParams(f"{what} must be a string, not {json_type(value)}")
     return value
 
 
-def _json_type(value: Any) -> str:
-    """How a caller would name what it sent: ``null``, ``a string``, ``-3`` …"""
+def json_type(value: Any, *, show_numbers: bool = True) -> str:
+    """How a caller would name what it sent: ``null``, ``a string``, ``-3`` (or ``a number`` when
+    `show_numbers` is false) …"""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
-        return repr(value)[:32]
+        return repr(value)[:32] if show_numbers else "a number"
     if isinstance(value, str):
         return "a string"
     return "an array" if isinstance(value, list) else "an object"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from spec.params import json_type
 from spec.protocol import MetaKey
 
 __all__ = ["tool_result_problem"]
@@ -37,17 +38,7 @@ _ITEM_STRINGS: dict[str, tuple[str, ...]] = {
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object" if isinstance(value, dict) else type(value).__name__
+    return json_type(value, show_numbers=False)
 
 
 def _size(value: Any) -> bool:
